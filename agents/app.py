@@ -1,0 +1,115 @@
+"""The Faust app: ``create_app(settings)`` builds it, the agents are a few lines each.
+
+Two agents, one consumer group:
+
+``ingest``  (the three input topics, keyed any way or not at all)
+    decode and validate a micro-batch; dead-letter the bad messages untouched; forward the valid ones to
+    the internal topic keyed by user id, so each user's events meet in one partition, owned by one worker.
+``learn``   (the internal user-keyed topic)
+    hand a micro-batch to :class:`stream_rec.service.RecService`, publish one refreshed list per touched
+    user, flush, then persist state and applied offsets in one RocksDB write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import faust
+from faust.types import EventT
+
+from stream_rec.events import InvalidEvent, Limits, decode
+from stream_rec.metrics import Metrics
+from stream_rec.service import RecService
+from stream_rec.settings import Settings
+from stream_rec.wire import dead_letter_headers, decode_keyed, encode_keyed, encode_recommendation
+
+log = logging.getLogger(__name__)
+
+
+def broker_urls(bootstrap: str) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
+
+
+def state_dir(settings: Settings) -> Path:
+    """This worker's folder: ``<data_dir>/<worker_id>``."""
+    return Path(settings.data_dir) / settings.worker_id
+
+
+def create_app(settings: Settings, bootstrap: str, service: RecService, metrics: Metrics) -> faust.App:
+    """The worker app for ``settings`` against ``bootstrap``, learning into ``service``."""
+    app = faust.App(
+        settings.app_id,
+        broker=broker_urls(bootstrap),
+        datadir=str(state_dir(settings) / "faust"),
+        store="memory://",  # stream_rec keeps its own RocksDB state; Faust tables are not used
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(settings.session_timeout_s / 4, 0.5),
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_commit_every=settings.batch_max,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
+        producer_linger_ms=5,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    topic_stream = {topic: stream for stream, topic in settings.input_topics().items()}
+    inputs = app.topic(*topic_stream, **raw)
+    keyed = app.topic(settings.topic_events, internal=True, partitions=settings.partitions, **raw)
+    recommendations = app.topic(settings.topic_recommendations, **raw)
+    dead_letter = app.topic(settings.topic_dead_letter, **raw)
+    limits = Limits(max_bytes=settings.max_message_bytes, max_future_ms=settings.max_future_ms)
+    within = settings.batch_wait_ms / 1000.0
+
+    @app.agent(inputs)
+    async def ingest(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(settings.batch_max, within):
+            now_ms = int(time.time() * 1000)
+            for event in batch:
+                await _route(event, topic_stream[event.message.topic], now_ms)
+            await app.producer.flush()  # forwarded before the batch is acked
+
+    async def _route(event: EventT, stream_name: str, now_ms: int) -> None:
+        msg = event.message
+        try:
+            valid = decode(msg.value, stream_name, now_ms=now_ms, limits=limits)
+        except InvalidEvent as err:
+            metrics.dead_letters.labels(err.reason).inc()
+            headers = dead_letter_headers(err.reason, str(err), msg.topic, msg.partition, msg.offset)
+            await dead_letter.send(key=msg.key, value=msg.value or b"", headers=headers)
+            return
+        metrics.events_in.labels(valid.type).inc()
+        await keyed.send(key=valid.user_id.encode(), value=encode_keyed(valid, msg.topic, msg.partition, msg.offset))
+
+    @app.agent(keyed)
+    async def learn(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(settings.batch_max, within):
+            started = time.perf_counter()
+            items = []
+            for event in batch:
+                valid, lane, offset = decode_keyed(event.message.value)
+                items.append(((f"{event.message.partition}>{lane}", offset), valid))
+            result = service.apply(items)
+            for payload in result.recommendations:
+                await recommendations.send(key=payload["user_id"].encode(), value=encode_recommendation(payload))
+            # Lists go out before state is written: a crash in between re-applies the batch and re-sends
+            # them (at-least-once output), never loses them.
+            await app.producer.flush()
+            service.persist(result)
+            _observe(metrics, result, batch, started)
+
+    return app
+
+
+def _observe(metrics: Metrics, result, batch, started: float) -> None:  # type: ignore[no-untyped-def]
+    now = time.time()
+    metrics.applied.inc(result.applied)
+    metrics.duplicates.inc(result.duplicates)
+    metrics.recommendations.inc(len(result.recommendations))
+    metrics.batch_seconds.observe(time.perf_counter() - started)
+    if result.recommendations and batch[-1].message.timestamp:
+        metrics.freshness_seconds.observe(max(0.0, now - batch[-1].message.timestamp))

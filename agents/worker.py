@@ -1,0 +1,36 @@
+"""``stream-rec worker``: load state, create topics, serve metrics, run the Faust worker until stopped."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+from prometheus_client import start_http_server
+
+from agents.app import create_app, state_dir
+from agents.topics import ensure_topics
+from stream_rec.metrics import Metrics
+from stream_rec.service import RecService
+from stream_rec.settings import Settings
+from stream_rec.state import RocksStore
+
+log = logging.getLogger(__name__)
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker until SIGTERM/SIGINT; state is loaded before the worker joins the group."""
+    bootstrap = settings.kafka_bootstrap or DEFAULT_BOOTSTRAP
+    ensure_topics(settings, bootstrap)
+    metrics = Metrics()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="0.0.0.0", registry=metrics.registry)
+    store = RocksStore(state_dir(settings) / "state")
+    try:
+        service = RecService(settings, store)
+        log.info("worker %s loaded state: %s", settings.worker_id, service.stats())
+        app = create_app(settings, bootstrap, service, metrics)
+        worker = faust.Worker(app, loglevel=settings.log_level.upper(), override_logging=False)
+        worker.execute_from_commandline()
+    finally:
+        store.close()

@@ -1,0 +1,61 @@
+"""External string ids -> dense ints, growing as new ids arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class IdIndex:
+    """Maps external ids to contiguous ints 0, 1, 2, ... in order of first sight.
+
+    Examples
+    --------
+    >>> index = IdIndex()
+    >>> index.add_many(["sku-9", "sku-2", "sku-9"])
+    [0, 1, 0]
+    >>> index.get("sku-2"), index.get("nope"), index.external(0), len(index)
+    (1, -1, 'sku-9', 2)
+    """
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._new: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def get(self, key: str) -> int:
+        """The index of ``key``, or -1 if it was never added."""
+        return self._index.get(key, -1)
+
+    def add(self, key: str) -> int:
+        """The index of ``key``, handing out the next one for a new id."""
+        idx = self._index.get(key)
+        if idx is None:
+            idx = self._index[key] = len(self._ids)
+            self._ids.append(key)
+            self._new.append(key)
+        return idx
+
+    def add_many(self, keys: Iterable[str]) -> list[int]:
+        return [self.add(key) for key in keys]
+
+    def external(self, idx: int) -> str:
+        return self._ids[idx]
+
+    def externals(self, indices: Iterable[int]) -> list[str]:
+        ids = self._ids
+        return [ids[i] for i in indices]
+
+    def restore(self, key: str, idx: int) -> None:
+        """Put back a persisted mapping (indices may arrive in any order)."""
+        if idx >= len(self._ids):
+            self._ids.extend([""] * (idx + 1 - len(self._ids)))
+        self._ids[idx] = key
+        self._index[key] = idx
+
+    def pop_new(self) -> list[str]:
+        """Ids added since the previous call (the ones the store does not know yet)."""
+        new, self._new = self._new, []
+        return new

@@ -1,0 +1,31 @@
+"""Prometheus metrics, named ``stream_rec_<subsystem>_<name>_<unit>``; the registry is injectable for tests."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from stream_rec.events import EVENT_TYPES, REASONS
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The worker's metrics, registered in ``registry`` (a fresh one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("stream_rec_ingest_events_total", "Valid events received, by type.", ["type"], registry=r)
+        self.dead_letters = Counter("stream_rec_ingest_dead_letters_total", "Messages dead-lettered, by reason.", ["reason"], registry=r)
+        self.applied = Counter("stream_rec_learn_events_applied_total", "Events applied to the models.", registry=r)
+        self.duplicates = Counter("stream_rec_learn_duplicates_total", "Redelivered events recognised and skipped.", registry=r)
+        self.recommendations = Counter("stream_rec_output_recommendations_total", "Recommendation lists published.", registry=r)
+        self.batch_seconds = Histogram("stream_rec_learn_batch_duration_seconds", "Processing time of one micro-batch.",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.freshness_seconds = Histogram("stream_rec_output_freshness_seconds",
+                                           "From an event's Kafka timestamp to its user's refreshed list being sent.",
+                                           buckets=_LATENCY_BUCKETS, registry=r)
+        for event_type in EVENT_TYPES:  # export zeros from the start, so dashboards see every series
+            self.events_in.labels(event_type)
+        for reason in REASONS:
+            self.dead_letters.labels(reason)

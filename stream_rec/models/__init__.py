@@ -1,0 +1,1 @@
+"""Online recommendation models behind one contract (see :mod:`stream_rec.models.base`)."""

@@ -1,0 +1,130 @@
+"""One settings object for workers, tools and the demo, read from ``STREAM_REC_*`` environment variables.
+
+Every field documents itself (``help`` in its metadata); ``stream-rec --help`` and the README's
+configuration table are generated from the same place (:func:`settings_table`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from stream_rec.events import EVENT_TYPES
+
+ENV_PREFIX = "STREAM_REC_"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a stream_rec process can be told. Defaults work on a laptop out of the box."""
+
+    kafka_bootstrap: str = _setting(
+        "", "Kafka bootstrap servers (host:port,...). Empty: the embedded broker on 127.0.0.1:9092 "
+        "(`stream-rec broker`); the demo starts its own on a free port.")
+    app_id: str = _setting("stream-rec", "Consumer group and Faust app id; workers with the same id share the work.")
+    worker_id: str = _setting("worker-1", "Names this worker's state folder under data_dir; unique per worker on a host.")
+    data_dir: str = _setting("./stream-rec-data", "Where workers keep their RocksDB state.")
+    topic_browse: str = _setting("stream-rec.browse", "Input topic for view events.")
+    topic_click: str = _setting("stream-rec.click", "Input topic for click and add_to_cart events.")
+    topic_purchase: str = _setting("stream-rec.purchase", "Input topic for purchase events.")
+    topic_events: str = _setting("stream-rec.events-by-user", "Internal topic: valid events re-keyed by user id.")
+    topic_recommendations: str = _setting("stream-rec.recommendations", "Output topic: refreshed top-N per user, keyed by user id.")
+    topic_dead_letter: str = _setting("stream-rec.dead-letter", "Rejected messages, untouched, with the reason in headers.")
+    partitions: int = _setting(4, "Partitions of the topics stream_rec creates (the most workers that can share the work).")
+    top_n: int = _setting(20, "Items per recommendation list.")
+    batch_max: int = _setting(2000, "Most events per micro-batch.")
+    batch_wait_ms: int = _setting(50, "Longest wait to fill a micro-batch, in milliseconds.")
+    max_message_bytes: int = _setting(65536, "Messages larger than this are dead-lettered (reason too_large).")
+    max_future_ms: int = _setting(86_400_000, "Events stamped further than this in the future are dead-lettered.")
+    weights: str = _setting("view=1,click=2,add_to_cart=4,purchase=8", "Learning weight per event type.")
+    mf_factors: int = _setting(32, "Latent factors of the matrix factorization model.")
+    mf_learning_rate: float = _setting(0.05, "SGD learning rate of the matrix factorization model.")
+    cooc_history: int = _setting(20, "Recent items per user that a new event co-occurs with.")
+    popularity_half_life_h: float = _setting(72.0, "Half-life of time-decayed popularity, in hours.")
+    explore: float = _setting(0.1, "Share of list slots given to new, little-seen items (0 = deterministic lists).")
+    seed: int = _setting(0, "Seed of every random choice (model init, sampling, exploration).")
+    metrics_port: int = _setting(9464, "Prometheus metrics port of a worker (0 = no endpoint).")
+    session_timeout_s: float = _setting(10.0, "How soon the group notices a dead worker and hands its partitions on.")
+    rebalance_timeout_s: float = _setting(5.0, "How long a rebalance waits for members (Faust's default makes a fresh group take 30 s to join).")
+    log_level: str = _setting("info", "Logging level.")
+
+    def __post_init__(self) -> None:
+        checks = {
+            "partitions": self.partitions >= 1,
+            "top_n": self.top_n >= 1,
+            "batch_max": self.batch_max >= 1,
+            "batch_wait_ms": self.batch_wait_ms >= 1,
+            "max_message_bytes": self.max_message_bytes >= 64,
+            "mf_factors": self.mf_factors >= 1,
+            "cooc_history": self.cooc_history >= 1,
+            "popularity_half_life_h": self.popularity_half_life_h > 0,
+            "explore": 0.0 <= self.explore <= 1.0,
+            "metrics_port": 0 <= self.metrics_port < 65536,
+            "worker_id": bool(self.worker_id) and "/" not in self.worker_id,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid setting {_env_name(bad[0])}={getattr(self, bad[0])!r}")
+        self.event_weights()  # validates the weights string
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``STREAM_REC_*`` variables (then ``overrides``), validated.
+
+        >>> Settings.from_env({"STREAM_REC_TOP_N": "5"}).top_n
+        5
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(_env_name(f.name))
+            if raw is not None:
+                values[f.name] = _convert(f.name, raw, type(f.default))
+        return replace(cls(**values), **overrides) if overrides else cls(**values)
+
+    def event_weights(self) -> dict[str, float]:
+        """The learning weight of each event type.
+
+        >>> Settings().event_weights()["purchase"]
+        8.0
+        """
+        weights: dict[str, float] = {}
+        for part in self.weights.split(","):
+            name, _, value = part.partition("=")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"invalid setting STREAM_REC_WEIGHTS: {part!r} is not type=number") from None
+        missing = set(EVENT_TYPES) - set(weights)
+        if missing or set(weights) - set(EVENT_TYPES):
+            raise ValueError(f"invalid setting STREAM_REC_WEIGHTS={self.weights!r}: give exactly {', '.join(EVENT_TYPES)}")
+        return weights
+
+    def input_topics(self) -> dict[str, str]:
+        """Stream name -> topic name."""
+        return {"browse": self.topic_browse, "click": self.topic_click, "purchase": self.topic_purchase}
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"invalid setting {_env_name(name)}={raw!r}: expected {kind.__name__}") from None
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """``(environment variable, default, meaning)`` for every setting, in declaration order."""
+    rows = []
+    for f in fields(Settings):
+        default = "" if f.default is MISSING else f.default
+        rows.append((_env_name(f.name), repr(default) if default == "" else str(default), f.metadata["help"]))
+    return rows

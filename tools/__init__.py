@@ -1,0 +1,1 @@
+"""How people drive stream_rec: the ``stream-rec`` command and its helpers."""

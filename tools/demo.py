@@ -1,0 +1,111 @@
+"""``stream-rec demo``: a synthetic shop's events through broker and worker, end to end, with a summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import replace
+from typing import Any
+
+from stream_rec.settings import Settings
+from stream_rec.synth import ShopConfig, SyntheticShop
+from tools.broker import EmbeddedBroker
+from tools.produce import make_producer, produce_events, read_topic
+from tools.workers import WorkerProcess
+
+log = logging.getLogger(__name__)
+APPLIED = "stream_rec_learn_events_applied_total"
+DEAD = "stream_rec_ingest_dead_letters_total"
+
+
+def malformed_messages(settings: Settings) -> list[tuple[str, bytes, str]]:
+    """One message of every kind a worker must dead-letter: ``(topic, raw bytes, expected reason)``."""
+    ok = {"user_id": "u-bad", "item_id": "i-bad", "type": "view", "ts": 1_700_000_000_000}
+    browse, purchase = settings.topic_browse, settings.topic_purchase
+
+    def js(**changes: Any) -> bytes:
+        return json.dumps({k: v for k, v in {**ok, **changes}.items() if v is not None}).encode()
+
+    return [
+        (browse, b"", "empty"),
+        (browse, b"this is not json", "not_json"),
+        (browse, b"[1, 2, 3]", "not_object"),
+        (browse, js(v=2), "unsupported_version"),
+        (browse, js(user_id=None), "missing_field"),
+        (browse, js(item_id=3.5), "bad_field"),
+        (browse, js(type="wishlist"), "unknown_type"),
+        (purchase, js(type="view"), "wrong_stream"),
+        (browse, js(properties={"blob": "x" * 1000}, note="y" * (settings.max_message_bytes + 10)), "too_large"),
+        (browse, js().replace(b"1700000000000", b"NaN"), "non_finite"),
+        (browse, js(ts=4_000_000_000_000), "future_ts"),
+    ]
+
+
+def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, seed: int) -> int:
+    """Broker (unless ``STREAM_REC_KAFKA_BOOTSTRAP`` is set), a worker, the events, then a summary."""
+    run_id = f"demo-{int(time.time())}"
+    with ExitStack() as stack:
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="stream-rec-demo-"))
+        bootstrap = settings.kafka_bootstrap
+        if not bootstrap:
+            bootstrap = stack.enter_context(EmbeddedBroker(log_path=os.path.join(workdir, "broker.log"))).bootstrap
+        settings = _demo_settings(settings, run_id, bootstrap, workdir)
+        print(f"broker {bootstrap}; worker state and logs in {workdir}", flush=True)
+        worker = WorkerProcess(settings, log_path=os.path.join(workdir, "worker.log")).start()
+        stack.callback(worker.stop)
+        shop = SyntheticShop(ShopConfig(n_users=n_users, n_items=n_items, n_events=n_events, seed=seed))
+        events = list(shop.events())
+        bad = malformed_messages(settings)
+        started = time.monotonic()
+        producer = make_producer(bootstrap)
+        sent = produce_events(producer, events, settings)
+        for topic, raw, _ in bad:
+            producer.send(topic, value=raw)
+        producer.flush()
+        producer.close()
+        produced_s = time.monotonic() - started
+        print(f"produced {sent} events and {len(bad)} malformed messages in {produced_s:.1f} s", flush=True)
+        worker.wait_for(APPLIED, sent, timeout_s=120 + n_events / 500)
+        elapsed = time.monotonic() - started
+        metrics = worker.metrics()
+        lists = _latest_lists(bootstrap, settings.topic_recommendations)
+        _print_examples(events, lists)
+        dead = sum(v for k, v in metrics.items() if k.startswith(DEAD + "{"))
+        print("\nsummary")
+        print(f"  events in          {sent}")
+        print(f"  dead-lettered      {int(dead)} (of {len(bad)} malformed)")
+        print(f"  recommendations    {int(metrics.get('stream_rec_output_recommendations_total', 0))} lists for {len(lists)} users")
+        print(f"  elapsed            {elapsed:.1f} s (produce to last event applied)")
+        print(f"  throughput         {sent / elapsed:,.0f} events/s")
+    return 0
+
+
+def _demo_settings(settings: Settings, run_id: str, bootstrap: str, workdir: str) -> Settings:
+    # Fresh topics and group per run, so a demo against a real cluster never mixes with an earlier one.
+    topics = {name: f"{run_id}.{getattr(settings, name)}" for name in
+              ("topic_browse", "topic_click", "topic_purchase", "topic_events", "topic_recommendations", "topic_dead_letter")}
+    return replace(settings, kafka_bootstrap=bootstrap, app_id=run_id, data_dir=workdir, metrics_port=0, **topics)
+
+
+def _latest_lists(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for message in read_topic(bootstrap, topic, idle_ms=1500):
+        payload = json.loads(message.value)
+        latest[payload["user_id"]] = payload
+    return latest
+
+
+def _print_examples(events: list[dict[str, Any]], lists: dict[str, dict[str, Any]], n_users: int = 3) -> None:
+    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        by_user[event["user_id"]].append(event)
+    buyers = [u for u in lists if any(e["type"] == "purchase" for e in by_user[u])][:n_users]
+    for user in buyers:
+        recent = ", ".join(f"{e['type']} {e['item_id']}" for e in by_user[user][-4:])
+        top = ", ".join(f"{i['item_id']} ({'+'.join(i['sources'])})" for i in lists[user]["items"][:8])
+        print(f"\n{user}: last events: {recent}\n  recommended: {top}")
