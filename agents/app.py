@@ -101,6 +101,13 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
             await app.producer.flush()
             service.persist(result)
             _observe(metrics, result, batch, started)
+            metrics.state_events.set(service.stats()["events_total"])
+
+    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    async def on_assigned(sender: faust.App, assigned: set, **_: object) -> None:
+        owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
+        metrics.assigned_partitions.set(len(owned))
+        log.info("worker %s owns partitions %s of %s", settings.worker_id, owned, settings.topic_events)
 
     return app
 

@@ -29,6 +29,7 @@ def run_worker(settings: Settings) -> None:
     try:
         service = RecService(settings, store)
         log.info("worker %s loaded state: %s", settings.worker_id, service.stats())
+        metrics.state_events.set(service.stats()["events_total"])
         app = create_app(settings, bootstrap, service, metrics)
         worker = faust.Worker(app, loglevel=settings.log_level.upper(), override_logging=False)
         worker.execute_from_commandline()

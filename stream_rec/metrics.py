@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream_rec.events import EVENT_TYPES, REASONS
 
@@ -20,6 +20,9 @@ class Metrics:
         self.applied = Counter("stream_rec_learn_events_applied_total", "Events applied to the models.", registry=r)
         self.duplicates = Counter("stream_rec_learn_duplicates_total", "Redelivered events recognised and skipped.", registry=r)
         self.recommendations = Counter("stream_rec_output_recommendations_total", "Recommendation lists published.", registry=r)
+        self.state_events = Gauge("stream_rec_state_events", "Events applied to this worker's persisted state, all time.", registry=r)
+        self.assigned_partitions = Gauge("stream_rec_worker_assigned_partitions",
+                                         "Partitions of the user-keyed topic this worker owns now.", registry=r)
         self.batch_seconds = Histogram("stream_rec_learn_batch_duration_seconds", "Processing time of one micro-batch.",
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.freshness_seconds = Histogram("stream_rec_output_freshness_seconds",

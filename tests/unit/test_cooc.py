@@ -1,0 +1,96 @@
+"""Known-answer tests for :class:`stream_rec.models.cooc.CoOccurrence`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_rec.models.cooc import HISTORY_DTYPE, NEIGHBOR_DTYPE, CoOccurrence
+
+A, B = 0, 1
+
+
+def _learn(model: CoOccurrence, events: list[tuple[int, int, float, float]]) -> None:
+    users, items, weights, ts = (np.array(col) for col in zip(*events))
+    model.learn_many(users, items, weights.astype(float), ts.astype(float))
+
+
+def _neighbors(model: CoOccurrence, item: int) -> tuple[float, float, dict[int, float]]:
+    data = model.item_state(item)
+    total, row_ts = np.frombuffer(data[:16], "<f8")
+    rec = np.frombuffer(data[16:], NEIGHBOR_DTYPE)
+    return float(total), float(row_ts), dict(zip(rec["item"].tolist(), rec["count"].tolist()))
+
+
+@pytest.fixture
+def bought_together() -> CoOccurrence:
+    """20 users buy A then B; 10 of them also browse a random item; user 100 has only seen A."""
+    rng = np.random.default_rng(0)
+    events = []
+    for u in range(20):
+        events += [(u, A, 5.0, 100.0 * u), (u, B, 5.0, 100.0 * u + 1)]
+        if u % 2:
+            events.append((u, int(rng.integers(2, 30)), 1.0, 100.0 * u + 2))
+    events.append((100, A, 1.0, 5000.0))
+    model = CoOccurrence()
+    _learn(model, events)
+    return model
+
+
+def test_item_bought_together_comes_first(bought_together: CoOccurrence) -> None:
+    items, scores = bought_together.recommend(100, 5)
+    assert items[0] == B
+    assert scores[0] > 2 * scores[1]
+    assert bought_together.score(100, np.array([B]))[0] == scores[0]
+
+
+def test_excluded_item_never_returned(bought_together: CoOccurrence) -> None:
+    items, _ = bought_together.recommend(100, 5, exclude=np.array([B]))
+    assert B not in items.tolist() and len(items) > 0
+
+
+def test_user_without_history_gets_nothing(bought_together: CoOccurrence) -> None:
+    assert len(bought_together.recommend(-1, 5)[0]) == 0
+    assert len(bought_together.recommend(555, 5)[0]) == 0
+    np.testing.assert_array_equal(bought_together.score(-1, np.array([A, B])), [0.0, 0.0])
+
+
+def test_same_session_pairs_count_double_with_the_smaller_weight() -> None:
+    model = CoOccurrence(session_gap_s=1800.0)
+    _learn(model, [(0, 10, 5.0, 0.0), (0, 11, 1.0, 10.0), (1, 20, 1.0, 0.0), (1, 21, 1.0, 5000.0)])
+    assert _neighbors(model, 11)[2] == {10: 2.0}
+    assert _neighbors(model, 10)[2] == {11: 2.0}
+    assert _neighbors(model, 21)[2] == {20: 1.0}  # a 5000 s silence ends the session
+
+
+def test_neighbor_rows_stay_bounded_and_keep_the_strongest() -> None:
+    model = CoOccurrence(max_neighbors=10)
+    events = [(u, 0, 1.0, 10.0 * u) for u in range(5)] + [(u, 99, 1.0, 10.0 * u + 1) for u in range(5)]
+    events += [(100 + j, 0, 1.0, 1000.0 + j) for j in range(50)]
+    events += [(100 + j, 1 + j, 1.0, 1000.5 + j) for j in range(50)]
+    _learn(model, sorted(events, key=lambda e: e[3]))
+    row = _neighbors(model, 0)[2]
+    assert len(row) <= 10
+    assert 99 in row and row[99] == max(row.values())
+
+
+def test_history_is_bounded_distinct_and_newest_last() -> None:
+    model = CoOccurrence(history_size=3)
+    _learn(model, [(7, item, 1.0, float(t)) for t, item in enumerate([1, 2, 3, 2, 4])])
+    hist = np.frombuffer(model.user_state(7), HISTORY_DTYPE)
+    assert hist["item"].tolist() == [3, 2, 4]
+    assert hist["ts"].tolist() == [2.0, 3.0, 4.0]
+
+
+def test_half_life_decays_totals_and_favours_recent_pairs() -> None:
+    events = [(0, A, 1.0, 0.0), (0, 1, 1.0, 1.0), (1, A, 1.0, 100.0), (1, 2, 1.0, 101.0), (2, A, 1.0, 102.0)]
+    forever, decayed = CoOccurrence(), CoOccurrence(half_life_s=10.0)
+    _learn(forever, events)
+    _learn(decayed, events)
+    assert forever.recommend(2, 2)[0].tolist() == [1, 2]  # equal evidence: tie broken by index
+    assert decayed.recommend(2, 2)[0].tolist() == [2, 1]  # the recent pair wins
+
+    model = CoOccurrence(half_life_s=10.0)
+    _learn(model, [(0, 5, 1.0, 0.0), (1, 5, 1.0, 10.0)])
+    total, row_ts, _ = _neighbors(model, 5)
+    assert (total, row_ts) == (pytest.approx(1.5), 10.0)

@@ -1,0 +1,110 @@
+"""Known-answer tests for :class:`stream_rec.models.fusion.Fusion`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_rec.models.cooc import CoOccurrence
+from stream_rec.models.fusion import Fusion
+from stream_rec.models.mf import ImplicitMF
+from stream_rec.models.popularity import DecayedPopularity
+
+N_ITEMS = 40
+NEW_ITEMS = [37, 38, 39]  # appear once, at the very end of the stream
+DAY = 86400.0
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict:
+    """Ten days of traffic over items 0-36, then one event each on items 37-39."""
+    rng = np.random.default_rng(11)
+    n = 2000
+    users = rng.integers(0, 50, n)
+    items = np.minimum(rng.zipf(1.3, n) - 1, 36)
+    ts = np.sort(rng.uniform(0.0, 10 * DAY, n))
+    users = np.concatenate([users, [0, 1, 2]])
+    items = np.concatenate([items, NEW_ITEMS])
+    ts = np.concatenate([ts, [10 * DAY + 1, 10 * DAY + 2, 10 * DAY + 3]])
+    models = {
+        "mf": ImplicitMF(n_factors=8, seed=1),
+        "cooc": CoOccurrence(history_size=10),
+        "popular": DecayedPopularity(half_life_s=DAY),
+    }
+    for m in models.values():
+        m.learn_many(users, items, np.ones(len(users)), ts)
+    return models
+
+
+def _check_list(items: np.ndarray, scores: np.ndarray, labels: list, exclude: np.ndarray) -> None:
+    assert len(items) == len(scores) == len(labels)
+    assert len(set(items.tolist())) == len(items)
+    assert not set(items.tolist()) & set(exclude.tolist())
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_returns_exactly_k_when_catalogue_allows(sources: dict) -> None:
+    fusion = Fusion(sources, candidates_per_source=5, explore=0.2)
+    exclude = np.arange(10)
+    for user in [3, 4, -1]:
+        items, scores, labels = fusion.recommend(user, 25, exclude)
+        assert len(items) == 25
+        _check_list(items, scores, labels, exclude)
+    # Only 30 items are not excluded: asking for more returns all of them.
+    items, scores, labels = fusion.recommend(3, 35, exclude)
+    assert sorted(items.tolist()) == list(range(10, N_ITEMS))
+
+
+def test_deterministic_without_exploration(sources: dict) -> None:
+    a, b = Fusion(sources, explore=0.0, seed=1), Fusion(sources, explore=0.0, seed=2)
+    first = a.recommend(5, 10)
+    for again in (a.recommend(5, 10), b.recommend(5, 10)):
+        np.testing.assert_array_equal(first[0], again[0])
+        np.testing.assert_array_equal(first[1], again[1])
+        assert first[2] == again[2]
+    assert ("explore",) not in first[2]
+
+
+def test_exploration_slots_hold_new_items_at_the_end(sources: dict) -> None:
+    fusion = Fusion(sources, explore=0.5, explore_max_age_s=DAY, explore_max_events=1, seed=3)
+    exclude = np.array([NEW_ITEMS[0]])
+    items, scores, labels = fusion.recommend(5, 4, exclude)
+    _check_list(items, scores, labels, exclude)
+    assert labels[-2:] == [("explore",), ("explore",)] and ("explore",) not in labels[:2]
+    assert set(items[-2:].tolist()) == set(NEW_ITEMS[1:])
+    # Same seed, same exploration draws.
+    again = Fusion(sources, explore=0.5, explore_max_age_s=DAY, explore_max_events=1, seed=3)
+    np.testing.assert_array_equal(again.recommend(5, 4, exclude)[0], items)
+
+
+def test_unfilled_exploration_slots_go_back_to_exploitation(sources: dict) -> None:
+    fusion = Fusion(sources, explore=1.0, explore_max_age_s=DAY, explore_max_events=1)
+    items, _, labels = fusion.recommend(5, 10)
+    assert len(items) == 10
+    assert labels.count(("explore",)) == len(NEW_ITEMS)
+
+
+def test_labels_name_the_sources_that_proposed_each_item(sources: dict) -> None:
+    fusion = Fusion(sources, candidates_per_source=8, explore=0.0)
+    exclude = np.array([0, 1])
+    items, _, labels = fusion.recommend(7, 15, exclude)
+    depth = {"mf": 8, "cooc": 8, "popular": 15}  # popular is read at least k deep
+    proposed = {name: set(m.recommend(7, depth[name], exclude)[0].tolist()) for name, m in sources.items()}
+    for item, label in zip(items.tolist(), labels):
+        assert label == tuple(name for name in sources if item in proposed[name])
+    assert any(len(label) > 1 for label in labels)  # sources agree on something
+
+
+def test_new_user_gets_popular_items(sources: dict) -> None:
+    fusion = Fusion(sources, explore=0.0)
+    top, _ = sources["popular"].recommend(-1, 10)
+    for user, has_history in [(-1, True), (3, False)]:
+        items, _, labels = fusion.recommend(user, 10, has_history=has_history)
+        np.testing.assert_array_equal(items, top)
+        assert set(labels) == {("popular",)}
+
+
+def test_weights_favour_a_source(sources: dict) -> None:
+    fusion = Fusion(sources, weights={"mf": 0.0, "cooc": 0.0, "popular": 1.0}, explore=0.0)
+    items, _, _ = fusion.recommend(4, 10)
+    np.testing.assert_array_equal(items, sources["popular"].recommend(4, 10)[0])

@@ -1,0 +1,66 @@
+"""Known-answer tests for :class:`stream_rec.models.popularity.DecayedPopularity`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_rec.models.popularity import ITEM_STATE_DTYPE, DecayedPopularity
+
+
+def _learn(model: DecayedPopularity, items: list[int], ts: list[float], weights: list[float] | None = None) -> None:
+    w = np.ones(len(items)) if weights is None else np.asarray(weights, dtype=float)
+    model.learn_many(np.zeros(len(items), dtype=np.int64), np.asarray(items), w, np.asarray(ts, dtype=float))
+
+
+def test_one_event_halves_after_one_half_life() -> None:
+    pop = DecayedPopularity(half_life_s=10.0)
+    _learn(pop, [0, 1], [0.0, 10.0])  # item 1 only moves the clock to t=10
+    assert pop.now == 10.0
+    assert pop.score(-1, np.array([0]))[0] == pytest.approx(0.5)
+
+
+def test_events_accumulate_with_decay() -> None:
+    pop = DecayedPopularity(half_life_s=10.0)
+    _learn(pop, [0, 0], [0.0, 10.0], weights=[2.0, 1.0])
+    assert pop.score(7, np.array([0]))[0] == pytest.approx(2.0)  # 2 * 0.5 + 1
+    _learn(pop, [1], [20.0])
+    assert pop.score(7, np.array([0]))[0] == pytest.approx(1.0)
+
+
+def test_late_event_counts_like_an_in_order_one() -> None:
+    in_order, late = DecayedPopularity(half_life_s=10.0), DecayedPopularity(half_life_s=10.0)
+    _learn(in_order, [0, 0], [0.0, 10.0])
+    _learn(late, [0], [10.0])
+    _learn(late, [0], [0.0])
+    assert late.score(-1, np.array([0]))[0] == pytest.approx(1.5)
+    assert in_order.item_state(0) == late.item_state(0)
+
+
+def test_recommend_ranks_by_decayed_value_ignores_user_and_excludes() -> None:
+    pop = DecayedPopularity(half_life_s=10.0)
+    # item 3: 4 events long ago (4 * 2**-3 = 0.5 now); item 1: 2 recent events; item 2: 1 recent.
+    _learn(pop, [3, 3, 3, 3, 1, 1, 2], [0.0, 0.0, 0.0, 0.0, 30.0, 30.0, 30.0])
+    items, scores = pop.recommend(5, 3)
+    assert items.tolist() == [1, 2, 3]
+    np.testing.assert_allclose(scores, [2.0, 1.0, 0.5])
+    assert pop.recommend(-1, 3, exclude=np.array([1]))[0].tolist() == [2, 3]
+    np.testing.assert_array_equal(pop.score(-1, np.array([9, -1])), [0.0, 0.0])  # unseen items
+
+
+def test_new_items_filters_by_age_and_event_count() -> None:
+    pop = DecayedPopularity()
+    _learn(pop, [0, 1, 2, 2, 2], [0.0, 90.0, 95.0, 96.0, 97.0])
+    assert pop.new_items(now=100.0, max_age_s=50.0, max_events=5).tolist() == [1, 2]
+    assert pop.new_items(now=100.0, max_age_s=50.0, max_events=2).tolist() == [1]
+    assert pop.new_items(now=100.0, max_age_s=200.0, max_events=1).tolist() == [0, 1]
+
+
+def test_item_state_layout_and_no_user_state() -> None:
+    pop = DecayedPopularity(half_life_s=10.0)
+    _learn(pop, [4, 4], [5.0, 15.0])
+    rec = np.frombuffer(pop.item_state(4), dtype=ITEM_STATE_DTYPE)[0]
+    assert (rec["value"], rec["last_ts"], rec["first_seen"], rec["n_events"]) == (1.5, 15.0, 5.0, 2)
+    assert pop.user_state(0) is None and pop.item_state(3) is None
+    users, items = pop.pop_touched()
+    assert users.tolist() == [] and items.tolist() == [4]
