@@ -153,7 +153,9 @@ class RecService:
                 profile.bought[i] = event.ts_ms
             self.counts[event.type] += 1
             result.applied_by_type[event.type] = result.applied_by_type.get(event.type, 0) + 1
-            last_event[u] = event
+            # Events of one user from different topics arrive in no set order: the trigger is the latest.
+            if u not in last_event or event.ts_ms >= last_event[u].ts_ms:
+                last_event[u] = event
         return last_event
 
     # -- ranking ----------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ def test_events_on_all_three_topics_lead_to_fitting_recommendations(settings: Se
     items = [i["item_id"] for i in rec["items"]]
     assert "memory-card" in items[:3], items  # bought together with the camera
     assert "camera" not in items  # just bought: never recommended back
-    assert rec["trigger"]["ts"] == buyer[-1]["ts"] and rec["trigger"]["type"] == "purchase"
+    # The three topics have no order between them: the list names one of the buyer's events as its trigger.
+    assert (rec["trigger"]["ts"], rec["trigger"]["type"]) in {(e["ts"], e["type"]) for e in buyer}
     assert rec["model_version"] and rec["generated_at"] > 0
     assert all(i["sources"] for i in rec["items"])
     assert [i["score"] for i in rec["items"]] == sorted((i["score"] for i in rec["items"]), reverse=True)
