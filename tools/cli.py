@@ -46,7 +46,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from stream_rec.synth import ShopConfig, SyntheticShop, write_jsonl
 
-    config = ShopConfig(n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed, days=args.days)
+    categories = args.categories if args.categories is not None else min(20, args.items)
+    try:
+        config = ShopConfig(n_users=args.users, n_items=args.items, n_categories=categories, n_events=args.events,
+                            seed=args.seed, days=args.days)
+    except ValueError as err:
+        raise SystemExit(f"stream-rec generate: {err}") from None
     shop = SyntheticShop(config)
     events = _progress(shop.events(), total=args.events, desc="generate", unit="ev")
     if args.out == "-":
@@ -107,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=2000, help="users (default: %(default)s)")
     p.add_argument("--items", type=int, default=5000, help="items (default: %(default)s)")
     p.add_argument("--events", type=int, default=100_000, help="events (default: %(default)s)")
+    p.add_argument("--categories", type=int, help="categories (default: 20, or --items if fewer)")
     p.add_argument("--days", type=float, default=14.0, help="days the stream spans (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", default="-", help="output path, .gz compresses; - for stdout (default: %(default)s)")
@@ -130,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = os.environ.get("STREAM_REC_LOG_LEVEL", "info").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("kafka", "aiokafka"):  # client libraries log every connection at INFO
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.func(args) or 0)
     except ValueError as err:  # invalid settings: say which, no traceback
