@@ -83,7 +83,7 @@ class RecService:
     1
     """
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, *, sources: Sequence[str] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.weights = settings.event_weights()
@@ -93,7 +93,9 @@ class RecService:
         self.hwm: dict[str, int] = {}
         self.counts: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.models = build_models(settings)
-        self.fusion = Fusion(self.models, explore=settings.explore, seed=settings.seed)
+        # ``sources`` ranks with a subset of the models (e.g. ("mf",) to judge one alone); all still learn.
+        chosen = self.models if sources is None else {name: self.models[name] for name in sources}
+        self.fusion = Fusion(chosen, explore=settings.explore, seed=settings.seed)
         self.model_version = f"{stream_rec.__version__}+{_settings_digest(settings)}"
         self._load()
 
