@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import faust
@@ -21,7 +22,7 @@ from faust.types import EventT
 
 from stream_rec.events import InvalidEvent, Limits, decode
 from stream_rec.metrics import Metrics
-from stream_rec.service import RecService
+from stream_rec.service import BatchResult, RecService
 from stream_rec.settings import Settings
 from stream_rec.wire import dead_letter_headers, decode_keyed, encode_keyed, encode_recommendation
 
@@ -61,10 +62,12 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     topic_stream = {topic: stream for stream, topic in settings.input_topics().items()}
     inputs = app.topic(*topic_stream, **raw)
     keyed = app.topic(settings.topic_events, internal=True, partitions=settings.partitions, **raw)
-    async def send(topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> None:
+
+    async def send(topic: str, key: bytes | None, value: bytes, *, headers: list | None = None,
+                   timestamp: float | None = None) -> None:
         # Faust's producer directly: Topic.send adds per-message bookkeeping we do not use. The key
         # is partitioned by the same murmur2 partitioner either way.
-        await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
+        await app.producer.send(topic, key, value, partition=None, timestamp=timestamp, headers=headers)
 
     limits = Limits(max_bytes=settings.max_message_bytes, max_future_ms=settings.max_future_ms)
     within = settings.batch_wait_ms / 1000.0
@@ -84,10 +87,12 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         except InvalidEvent as err:
             metrics.dead_letters.labels(err.reason).inc()
             headers = dead_letter_headers(err.reason, str(err), msg.topic, msg.partition, msg.offset)
-            await send(settings.topic_dead_letter, msg.key, msg.value or b"", headers)
+            await send(settings.topic_dead_letter, msg.key, msg.value or b"", headers=headers)
             return
         metrics.events_in.labels(valid.type).inc()
-        await send(settings.topic_events, valid.user_id.encode(), encode_keyed(valid, msg.topic, msg.partition, msg.offset))
+        # The shop's produce time travels with the event, so freshness is measured from it.
+        await send(settings.topic_events, valid.user_id.encode(), encode_keyed(valid, msg.topic, msg.partition, msg.offset),
+                   timestamp=msg.timestamp)
 
     @app.agent(keyed)
     async def learn(stream: faust.StreamT) -> None:
@@ -116,11 +121,11 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     return app
 
 
-def _observe(metrics: Metrics, result, batch, started: float) -> None:  # type: ignore[no-untyped-def]
-    now = time.time()
+def _observe(metrics: Metrics, result: BatchResult, batch: Sequence[EventT], started: float) -> None:
     metrics.applied.inc(result.applied)
     metrics.duplicates.inc(result.duplicates)
     metrics.recommendations.inc(len(result.recommendations))
     metrics.batch_seconds.observe(time.perf_counter() - started)
-    if result.recommendations and batch[-1].message.timestamp:
-        metrics.freshness_seconds.observe(max(0.0, now - batch[-1].message.timestamp))
+    if result.recommendations and batch[0].message.timestamp:
+        # The batch's oldest event: the freshness its user saw is the worst in the batch.
+        metrics.freshness_seconds.observe(max(0.0, time.time() - batch[0].message.timestamp))

@@ -147,6 +147,8 @@ def _parse(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEvent("not_json", f"the message is not JSON: {exc}") from None
+    except RecursionError:  # "[[[[...": valid JSON nested deeper than the parser's stack
+        raise InvalidEvent("not_json", "the message is JSON nested too deeply to be an event") from None
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", f"the message is a JSON {type(obj).__name__}, not an object")
     return obj

@@ -26,7 +26,7 @@ class Metrics:
         self.batch_seconds = Histogram("stream_rec_learn_batch_duration_seconds", "Processing time of one micro-batch.",
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.freshness_seconds = Histogram("stream_rec_output_freshness_seconds",
-                                           "From an event's Kafka timestamp to its user's refreshed list being sent.",
+                                           "From the produce time of the oldest event in a batch to its users' refreshed lists being sent.",
                                            buckets=_LATENCY_BUCKETS, registry=r)
         for event_type in EVENT_TYPES:  # export zeros from the start, so dashboards see every series
             self.events_in.labels(event_type)

@@ -34,6 +34,7 @@ def malformed_messages(settings: Settings) -> list[tuple[str, bytes, str]]:
     return [
         (browse, b"", "empty"),
         (browse, b"this is not json", "not_json"),
+        (browse, b"[" * 20_000 + b"]" * 20_000, "not_json"),
         (browse, b"[1, 2, 3]", "not_object"),
         (browse, js(v=2), "unsupported_version"),
         (browse, js(user_id=None), "missing_field"),
