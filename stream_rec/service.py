@@ -101,8 +101,12 @@ class RecService:
 
     # -- learning ---------------------------------------------------------------------------------
 
-    def apply(self, batch: Sequence[tuple[Position, Event]]) -> BatchResult:
-        """Learn from a micro-batch in order and refresh each touched user's list once."""
+    def apply(self, batch: Sequence[tuple[Position, Event]], *, lists: bool = True, changes: bool = True) -> BatchResult:
+        """Learn from a micro-batch in order and refresh each touched user's list once.
+
+        Offline evaluation, which neither publishes nor persists, passes ``lists=False`` and
+        ``changes=False``; the learning is the same.
+        """
         result = BatchResult()
         fresh = self._drop_duplicates(batch, result)
         if not fresh:
@@ -114,8 +118,12 @@ class RecService:
         for model in self.models.values():
             model.learn_many(users, items, weights, ts)
         last_event = self._update_profiles(fresh, users, items, result)
-        result.recommendations = [self._recommendation(u, last_event[u]) for u in last_event]
-        result.changes = self._changes(last_event)
+        if lists:
+            result.recommendations = [self._recommendation(u, last_event[u]) for u in last_event]
+        if changes:
+            result.changes = self._changes(last_event)
+        else:
+            self._forget_changes()
         return result
 
     def persist(self, result: BatchResult) -> None:
@@ -207,6 +215,12 @@ class RecService:
         meta.update({_COUNT + t.encode(): str(n).encode() for t, n in self.counts.items()})
         return {"meta": meta, "users": users, "items": items}
 
+    def _forget_changes(self) -> None:
+        self.users.pop_new()
+        self.items.pop_new()
+        for model in self.models.values():
+            model.pop_touched()
+
     def _load(self) -> None:
         started = time.perf_counter()
         for key, value in self.store.items("meta"):
@@ -216,8 +230,7 @@ class RecService:
                 self.counts[key[len(_COUNT):].decode()] = int(value)
         self._load_family("users", self.users, self.profiles)
         self._load_family("items", self.items, None)
-        for model in self.models.values():
-            model.pop_touched()  # rows restored from the store are not changes
+        self._forget_changes()  # rows restored from the store are not changes
         if self.hwm:
             log.info("restored %d users, %d items, %d events in %.2fs", len(self.users), len(self.items),
                      sum(self.counts.values()), time.perf_counter() - started)

@@ -126,3 +126,13 @@ def test_list_message_carries_what_the_schema_promises() -> None:
     assert by_user["u1"]["trigger"] == {"event_id": "e2", "type": "click", "ts": 2000}
     assert by_user["u1"]["v"] == 1 and by_user["u1"]["model_version"].startswith("0.1.0+")
     assert "i1" not in [i["item_id"] for i in by_user["u2"]["items"]]
+
+
+def test_offline_mode_learns_the_same_without_lists_or_changes(events: list[Event]) -> None:
+    online, offline = RecService(SETTINGS, MemoryStore()), RecService(SETTINGS, MemoryStore())
+    _feed(online, events, batch=300)
+    for s in range(0, len(events), 300):
+        result = offline.apply([(("lane", s + n), e) for n, e in enumerate(events[s:s + 300])], lists=False, changes=False)
+        assert result.recommendations == [] and result.changes == {}
+    users = {e.user_id for e in events}
+    assert _all_lists(offline, users) == _all_lists(online, users)
