@@ -57,23 +57,29 @@ def candidates(seen: npt.NDArray[np.bool_], exclude: IntArray | None) -> IntArra
 def top_k(items: IntArray, scores: FloatArray, k: int) -> tuple[IntArray, FloatArray]:
     """The ``k`` best ``(items, scores)``, scores descending, ties broken by the lower index.
 
-    ``argpartition`` first so ranking a large catalogue costs O(n), then a full sort of the k winners.
+    A partition finds the k-th best score in O(n); every item at least that good (the winners plus
+    any ties at the boundary) is then sorted, so a tie at the boundary also goes to the lower index.
 
     Examples
     --------
     >>> import numpy as np
     >>> top_k(np.array([4, 5, 6]), np.array([0.1, 0.9, 0.5]), 2)
     (array([5, 6]), array([0.9, 0.5]))
+    >>> top_k(np.array([9, 3, 7]), np.array([1.0, 1.0, 1.0]), 2)[0]  # a boundary tie
+    array([3, 7])
     """
     items = as_index(items)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if k <= 0 or len(items) == 0:
         return np.empty(0, np.int64), np.empty(0, np.float64)
+    neg = -scores
     if k < len(items):
-        keep = np.argpartition(-scores, k - 1)[:k]
-        items, scores = items[keep], scores[keep]
-    order = np.lexsort((items, -scores))
-    return items[order], scores[order]
+        kth = np.partition(neg, k - 1)[k - 1]
+        if kth == kth:  # NaN scores (never expected) sort last: with fewer than k others, keep all
+            keep = np.flatnonzero(neg <= kth)
+            items, neg = items[keep], neg[keep]
+    order = np.lexsort((items, neg))[:k]
+    return items[order], -neg[order]
 
 
 class TouchLog:

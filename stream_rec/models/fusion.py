@@ -8,6 +8,7 @@ sources agree on rises above one that a single source ranks first.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -88,21 +89,27 @@ class Fusion:
         """
         if k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float64), []
-        exclude = np.unique(as_index(exclude if exclude is not None else []))
+        exclude = as_index(exclude if exclude is not None else [])
         names = self._active_sources(user, has_history)
         pool, fused, masks = self._fuse(user, k, exclude, names)
 
         n_explore = max(0, round(self.explore * k))
         picked = self._explore(n_explore, np.concatenate([exclude, pool[: k - n_explore]]))
         n_exploit = k - len(picked)  # explore slots nobody can fill go back to exploitation
-        keep = np.flatnonzero(~np.isin(pool, picked))[:n_exploit]
+        # A picked item may sit in the pool below the first k - n_explore: skip it there.
+        head = pool[: n_exploit + len(picked)]
+        if len(picked):
+            skip = set(picked.tolist())
+            keep = np.array([n for n, i in enumerate(head.tolist()) if i not in skip][:n_exploit], dtype=np.int64)
+        else:
+            keep = np.arange(len(head))
         pool, fused, masks = pool[keep], fused[keep], masks[keep]
 
         base = fused[-1] if len(fused) else 0.0
         items = np.concatenate([pool, picked])
         scores = np.concatenate([fused, base - _EXPLORE_STEP * np.arange(1, len(picked) + 1)])
-        labels = [tuple(n for b, n in enumerate(names) if int(m) >> b & 1) for m in masks]
-        return items, scores, labels + [(EXPLORE,)] * len(picked)
+        table = _label_table(tuple(names))
+        return items, scores, [table[m] for m in masks.tolist()] + [(EXPLORE,)] * len(picked)
 
     def _active_sources(self, user: int, has_history: bool) -> list[str]:
         if user < 0 or not has_history:
@@ -110,25 +117,35 @@ class Fusion:
         return [n for n in self.sources if self.weights.get(n, 0.0) > 0.0]
 
     def _fuse(self, user: int, k: int, exclude: IntArray, names: list[str]) -> tuple[IntArray, FloatArray, IntArray]:
-        """All candidates ranked by fused score, with a bitmask of the sources that proposed each."""
-        items_parts, score_parts, bit_parts = [], [], []
+        """All candidates ranked by fused score (ties: lower index), with a bitmask of the sources that
+        proposed each.
+
+        Scores and masks are accumulated in dense arrays indexed by item, one source after the other,
+        so each item's sum is taken in source order.
+        """
+        lists = []
         for b, name in enumerate(names):
             depth = self.candidates_per_source
             if name == POPULAR:
                 depth = max(depth, k)  # popularity is the filler that guarantees k items
             items, _ = self.sources[name].recommend(user, depth, exclude)
-            items = items[~np.isin(items, exclude)]
-            items_parts.append(items)
-            score_parts.append(self.weights.get(name, 1.0) / (RRF_K + 1.0 + np.arange(len(items))))
-            bit_parts.append(np.full(len(items), 1 << b, dtype=np.int64))
-        if not items_parts:
+            if len(items):
+                lists.append((b, name, as_index(items)))
+        if not lists:
             return np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.int64)
-        cand, inv = np.unique(np.concatenate(items_parts), return_inverse=True)
-        fused = np.bincount(inv, weights=np.concatenate(score_parts), minlength=len(cand))
-        masks = np.zeros(len(cand), dtype=np.int64)
-        np.bitwise_or.at(masks, inv, np.concatenate(bit_parts))
-        order = np.lexsort((cand, -fused))
-        return cand[order], fused[order], masks[order]
+        size = 1 + max(int(items.max()) for _, _, items in lists)
+        fused = np.zeros(size, dtype=np.float64)
+        masks = np.zeros(size, dtype=np.int64)
+        for b, name, items in lists:
+            # A source lists an item once, so plain fancy-index updates add each contribution once.
+            fused[items] += _rrf(self.weights.get(name, 1.0), len(items))
+            masks[items] |= 1 << b
+        if len(exclude):
+            masks[exclude[(exclude >= 0) & (exclude < size)]] = 0  # sources already leave them out
+        cand = np.flatnonzero(masks)
+        order = np.lexsort((cand, -fused[cand]))
+        cand = cand[order]
+        return cand, fused[cand], masks[cand]
 
     def _explore(self, n: int, taken: IntArray) -> IntArray:
         """Up to ``n`` new items from the popularity source, none in ``taken``, drawn with the seeded RNG."""
@@ -136,7 +153,22 @@ class Fusion:
         if n <= 0 or popular is None or not hasattr(popular, "new_items"):
             return np.empty(0, np.int64)
         fresh = popular.new_items(popular.now, self.explore_max_age_s, self.explore_max_events)
-        fresh = fresh[~np.isin(fresh, taken)]
+        taken_set = set(taken.tolist())  # a few dozen ids: a set beats np.isin's set-up cost
+        fresh = np.array([i for i in fresh.tolist() if i not in taken_set], dtype=np.int64)
         if len(fresh) == 0:
             return np.empty(0, np.int64)
         return self._rng.choice(fresh, size=min(n, len(fresh)), replace=False).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def _rrf(weight: float, n: int) -> FloatArray:
+    """``weight / (RRF_K + rank + 1)`` for ranks ``0 .. n-1`` (read-only, shared between lists)."""
+    out = weight / (RRF_K + 1.0 + np.arange(n))
+    out.flags.writeable = False
+    return out
+
+
+@functools.cache
+def _label_table(names: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The label of every source bitmask: the names whose bit is set, in source order."""
+    return [tuple(n for b, n in enumerate(names) if m >> b & 1) for m in range(1 << len(names))]

@@ -8,10 +8,12 @@ Why the batch path equals the one-event path
 * Random numbers are a pure function of ``(seed, global event position, draw number)`` (a counter
   based hash), so no draw depends on where a batch boundary falls.
 * A new row's initial value is a pure function of ``(seed, index)``.
-* Events of a batch are scheduled into conflict-free *rounds*: an event goes into the first round after
-  every earlier event that shares its user or one of its items. Events of one round touch disjoint
-  rows, so updating them together with numpy performs exactly the float operations the sequential
-  loop would.
+* The SGD *steps* of a batch (each event's positive step, then its negative steps) are scheduled into
+  conflict-free *rounds*: a step goes into the first round after every earlier step that shares its
+  user row or its item row. Steps of one round touch disjoint rows, so updating them together with
+  numpy performs exactly the float operations the sequential loop would. Scheduling steps rather than
+  whole events matters on skewed traffic: a best-seller drawn as one event's negative only delays
+  that step, not the event's other steps.
 """
 
 from __future__ import annotations
@@ -49,29 +51,22 @@ def _stream_key(seed: int, tag: int) -> np.uint64:
     return _splitmix64(np.array([seed * 8 + tag], dtype=_U64))[0]
 
 
-def _schedule(users: IntArray, cols: IntArray) -> tuple[IntArray, list[int]]:
-    """Order events into conflict-free rounds: ``(order, bounds)``, round ``r`` being
-    ``order[bounds[r]:bounds[r + 1]]`` (stream order inside a round).
+def _schedule(rows_a: IntArray, rows_b: IntArray) -> tuple[IntArray, list[int]]:
+    """Order steps into conflict-free rounds: ``(order, bounds)``, round ``r`` being
+    ``order[bounds[r]:bounds[r + 1]]`` (sequence order inside a round).
 
-    An event's round is one more than the latest round of any earlier event sharing its user or one
-    of its items, which is exactly the dependency order of the sequential loop.
+    Step ``s`` touches user row ``rows_a[s]`` and item row ``rows_b[s]``. Its round is one more than
+    the latest round of any earlier step touching either row, which is exactly the dependency order of
+    the sequential loop.
     """
-    _, lu = np.unique(users, return_inverse=True)
-    _, li = np.unique(cols, return_inverse=True)
-    li = li.reshape(cols.shape)
-    last_u = [0] * (int(lu.max()) + 1)
-    last_i = [0] * (int(li.max()) + 1)
+    last_a: dict[int, int] = {}
+    last_b: dict[int, int] = {}
     rounds = []
-    for a, row in zip(lu.tolist(), li.tolist()):
-        r = last_u[a]
-        for b in row:
-            if last_i[b] > r:
-                r = last_i[b]
+    for a, b in zip(rows_a.tolist(), rows_b.tolist()):
+        ra, rb = last_a.get(a, 0), last_b.get(b, 0)
+        r = ra if ra > rb else rb
         rounds.append(r)
-        r += 1
-        last_u[a] = r
-        for b in row:
-            last_i[b] = r
+        last_a[a] = last_b[b] = r + 1
     rounds_arr = np.asarray(rounds, dtype=np.int64)
     order = np.argsort(rounds_arr, kind="stable")
     bounds = [0, *np.cumsum(np.bincount(rounds_arr)).tolist()]
@@ -176,30 +171,29 @@ class ImplicitMF:
         step = lr * conf * gate
         shrink = np.float32(1.0) - lr * l2 * gate
 
-        order, bounds = _schedule(users, cols)
-        u_o, cols_o, step_o, shrink_o = users[order], cols[order].T, step[order].T, shrink[order].T
+        # One row per SGD step, in sequential order: event by event, positive step first.
+        n_steps = cols.shape[1]
+        target = np.zeros_like(step)
+        target[:, 0] = 1.0
+        step_users = np.repeat(users, n_steps)
+        order, bounds = _schedule(step_users, cols.ravel())
+        u_o, j_o = step_users[order], cols.ravel()[order]
+        target_o, step_o, shrink_o = target.ravel()[order], step.ravel()[order], shrink.ravel()[order]
         for a, b in zip(bounds[:-1], bounds[1:]):
-            self._sgd_round(u_o[a:b], cols_o[:, a:b], step_o[:, a:b], shrink_o[:, a:b])
+            self._sgd_round(u_o[a:b], j_o[a:b], target_o[a:b], step_o[a:b], shrink_o[a:b])
         self._touched.add(users=users, items=cols[gate > 0])
 
-    def _sgd_round(self, u: IntArray, cols: IntArray, step: Float32Array, shrink: Float32Array) -> None:
-        """One conflict-free round: each event's positive step, then its negative steps, in order.
-
-        ``cols``, ``step`` and ``shrink`` are ``(1 + n_negatives, n_events_in_round)``.
-        """
-        Q = self.Q
-        pu = self.P[u]
-        for s in range(cols.shape[0]):
-            j = cols[s]
-            qj = Q[j]
-            target = np.float32(1.0 if s == 0 else 0.0)
-            err = (target - np.einsum("ij,ij->i", pu, qj)) * step[s]
-            keep = shrink[s][:, None]
-            pu, qj = pu * keep + err[:, None] * qj, qj * keep + err[:, None] * pu
-            if self.max_norm is not None:
-                pu, qj = _clip_rows(pu, self.max_norm), _clip_rows(qj, self.max_norm)
-            Q[j] = qj
-        self.P[u] = pu
+    def _sgd_round(
+        self, u: IntArray, j: IntArray, target: Float32Array, step: Float32Array, shrink: Float32Array
+    ) -> None:
+        """One conflict-free round of SGD steps, each pushing ``p_u . q_j`` towards its target."""
+        pu, qj = self.P[u], self.Q[j]
+        err = ((target - np.einsum("ij,ij->i", pu, qj)) * step)[:, None]
+        keep = shrink[:, None]
+        pu, qj = pu * keep + err * qj, qj * keep + err * pu
+        if self.max_norm is not None:
+            pu, qj = _clip_rows(pu, self.max_norm), _clip_rows(qj, self.max_norm)
+        self.P[u], self.Q[j] = pu, qj
 
     def _draw_negatives(self, items: IntArray) -> tuple[IntArray, Float32Array]:
         """Negatives for each event, uniform over the events before it (up to the pool size).

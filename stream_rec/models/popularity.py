@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_rec.models._arrays import TouchLog, as_index, candidates, grow, top_k
+from stream_rec.models._arrays import TouchLog, as_index, grow
 from stream_rec.types import FloatArray, IntArray
 
 #: Layout of :meth:`DecayedPopularity.item_state` (32 bytes, little-endian).
@@ -54,6 +54,13 @@ class DecayedPopularity:
         self._count = np.zeros(0, dtype=np.int64)
         self._seen = np.zeros(0, dtype=bool)
         self._touched = TouchLog()
+        # Every seen item ranked at ``now`` (best first), and the last ``new_items`` answer: both are
+        # the same for every user, so they are computed once per change of state, not once per list.
+        self._ranking: tuple[IntArray, FloatArray] | None = None
+        self._fresh: tuple[tuple[float, float, int], IntArray] | None = None
+
+    def _changed(self) -> None:
+        self._ranking, self._fresh = None, None
 
     def _decay(self, dt: FloatArray) -> FloatArray:
         return np.exp2(-np.asarray(dt, dtype=np.float64) / self.half_life_s)
@@ -95,6 +102,7 @@ class DecayedPopularity:
         self._seen[uniq] = True
         self.now = max(self.now, float(ts.max()))
         self._touched.add(items=uniq)
+        self._changed()
 
     def _values_now(self, items: IntArray) -> FloatArray:
         return self._value[items] * self._decay(self.now - self._last[items])
@@ -109,18 +117,40 @@ class DecayedPopularity:
         return out
 
     def recommend(self, user: int, k: int, exclude: IntArray | None = None) -> tuple[IntArray, FloatArray]:
-        """The ``k`` most popular seen items at :attr:`now`, minus ``exclude``."""
-        cand = candidates(self._seen, exclude)
-        return top_k(cand, self._values_now(cand), k)
+        """The ``k`` most popular seen items at :attr:`now`, minus ``exclude`` (ties: lower index first)."""
+        ranked, values = self._ranked()
+        if k <= 0:
+            return ranked[:0], values[:0]
+        if exclude is None or len(exclude) == 0:
+            return ranked[:k].copy(), values[:k].copy()
+        ex = as_index(exclude)
+        # At most len(exclude) of the leading items are excluded, so this prefix always holds k others.
+        head = ranked[: k + len(ex)]
+        drop = np.zeros(len(self._seen), dtype=bool)
+        drop[ex[(ex >= 0) & (ex < len(drop))]] = True
+        keep = np.flatnonzero(~drop[head])[:k]
+        return head[keep], values[keep]
+
+    def _ranked(self) -> tuple[IntArray, FloatArray]:
+        """All seen items by decayed value at :attr:`now`, descending, ties by lower index (cached)."""
+        if self._ranking is None:
+            items = np.flatnonzero(self._seen).astype(np.int64)
+            values = self._values_now(items)
+            order = np.lexsort((items, -values))
+            self._ranking = items[order], values[order]
+        return self._ranking
 
     def new_items(self, now: float, max_age_s: float, max_events: int) -> IntArray:
         """Items first seen within ``max_age_s`` before ``now`` with at most ``max_events`` events.
 
         These are the exploration candidates: too young or too rarely seen for any learned source.
         """
-        n = len(self._seen)
-        mask = self._seen & (self._first[:n] >= now - max_age_s) & (self._count[:n] <= max_events)
-        return np.flatnonzero(mask).astype(np.int64)
+        key = (now, max_age_s, max_events)
+        if self._fresh is None or self._fresh[0] != key:
+            n = len(self._seen)
+            mask = self._seen & (self._first[:n] >= now - max_age_s) & (self._count[:n] <= max_events)
+            self._fresh = key, np.flatnonzero(mask).astype(np.int64)
+        return self._fresh[1].copy()
 
     def user_state(self, user: int) -> bytes | None:
         """Always ``None``: popularity keeps no per-user state."""
@@ -144,6 +174,7 @@ class DecayedPopularity:
         self._value[item], self._last[item] = rec["value"], rec["last_ts"]
         self._first[item], self._count[item] = rec["first_seen"], rec["n_events"]
         self._seen[item] = True
+        self._changed()
         # Scores decay to the newest event time; a restored model recovers it from its rows.
         self.now = max(self.now, float(rec["last_ts"]))
 

@@ -94,3 +94,15 @@ def test_half_life_decays_totals_and_favours_recent_pairs() -> None:
     _learn(model, [(0, 5, 1.0, 0.0), (1, 5, 1.0, 10.0)])
     total, row_ts, _ = _neighbors(model, 5)
     assert (total, row_ts) == (pytest.approx(1.5), 10.0)
+
+
+def test_ties_at_the_cut_go_to_the_lower_index() -> None:
+    model = CoOccurrence()
+    # Users 1-4 each see 50 then one other item: 40, 30, 20 and 10 are equally close to 50.
+    events = []
+    for u, item in enumerate([40, 30, 20, 10], 1):
+        events += [(u, 50, 1.0, 10.0 * u), (u, item, 1.0, 10.0 * u + 1)]
+    _learn(model, events + [(9, 50, 1.0, 100.0)])
+    items, scores = model.recommend(9, 2)
+    assert items.tolist() == [10, 20]
+    assert scores[0] == scores[1] > 0

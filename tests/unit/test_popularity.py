@@ -64,3 +64,11 @@ def test_item_state_layout_and_no_user_state() -> None:
     assert pop.user_state(0) is None and pop.item_state(3) is None
     users, items = pop.pop_touched()
     assert users.tolist() == [] and items.tolist() == [4]
+
+
+def test_ties_at_the_cut_go_to_the_lower_index() -> None:
+    pop = DecayedPopularity()
+    items = np.array([9, 3, 7, 5, 1])  # all equally popular
+    pop.learn_many(np.zeros(5), items, np.ones(5), np.zeros(5))
+    assert pop.recommend(-1, 2)[0].tolist() == [1, 3]
+    assert pop.recommend(-1, 2, exclude=np.array([1, 42]))[0].tolist() == [3, 5]
