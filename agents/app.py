@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,23 +77,26 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     async def ingest(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(settings.batch_max, within):
             now_ms = int(time.time() * 1000)
+            counts: Counter[tuple[bool, str]] = Counter()
             for event in batch:
-                await _route(event, topic_stream[event.message.topic], now_ms)
+                counts[await _route(event, topic_stream[event.message.topic], now_ms)] += 1
             await app.producer.flush()  # forwarded before the batch is acked
+            for (valid, label), n in counts.items():  # one metric update per label, not per event
+                (metrics.events_in if valid else metrics.dead_letters).labels(label).inc(n)
 
-    async def _route(event: EventT, stream_name: str, now_ms: int) -> None:
+    async def _route(event: EventT, stream_name: str, now_ms: int) -> tuple[bool, str]:
+        """Forward or dead-letter one message; returns (valid, type or reason) for the metrics."""
         msg = event.message
         try:
             valid = decode(msg.value, stream_name, now_ms=now_ms, limits=limits)
         except InvalidEvent as err:
-            metrics.dead_letters.labels(err.reason).inc()
             headers = dead_letter_headers(err.reason, str(err), msg.topic, msg.partition, msg.offset)
             await send(settings.topic_dead_letter, msg.key, msg.value or b"", headers=headers)
-            return
-        metrics.events_in.labels(valid.type).inc()
+            return False, err.reason
         # The shop's produce time travels with the event, so freshness is measured from it.
         await send(settings.topic_events, valid.user_id.encode(), encode_keyed(valid, msg.topic, msg.partition, msg.offset),
                    timestamp=msg.timestamp)
+        return True, valid.type
 
     @app.agent(keyed)
     async def learn(stream: faust.StreamT) -> None:

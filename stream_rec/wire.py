@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 from stream_rec.events import Event
@@ -18,7 +17,8 @@ def encode_keyed(event: Event, topic: str, partition: int, offset: int) -> bytes
     >>> decode_keyed(encode_keyed(e, "shop.browse", 2, 41)) == (e, "shop.browse:2", 41)
     True
     """
-    body = {k: v for k, v in asdict(event).items() if v is not None}
+    # getattr over the slots, not dataclasses.asdict, which deep-copies and costs ~10 us an event.
+    body = {name: value for name in _FIELDS if (value := getattr(event, name)) is not None}
     body["src"] = [topic, partition, offset]
     return json.dumps(body, separators=(",", ":")).encode()
 
