@@ -21,6 +21,7 @@ from tools.workers import WorkerProcess
 log = logging.getLogger(__name__)
 APPLIED = "stream_rec_learn_events_applied_total"
 DEAD = "stream_rec_ingest_dead_letters_total"
+ASSIGNED = "stream_rec_worker_assigned_partitions"
 
 
 def malformed_messages(settings: Settings) -> list[tuple[str, bytes, str]]:
@@ -57,11 +58,14 @@ def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, s
             bootstrap = stack.enter_context(EmbeddedBroker(log_path=os.path.join(workdir, "broker.log"))).bootstrap
         settings = _demo_settings(settings, run_id, bootstrap, workdir)
         print(f"broker {bootstrap}; worker state and logs in {workdir}", flush=True)
-        worker = WorkerProcess(settings, log_path=os.path.join(workdir, "worker.log")).start()
-        stack.callback(worker.stop)
         shop = SyntheticShop(ShopConfig(n_users=n_users, n_items=n_items, n_events=n_events, seed=seed))
         events = list(shop.events())
         bad = malformed_messages(settings)
+        launched = time.monotonic()
+        worker = WorkerProcess(settings, log_path=os.path.join(workdir, "worker.log")).start()
+        stack.callback(worker.stop)
+        worker.wait_for(ASSIGNED, 1, timeout_s=120)
+        print(f"worker ready in {time.monotonic() - launched:.1f} s (state loaded, consumer group joined)", flush=True)
         started = time.monotonic()
         producer = make_producer(bootstrap)
         sent = produce_events(producer, events, settings)
