@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from stream_rec.settings import Settings, settings_table
+from tools import evaluate, replay, tail
 
 log = logging.getLogger("stream_rec")
 
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=1000, help="items (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
+
+    replay.add_parser(sub)
+    tail.add_parser(sub)
+    evaluate.add_parser(sub)
 
     p = sub.add_parser("state", help="print the counts in a stopped worker's state")
     p.add_argument("--worker-id", help="overrides STREAM_REC_WORKER_ID")

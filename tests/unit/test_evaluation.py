@@ -1,0 +1,249 @@
+"""Offline evaluation: metrics with hand-computed answers, the prequential protocol, known-answer
+streams, the report and the ``evaluate`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_rec.evaluation import metrics
+from stream_rec.evaluation.baselines import (
+    MODEL_NAMES,
+    Batch,
+    BatchItemKNN,
+    Competitor,
+    Popularity,
+    RiverMF,
+    Vocabulary,
+    build,
+    river_biased_mf,
+    top_k_rows,
+)
+from stream_rec.evaluation.metrics import MISS
+from stream_rec.evaluation.prequential import Prequential, micro_batches
+from stream_rec.evaluation.report import COLUMNS, table, write_json, write_plots
+from stream_rec.events import Event
+from stream_rec.settings import Settings
+from stream_rec.synth import ShopConfig, SyntheticShop, write_jsonl
+from tools.evaluate import main
+
+SETTINGS = Settings(explore=0.0)
+
+
+def _run(events: Sequence[Event], names: Sequence[str], **kwargs: object) -> Prequential:
+    vocab = Vocabulary.empty()
+    run = Prequential(build(names, vocab, SETTINGS, refit_every=50), vocab, SETTINGS, **kwargs)  # type: ignore[arg-type]
+    run.run(events)
+    return run
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def test_rank_metrics_match_hand_computed_values() -> None:
+    ranks = np.array([0, 2, 7, MISS, 15])
+    assert metrics.hit_rate(ranks, 5) == pytest.approx(2 / 5)
+    assert metrics.hit_rate(ranks, 10) == pytest.approx(3 / 5)
+    assert metrics.hit_rate(ranks, 20) == pytest.approx(4 / 5)
+    assert metrics.ndcg(ranks, 10) == pytest.approx((1 + 1 / math.log2(4) + 1 / math.log2(9)) / 5)
+    assert metrics.ndcg(ranks, 5) == pytest.approx((1 + 1 / 2) / 5)
+    assert metrics.mrr(ranks, 10) == pytest.approx((1 + 1 / 3 + 1 / 8) / 5)
+    assert metrics.mrr(ranks, 20) == pytest.approx((1 + 1 / 3 + 1 / 8 + 1 / 16) / 5)
+
+
+def test_ranks_of_finds_the_item_or_misses() -> None:
+    lists = np.array([[5, 6, 7], [7, -1, -1], [1, 2, 3]])
+    assert metrics.ranks_of(lists, np.array([7, 7, 9])).tolist() == [2, 0, MISS]
+    assert metrics.ranks_of(np.empty((2, 0), np.int64), np.array([1, 2])).tolist() == [MISS, MISS]
+
+
+def test_novelty_coverage_splits_and_curve() -> None:
+    # Item 0 holds 7 of 8 events, item 1 one: shares (7+1)/10 and (1+1)/10 with add-one smoothing.
+    nov = metrics.novelty(np.array([[0, 1], [1, -1]]), np.array([7, 1]), 8)
+    assert nov.tolist() == pytest.approx([(-math.log2(0.8) - math.log2(0.2)) / 2, -math.log2(0.2)])
+    acc = metrics.Accumulator(window=2)
+    acc.add(np.array([0, 3, MISS, 12]), np.array([3, 0, 3, 0]), np.array([True, True, False, False]),
+            np.array([[0, 1], [1, 2], [2, 3], [0, 0]]), np.array([1.0, 1.0, 2.0, np.nan]))
+    s = acc.summary(n_items=8)
+    assert s["hr@5"] == 0.5 and s["hr@20"] == 0.75
+    assert s["purchase_hr@10"] == 0.5 and s["view_hr@10"] == 0.5 and s["click_hr@10"] is None
+    assert s["new_user_hr@10"] == 1.0 and s["returning_hr@10"] == 0.0
+    assert s["coverage@10"] == 4 / 8
+    assert s["novelty@10"] == pytest.approx(4 / 3)  # the empty (NaN) list is left out
+    assert s["curve"]["hr@10"] == [1.0, 0.0]
+
+
+def test_top_k_rows_respects_exclusions_ties_and_padding() -> None:
+    scores = np.array([[3.0, 3.0, 1.0, -np.inf], [0.0, 2.0, 5.0, 4.0]])
+    out = top_k_rows(scores, 3, [np.array([], np.int64), np.array([2])])
+    assert out.tolist() == [[0, 1, 2], [3, 1, 0]]
+    assert top_k_rows(np.array([[1.0, -np.inf]]), 3).tolist() == [[0, -1, -1]]
+
+
+# ------------------------------------------------------------------------------------ protocol
+
+
+class LastLearned(Competitor):
+    """Recommends the last item it learned for the user: perfect on a stream if it learned first."""
+
+    name = "last-learned"
+
+    def __init__(self) -> None:
+        self.last: dict[int, int] = {}
+        self.calls: list[str] = []
+
+    def learn_many(self, batch: Batch) -> None:
+        self.calls.append("learn")
+        self.last.update(zip(batch.users.tolist(), batch.items.tolist()))
+
+    def recommend_many(self, users: np.ndarray, k: int, exclude: Sequence[np.ndarray]) -> np.ndarray:
+        self.calls.append("recommend")
+        out = np.full((len(users), k), -1, dtype=np.int64)
+        for r, u in enumerate(users.tolist()):
+            out[r, 0] = self.last.get(u, -1)
+        return out
+
+
+def test_first_event_of_a_user_is_learned_but_never_scored() -> None:
+    events = [Event(f"u{n}", "a", "purchase", n) for n in range(5)] + [Event("u0", "b", "view", 10)]
+    run = _run(events, ["popularity"], batch_size=2)
+    result = run.result()
+    assert (result.events, result.scored, result.unscored_new_users) == (6, 1, 5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_items_are_recommended_before_they_are_learned(batch_size: int) -> None:
+    # Each user touches the same item again and again: a model that learned the event first would
+    # recommend it back and score 100 %; recommended before learning, only the repeats can hit.
+    events = [Event(f"u{n % 4}", f"item-{n // 8}", "view", n) for n in range(64)]
+    model = LastLearned()
+    run = Prequential({"m": model}, Vocabulary.empty(), SETTINGS, batch_size=batch_size, exact=True)
+    result = run.run(events)
+    ranks = run.accumulators["m"].ranks
+    new_item = np.array([n % 8 < 4 for n in range(64)])[[n >= 4 for n in range(64)]]
+    assert result.scored == 60
+    assert (ranks[new_item] == MISS).all()  # the first sight of each item by a user is never a hit
+    assert (ranks[~new_item] == 0).all()  # the repeat is
+    # Each batch: recommend (when anyone in it can be scored), then learn; never learn-then-recommend.
+    assert all(b == "learn" for a, b in zip(model.calls, model.calls[1:]) if a == "recommend")
+    assert model.calls.count("learn") == len(list(micro_batches(events, batch_size, exact=True)))
+
+
+@pytest.mark.parametrize("name", ["popularity", "fused", "decayed-popularity"])
+def test_bought_items_are_never_recommended_back(name: str) -> None:
+    events = [Event("buyer", "hot", "purchase", 0)]
+    events += [Event(f"fan{n}", "hot", "view", 1 + n) for n in range(10)]
+    events += [Event("buyer", "hot", "purchase", 20), Event("fan0", "hot", "view", 21)]
+    run = _run(events, [name], batch_size=1)
+    ranks = run.accumulators[name].ranks
+    assert ranks[-2] == MISS  # the buyer already owns "hot"
+    assert ranks[-1] == 0  # a fan who only viewed it gets it first
+
+
+def test_later_events_of_a_user_in_one_batch_see_the_pre_batch_state() -> None:
+    events = [Event("u", f"i{n}", "view", n) for n in range(4)]
+    model = LastLearned()
+    run = Prequential({"m": model}, Vocabulary.empty(), SETTINGS, batch_size=4, exact=False)
+    result = run.run(events)
+    assert result.scored == 3 and result.scored_as_strangers == 3  # the user's first event precedes them in stream order
+    assert model.calls == ["recommend", "learn"]
+    assert (run.accumulators["m"].ranks == MISS).all()  # scored as a stranger: nothing learned yet
+    assert run.accumulators["m"].summary(4)["new_user_scored"] == 3
+    exact = LastLearned()
+    run = Prequential({"m": exact}, Vocabulary.empty(), SETTINGS, batch_size=4, exact=True)
+    assert run.run(events).scored == 3 and exact.calls.count("learn") == 4
+    assert micro_batches(events, 4, exact=True).__next__() == events[:1]
+
+
+# ------------------------------------------------------------------------------------ known answers
+
+
+def _pairs_stream(n_users: int = 600, n_pairs: int = 60, seed: int = 0) -> list[Event]:
+    """Every user buys A_k and then B_k for a random pair k; a few best-sellers make popularity work."""
+    rng = np.random.default_rng(seed)
+    events, t = [], 0
+    for u in range(n_users):
+        k = int(rng.integers(n_pairs))
+        for item in (f"A{k}", f"hot{int(rng.integers(3))}", f"B{k}"):
+            events.append(Event(f"u{u}", item, "purchase", t))
+            t += 1
+    return events
+
+
+def test_cooccurrence_finds_the_planted_pairs_and_popularity_cannot() -> None:
+    run = _run(_pairs_stream(), ["cooc", "popularity", "batch-knn"], batch_size=64)
+    # Scored events alternate hot, B_k (A_k is each user's first event): keep the B_k ones.
+    hr = {name: np.mean(acc.ranks[1::2] < 10) for name, acc in run.accumulators.items()}
+    cooc = run.accumulators["cooc"].ranks[1::2]
+    assert hr["cooc"] > 0.7 and hr["popularity"] < 0.25
+    assert np.mean(cooc[len(cooc) // 2:] < 10) > 0.9  # once the pairs are learned, B_k follows A_k
+    assert hr["batch-knn"] > 2 * hr["popularity"]  # the retrained kNN sees the pairs too, a bit late
+
+
+def test_river_ranking_mirror_equals_predict_one() -> None:
+    model = RiverMF("river", river_biased_mf(seed=1, n_factors=4), n_negatives=1, seed=1)
+    users, items = np.array([0, 1, 0, 2, 1, 0] * 5), np.array([0, 1, 2, 1, 3, 4] * 5)
+    model.learn_many(Batch([], users, items, np.ones(30), np.arange(30.0), np.zeros(30, bool)))
+    top = model.recommend_many(np.array([0, 1]), 5, [np.array([], np.int64)] * 2)
+    for row, u in zip(top.tolist(), (0, 1)):
+        expected = sorted(range(5), key=lambda i: -model.model.predict_one(u, i))
+        assert row == expected
+
+
+def test_batch_knn_refits_on_schedule() -> None:
+    knn = BatchItemKNN(refit_every=10, neighbors=2)
+    users, items = np.arange(25) % 5, np.arange(25) % 7
+    for a in range(0, 25, 5):
+        knn.learn_many(Batch([], users[a:a + 5], items[a:a + 5], np.ones(5), np.zeros(5), np.zeros(5, bool)))
+    assert knn.n_fits == 2
+    assert (np.diff(knn._S.indptr) <= 2).all()
+
+
+# ------------------------------------------------------------------------------------ report and CLI
+
+
+def test_report_json_has_every_model_and_every_figure(tmp_path: Path) -> None:
+    shop = SyntheticShop(ShopConfig(n_users=40, n_items=60, n_categories=4, n_events=600, seed=3))
+    events = [Event(e["user_id"], e["item_id"], e["type"], e["ts"]) for e in shop.events()]
+    run = _run(events, MODEL_NAMES, batch_size=50, window=100)
+    result = run.result()
+    write_json(result, tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert list(report["models"]) == list(MODEL_NAMES)
+    for name, figures in report["models"].items():
+        for _, key, _ in COLUMNS:
+            assert key in figures, (name, key)
+        assert figures["events_per_s"] > 0 and figures["scored"] == report["scored"]
+        assert len(figures["curve"]["hr@10"]) == math.ceil(report["scored"] / 100)
+    assert report["events"] == 600 and report["scored"] + report["unscored_new_users"] == 600
+    lines = table(result).splitlines()
+    assert [line.split()[0] for line in lines[2:]] == list(MODEL_NAMES)
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in write_plots(result, tmp_path / "plots"))
+
+
+def test_evaluate_command_writes_table_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "shop.jsonl"
+    write_jsonl(SyntheticShop(ShopConfig(n_users=30, n_items=50, n_categories=5, n_events=400, seed=1)).events(), log)
+    out_json, plots = tmp_path / "report.json", tmp_path / "plots"
+    code = main([str(log), "--models", "fused,popularity,batch-knn", "--batch-size", "64", "--window", "50",
+                 "--refit-every", "100", "--pre-batch", "--json", str(out_json), "--plots", str(plots)])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "HR@10" in stdout and "events/s" in stdout
+    assert all(any(line.startswith(name) for line in stdout.splitlines()) for name in ("fused", "popularity", "batch-knn"))
+    report = json.loads(out_json.read_text())
+    assert set(report["models"]) == {"fused", "popularity", "batch-knn"} and report["exact"] is False
+    assert report["events"] == 400 and "scored_as_strangers" in report
+    assert sorted(p.name for p in plots.iterdir()) == ["figures.png", "hr10_over_time.png"]
+
+
+def test_evaluate_command_refuses_an_unknown_model(tmp_path: Path) -> None:
+    log = tmp_path / "shop.jsonl"
+    write_jsonl(SyntheticShop(ShopConfig(n_users=5, n_items=10, n_categories=2, n_events=20, seed=1)).events(), log)
+    with pytest.raises(SystemExit, match="unknown model 'nope'"):
+        main([str(log), "--models", "fused,nope"])

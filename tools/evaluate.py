@@ -1,0 +1,222 @@
+"""``stream-rec evaluate``: prequential evaluation of our service and its competitors on an event log.
+
+Every model sees the same events in the same micro-batches: for each event of a known user it first
+recommends a top 20 (excluding what the user bought), the event's item is looked up in it, then the
+model learns the event. Prints a table; ``--json`` and ``--plots`` write the full report.
+
+``--dataset ml-100k`` fetches MovieLens-100K at run time: ``pip download --no-deps recbole==1.2.1`` into a
+cache folder (``$STREAM_REC_CACHE_DIR`` or ``~/.cache/stream-rec``) and reads ``ml-100k.inter`` straight
+from the wheel. Its licence forbids redistribution, so it is never written anywhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import logging
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from stream_rec.events import Event
+from stream_rec.evaluation.baselines import MODEL_NAMES, Vocabulary, build
+from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Prequential
+from stream_rec.evaluation.report import table, write_json, write_plots
+from stream_rec.settings import Settings
+
+log = logging.getLogger("stream_rec.evaluate")
+
+RECBOLE_WHEEL = "recbole==1.2.1"
+ML100K_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+DATASETS = ("ml-100k",)
+
+
+def cache_dir() -> Path:
+    """Where fetched datasets live: ``$STREAM_REC_CACHE_DIR``, else ``~/.cache/stream-rec``."""
+    return Path(os.environ.get("STREAM_REC_CACHE_DIR") or Path.home() / ".cache" / "stream-rec")
+
+
+def fetch_recbole_wheel(cache: Path) -> Path:
+    """The recbole wheel in ``cache``, downloaded with pip the first time."""
+    wheels = sorted(cache.glob("recbole-1.2.1-*.whl"))
+    if not wheels:
+        cache.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s into %s (MovieLens-100K ships inside it)", RECBOLE_WHEEL, cache)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", RECBOLE_WHEEL, "-d", str(cache)],
+                       check=True)
+        wheels = sorted(cache.glob("recbole-1.2.1-*.whl"))
+        if not wheels:
+            raise SystemExit(f"stream-rec evaluate: pip left no recbole wheel in {cache}")
+    return wheels[0]
+
+
+def movielens_100k_events(wheel: Path) -> list[Event]:
+    """Every rating of ``ml-100k.inter`` (read from the wheel, in memory) as a purchase, in time order.
+
+    Ratings are treated as implicit feedback: whatever the score, the user chose the film.
+    """
+    with zipfile.ZipFile(wheel) as archive, archive.open(ML100K_MEMBER) as raw:
+        lines = io.TextIOWrapper(raw, encoding="utf-8").read().splitlines()
+    events = []
+    for line in lines[1:]:  # header: user_id:token item_id:token rating:float timestamp:float
+        user, item, _, ts = line.split("\t")
+        events.append(Event(user, item, "purchase", int(float(ts) * 1000)))
+    events.sort(key=lambda e: e.ts_ms)  # stable: ties keep file order
+    return events
+
+
+def _log_format(args: argparse.Namespace) -> Any:
+    from stream_rec import logs
+
+    fmt = logs.PRESETS[args.preset] if args.preset else logs.LogFormat()
+    changes: dict[str, Any] = {}
+    if args.map:
+        changes["mapping"] = logs.parse_mapping(args.map)
+    if args.types:
+        changes["types"] = logs.parse_mapping(args.types)
+    if args.default_type:
+        changes["default_type"] = args.default_type
+    if args.ts_unit:
+        changes["ts_unit"] = args.ts_unit
+    return dataclasses.replace(fmt, **changes)
+
+
+def _log_events(args: argparse.Namespace) -> list[Event]:
+    try:
+        from stream_rec import logs  # noqa: F401
+    except ImportError:
+        if args.preset or args.map or args.types or args.default_type or args.ts_unit:
+            raise SystemExit("stream-rec evaluate: --preset/--map/--types need stream_rec.logs, not installed yet")
+        return _native_jsonl(args.paths, args.skip, args.limit)
+    from stream_rec.logs import read_log
+
+    events, errors = [], 0
+    for line in read_log(args.paths, _log_format(args), skip=args.skip, limit=args.limit, sort=True):
+        if line.event is not None:
+            events.append(line.event)
+        else:
+            errors += 1
+            if errors <= 5:
+                log.warning("%s:%d: skipped: %s", line.path, line.line_no, line.error)
+    if errors:
+        log.warning("skipped %d invalid lines", errors)
+    return events
+
+
+def _native_jsonl(paths: Sequence[str], skip: int, limit: int | None) -> list[Event]:
+    """Schema-v1 JSONL (``stream-rec generate``'s output), used until ``stream_rec.logs`` lands."""
+    import gzip
+
+    from stream_rec.events import InvalidEvent, decode
+
+    events: list[Event] = []
+    for path in paths:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    events.append(decode(raw.strip(), None, now_ms=2**62))
+                except InvalidEvent as err:
+                    log.warning("%s:%d: skipped: %s", path, n, err)
+    events.sort(key=lambda e: e.ts_ms)
+    return events[skip:][:limit] if limit is not None else events[skip:]
+
+
+def load_events(args: argparse.Namespace) -> list[Event]:
+    """The events to evaluate on, in time order, after ``--skip`` and ``--limit``."""
+    if args.dataset:
+        events = movielens_100k_events(fetch_recbole_wheel(cache_dir()))
+        return events[args.skip:][: args.limit] if args.limit is not None else events[args.skip:]
+    if not args.paths:
+        raise SystemExit("stream-rec evaluate: give log PATHs or --dataset ml-100k")
+    return _log_events(args)
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ev", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    settings = Settings.from_env(**({"seed": args.seed} if args.seed is not None else {}))
+    started = time.perf_counter()
+    events = load_events(args)
+    log.info("loaded %d events in %.1fs", len(events), time.perf_counter() - started)
+    if not events:
+        raise SystemExit("stream-rec evaluate: no events to evaluate")
+    vocab = Vocabulary.empty()
+    try:
+        competitors = build(names, vocab, settings, refit_every=args.refit_every)
+    except ValueError as err:
+        raise SystemExit(f"stream-rec evaluate: {err}") from None
+    evaluation = Prequential(competitors, vocab, settings, batch_size=args.batch_size, exact=not args.pre_batch,
+                             window=args.window, new_user_events=args.new_user_events)
+    with _progress(len(events), "evaluate") as bar:
+        result = evaluation.run(events, progress=bar.update)
+    result.extra["source"] = args.dataset or list(args.paths)
+    result.extra["models_order"] = names
+    for name, figures in result.models.items():
+        log.info("%s: %.0f events/s (%.2fs)", name, figures["events_per_s"] or 0.0, figures["seconds"])
+    print(table(result), flush=True)
+    if args.json:
+        write_json(result, args.json)
+        log.info("wrote %s", args.json)
+    if args.plots:
+        for path in write_plots(result, args.plots):
+            log.info("wrote %s", path)
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``evaluate`` on a ``stream-rec`` subparsers object."""
+    p = subparsers.add_parser("evaluate", help="prequential evaluation of our models and baselines on an event log",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", metavar="PATH", help="event log files (formats: see --preset, --map)")
+    p.add_argument("--dataset", choices=DATASETS, help="fetch a public dataset at run time instead of PATHs")
+    p.add_argument("--preset", choices=("movielens", "taobao"), help="a known log format")
+    p.add_argument("--map", help="field mapping, e.g. 'user_id=uid,item_id=sku,ts=time'")
+    p.add_argument("--types", help="event type mapping, e.g. 'pv=view,buy=purchase'")
+    p.add_argument("--default-type", help="event type of lines that carry none")
+    p.add_argument("--ts-unit", choices=("s", "ms"), help="unit of numeric timestamps (default: the format's)")
+    p.add_argument("--skip", type=int, default=0, help="skip the first N events (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="evaluate at most N events (default: all)")
+    p.add_argument("--models", default=",".join(MODEL_NAMES),
+                   help=f"comma-separated models (default: all: {','.join(MODEL_NAMES)})")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="most events per micro-batch; a batch is scored on the state before it and cut "
+                        "early where a user repeats (default: %(default)s)")
+    p.add_argument("--pre-batch", action="store_true",
+                   help="do not cut batches where a user repeats: a user's later events in a batch are scored on "
+                        "the state before the batch (faster on bursty logs, but such events are scored as if the "
+                        "user were a stranger; the report counts them)")
+    p.add_argument("--window", type=int, default=1000, help="scored events per point of the HR@10 curve (default: %(default)s)")
+    p.add_argument("--new-user-events", type=int, default=NEW_USER_EVENTS,
+                   help="a user with fewer earlier events is 'new' (default: %(default)s)")
+    p.add_argument("--refit-every", type=int, default=10_000, help="batch-knn retrains every N events (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="overrides STREAM_REC_SEED")
+    p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--plots", metavar="DIR", help="write PNG plots (HR@10 over time, final figures)")
+    p.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``stream-rec evaluate ARGS`` on its own (the lead wires :func:`add_parser` into ``tools.cli``)."""
+    parser = argparse.ArgumentParser(prog="stream-rec")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+    if not logging.getLogger().handlers:
+        level = os.environ.get("STREAM_REC_LOG_LEVEL", "info").upper()
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
