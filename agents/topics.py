@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream_rec.settings import Settings
 
@@ -17,9 +18,34 @@ def all_topics(settings: Settings) -> list[str]:
             settings.topic_dead_letter]
 
 
+class BrokerUnreachable(RuntimeError):
+    """No Kafka broker answers at the configured bootstrap address."""
+
+
+def _unreachable(bootstrap: str, why: str) -> str:
+    return (f"no Kafka broker answers at {bootstrap} ({why}); start one with `stream-rec broker`, "
+            "or point STREAM_REC_KAFKA_BOOTSTRAP at your cluster")
+
+
+def _accepts_connections(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s).close()
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def ensure_topics(settings: Settings, bootstrap: str) -> None:
     """Create every topic that does not exist yet, with ``settings.partitions`` partitions."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin")
+    if not _accepts_connections(bootstrap):  # kafka-python alone would wait 30 s before saying so
+        raise BrokerUnreachable(_unreachable(bootstrap, "connection refused or timed out"))
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin")
+    except KafkaError as err:
+        raise BrokerUnreachable(_unreachable(bootstrap, err.__class__.__name__)) from None
     try:
         existing = set(admin.list_topics())
         missing = [t for t in all_topics(settings) if t not in existing]

@@ -36,11 +36,16 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from agents.topics import BrokerUnreachable
     from agents.worker import run_worker
 
     overrides = {name: value for name, value in (("worker_id", args.worker_id), ("data_dir", args.data_dir),
                                                   ("kafka_bootstrap", args.bootstrap)) if value is not None}
-    run_worker(Settings.from_env(**overrides))
+    try:
+        run_worker(Settings.from_env(**overrides))
+    except BrokerUnreachable as err:
+        print(f"stream-rec worker: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -60,3 +60,15 @@ def test_impossible_shop_is_refused_with_a_message() -> None:
     proc = subprocess.run([sys.executable, "-m", "tools.cli", "generate", "--items", "5", "--categories", "9"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0 and "n_categories" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_worker_without_a_broker_says_how_to_start_one(tmp_path: Path) -> None:
+    from tools.broker import free_port
+
+    env = {"STREAM_REC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "STREAM_REC_DATA_DIR": str(tmp_path),
+           "STREAM_REC_METRICS_PORT": "0", "PATH": ""}
+    proc = subprocess.run([sys.executable, "-m", "tools.cli", "worker"], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 1
+    assert "no Kafka broker answers" in proc.stderr and "stream-rec broker" in proc.stderr
+    assert "Traceback" not in proc.stderr
