@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
+
+from tqdm import tqdm
 
 from stream_rec.settings import Settings
 from stream_rec.synth import ShopConfig, SyntheticShop
@@ -75,7 +78,8 @@ def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, s
         producer.close()
         produced_s = time.monotonic() - started
         print(f"produced {sent} events and {len(bad)} malformed messages in {produced_s:.1f} s", flush=True)
-        worker.wait_for(APPLIED, sent, timeout_s=120 + n_events / 500)
+        with tqdm(total=sent, desc="events applied", unit="ev", disable=not sys.stderr.isatty()) as bar:
+            worker.wait_for(APPLIED, sent, timeout_s=120 + n_events / 500, on_value=lambda v: bar.update(int(v) - bar.n))
         elapsed = time.monotonic() - started
         metrics = worker.metrics()
         lists = _latest_lists(bootstrap, settings.topic_recommendations)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,13 +54,19 @@ class WorkerProcess:
                 samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
         return samples
 
-    def wait_for(self, name: str, at_least: float, timeout_s: float) -> float:
-        """Wait until metric ``name`` reaches ``at_least``; returns its value (raises on timeout or exit)."""
+    def wait_for(self, name: str, at_least: float, timeout_s: float,
+                 on_value: Callable[[float], object] | None = None) -> float:
+        """Wait until metric ``name`` reaches ``at_least``; returns its value (raises on timeout or exit).
+
+        ``on_value`` sees every reading, for a progress display.
+        """
         deadline = time.monotonic() + timeout_s
         value = 0.0
         while time.monotonic() < deadline:
             self._check_alive()
             value = self.metrics().get(name, 0.0)
+            if on_value is not None:
+                on_value(value)
             if value >= at_least:
                 return value
             time.sleep(0.2)
