@@ -27,7 +27,8 @@ def _unreachable(bootstrap: str, why: str) -> str:
             "or point STREAM_REC_KAFKA_BOOTSTRAP at your cluster")
 
 
-def _accepts_connections(bootstrap: str, timeout_s: float = 3.0) -> bool:
+def reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    """Whether any bootstrap server accepts a connection: fail in seconds, not after the client's 30 s timeout."""
     for server in bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
@@ -40,7 +41,7 @@ def _accepts_connections(bootstrap: str, timeout_s: float = 3.0) -> bool:
 
 def ensure_topics(settings: Settings, bootstrap: str) -> None:
     """Create every topic that does not exist yet, with ``settings.partitions`` partitions."""
-    if not _accepts_connections(bootstrap):  # kafka-python alone would wait 30 s before saying so
+    if not reachable(bootstrap):  # kafka-python alone would wait 30 s before saying so
         raise BrokerUnreachable(_unreachable(bootstrap, "connection refused or timed out"))
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin")

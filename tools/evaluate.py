@@ -12,23 +12,23 @@ from the wheel. Its licence forbids redistribution, so it is never written anywh
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
 import logging
 import os
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from stream_rec.events import Event
+from stream_rec.logs import PRESETS, read_log
 from stream_rec.evaluation.baselines import MODEL_NAMES, Vocabulary, build
 from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Prequential
 from stream_rec.evaluation.report import table, write_json, write_plots
 from stream_rec.settings import Settings
+from tools.logargs import add_log_format_arguments, log_format
 
 log = logging.getLogger("stream_rec.evaluate")
 
@@ -57,47 +57,20 @@ def fetch_recbole_wheel(cache: Path) -> Path:
 
 
 def movielens_100k_events(wheel: Path) -> list[Event]:
-    """Every rating of ``ml-100k.inter`` (read from the wheel, in memory) as a purchase, in time order.
+    """Every rating of ``ml-100k.inter`` as a purchase, in time order, read with the ``movielens`` preset.
 
-    Ratings are treated as implicit feedback: whatever the score, the user chose the film.
+    The file is extracted next to the cached wheel (never into the repository).
     """
-    with zipfile.ZipFile(wheel) as archive, archive.open(ML100K_MEMBER) as raw:
-        lines = io.TextIOWrapper(raw, encoding="utf-8").read().splitlines()
-    events = []
-    for line in lines[1:]:  # header: user_id:token item_id:token rating:float timestamp:float
-        user, item, _, ts = line.split("\t")
-        events.append(Event(user, item, "purchase", int(float(ts) * 1000)))
-    events.sort(key=lambda e: e.ts_ms)  # stable: ties keep file order
-    return events
-
-
-def _log_format(args: argparse.Namespace) -> Any:
-    from stream_rec import logs
-
-    fmt = logs.PRESETS[args.preset] if args.preset else logs.LogFormat()
-    changes: dict[str, Any] = {}
-    if args.map:
-        changes["mapping"] = logs.parse_mapping(args.map)
-    if args.types:
-        changes["types"] = logs.parse_mapping(args.types)
-    if args.default_type:
-        changes["default_type"] = args.default_type
-    if args.ts_unit:
-        changes["ts_unit"] = args.ts_unit
-    return dataclasses.replace(fmt, **changes)
+    target = wheel.parent / "ml-100k.inter"
+    if not target.exists():
+        with zipfile.ZipFile(wheel) as archive:
+            target.write_bytes(archive.read(ML100K_MEMBER))
+    return [line.event for line in read_log([target], PRESETS["movielens"]) if line.event is not None]
 
 
 def _log_events(args: argparse.Namespace) -> list[Event]:
-    try:
-        from stream_rec import logs  # noqa: F401
-    except ImportError:
-        if args.preset or args.map or args.types or args.default_type or args.ts_unit:
-            raise SystemExit("stream-rec evaluate: --preset/--map/--types need stream_rec.logs, not installed yet")
-        return _native_jsonl(args.paths, args.skip, args.limit)
-    from stream_rec.logs import read_log
-
     events, errors = [], 0
-    for line in read_log(args.paths, _log_format(args), skip=args.skip, limit=args.limit, sort=True):
+    for line in read_log(args.paths, log_format(args), skip=args.skip, limit=args.limit, sort=True):
         if line.event is not None:
             events.append(line.event)
         else:
@@ -107,25 +80,6 @@ def _log_events(args: argparse.Namespace) -> list[Event]:
     if errors:
         log.warning("skipped %d invalid lines", errors)
     return events
-
-
-def _native_jsonl(paths: Sequence[str], skip: int, limit: int | None) -> list[Event]:
-    """Schema-v1 JSONL (``stream-rec generate``'s output), used until ``stream_rec.logs`` lands."""
-    import gzip
-
-    from stream_rec.events import InvalidEvent, decode
-
-    events: list[Event] = []
-    for path in paths:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    events.append(decode(raw.strip(), None, now_ms=2**62))
-                except InvalidEvent as err:
-                    log.warning("%s:%d: skipped: %s", path, n, err)
-    events.sort(key=lambda e: e.ts_ms)
-    return events[skip:][:limit] if limit is not None else events[skip:]
 
 
 def load_events(args: argparse.Namespace) -> list[Event]:
@@ -181,11 +135,7 @@ def add_parser(subparsers: Any) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", metavar="PATH", help="event log files (formats: see --preset, --map)")
     p.add_argument("--dataset", choices=DATASETS, help="fetch a public dataset at run time instead of PATHs")
-    p.add_argument("--preset", choices=("movielens", "taobao"), help="a known log format")
-    p.add_argument("--map", help="field mapping, e.g. 'user_id=uid,item_id=sku,ts=time'")
-    p.add_argument("--types", help="event type mapping, e.g. 'pv=view,buy=purchase'")
-    p.add_argument("--default-type", help="event type of lines that carry none")
-    p.add_argument("--ts-unit", choices=("s", "ms"), help="unit of numeric timestamps (default: the format's)")
+    add_log_format_arguments(p)
     p.add_argument("--skip", type=int, default=0, help="skip the first N events (default: %(default)s)")
     p.add_argument("--limit", type=int, help="evaluate at most N events (default: all)")
     p.add_argument("--models", default=",".join(MODEL_NAMES),

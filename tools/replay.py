@@ -17,16 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+from agents.topics import reachable
+from tools.logargs import add_log_format_arguments, log_format
 from stream_rec.events import EVENT_TYPES, Event, stream_of
-from stream_rec.logs import PRESETS, LogFormat, LogLine, event_record, parse_mapping, read_log
+from stream_rec.logs import LogLine, event_record, read_log
 from stream_rec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,8 @@ def add_parser(subparsers: Any) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="log files (.gz or not), read in this order")
 
-    fmt = p.add_argument_group("log format")
-    fmt.add_argument("--preset", choices=sorted(PRESETS), help="a known data set's format: movielens (u.data or "
-                     "RecBole .inter; each rating a purchase), taobao (UserBehavior.csv); --map etc. refine it")
-    fmt.add_argument("--format", choices=("auto", "jsonl", "csv"), help="file format (default: by suffix, else by content)")
-    fmt.add_argument("--map", metavar="OURS=THEIRS,...", help="our field -> their column, "
-                     "e.g. user_id=visitorid,item_id=itemid,type=event,ts=timestamp (default: same names)")
-    fmt.add_argument("--types", metavar="THEIRS=OURS,...", help="their type value -> ours "
-                     f"({', '.join(EVENT_TYPES)}), e.g. addtocart=add_to_cart,transaction=purchase")
-    fmt.add_argument("--default-type", choices=EVENT_TYPES, help="type of every event of a log without a type column")
-    fmt.add_argument("--ts-unit", choices=("ms", "s"), help="unit of numeric timestamps (default: ms; ISO-8601 always works)")
+    add_log_format_arguments(p)
+    fmt = p.add_argument_group("reading")
     fmt.add_argument("--no-sort", action="store_true", help="the log is already in time order: stream it instead "
                      "of reading it all into memory to sort it (default: sort, stable)")
 
@@ -125,23 +118,6 @@ def run(args: argparse.Namespace) -> int:
         report.interrupted = True
     print(report.format(), flush=True)
     return 0 if report.complete else 1
-
-
-def log_format(args: argparse.Namespace) -> LogFormat:
-    """The :class:`LogFormat` the options describe: a preset (or the native format) with overrides."""
-    fmt = PRESETS[args.preset] if args.preset else LogFormat()
-    changes: dict[str, Any] = {}
-    if args.format:
-        changes["kind"] = args.format
-    if args.map:
-        changes["mapping"] = {**fmt.mapping, **parse_mapping(args.map)}
-    if args.types:
-        changes["types"] = {**fmt.types, **parse_mapping(args.types)}
-    if args.default_type:
-        changes["default_type"] = args.default_type
-    if args.ts_unit:
-        changes["ts_unit"] = args.ts_unit
-    return replace(fmt, **changes) if changes else fmt
 
 
 @dataclass
@@ -328,18 +304,6 @@ def _connect(bootstrap: str, topics: set[str], report: ReplayReport) -> Any:
         return None
     _warm_up(producer, topics)
     return producer
-
-
-def reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
-    """Whether any bootstrap server accepts a connection: fail in seconds, not after the client's 30 s timeout."""
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
-            return True
-        except (OSError, ValueError):
-            continue
-    return False
 
 
 def _warm_up(producer: Any, topics: set[str]) -> None:

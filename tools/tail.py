@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from stream_rec.settings import Settings
-from tools.replay import reachable
+from agents.topics import reachable
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 #: Items shown per list on a readable line.

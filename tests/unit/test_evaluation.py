@@ -17,7 +17,6 @@ from stream_rec.evaluation.baselines import (
     Batch,
     BatchItemKNN,
     Competitor,
-    Popularity,
     RiverMF,
     Vocabulary,
     build,
