@@ -158,14 +158,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``stream-rec evaluate ARGS`` on its own (the lead wires :func:`add_parser` into ``tools.cli``)."""
-    parser = argparse.ArgumentParser(prog="stream-rec")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-    if not logging.getLogger().handlers:
-        level = os.environ.get("STREAM_REC_LOG_LEVEL", "info").upper()
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    """``stream-rec evaluate ARGS`` through the one command-line entry point (``argv``: the ARGS)."""
+    from tools.cli import main as cli_main
+
+    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

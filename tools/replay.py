@@ -87,11 +87,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``stream-rec replay`` on its own: ``argv`` are the arguments after ``replay``."""
-    parser = argparse.ArgumentParser(prog="stream-rec")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["replay", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    """``stream-rec replay ARGS`` through the one command-line entry point (``argv``: the ARGS)."""
+    from tools.cli import main as cli_main
+
+    return cli_main(["replay", *(sys.argv[1:] if argv is None else argv)])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,11 +55,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``stream-rec tail`` on its own: ``argv`` are the arguments after ``tail``."""
-    parser = argparse.ArgumentParser(prog="stream-rec")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["tail", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    """``stream-rec tail ARGS`` through the one command-line entry point (``argv``: the ARGS)."""
+    from tools.cli import main as cli_main
+
+    return cli_main(["tail", *(sys.argv[1:] if argv is None else argv)])
 
 
 def run(args: argparse.Namespace) -> int:
