@@ -16,7 +16,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import faust
 from faust.types import EventT
@@ -34,17 +33,12 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
 
 
-def state_dir(settings: Settings) -> Path:
-    """This worker's folder: ``<data_dir>/<worker_id>``."""
-    return Path(settings.data_dir) / settings.worker_id
-
-
 def create_app(settings: Settings, bootstrap: str, service: RecService, metrics: Metrics) -> faust.App:
     """The worker app for ``settings`` against ``bootstrap``, learning into ``service``."""
     app = faust.App(
         settings.app_id,
         broker=broker_urls(bootstrap),
-        datadir=str(state_dir(settings) / "faust"),
+        datadir=str(settings.worker_dir / "faust"),
         store="memory://",  # stream_rec keeps its own RocksDB state; Faust tables are not used
         web_enabled=False,
         topic_partitions=settings.partitions,
@@ -114,7 +108,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
             await app.producer.flush()
             service.persist(result)
             _observe(metrics, result, batch, started)
-            metrics.state_events.set(service.stats()["events_total"])
+            metrics.state_events.set(service.events_total)
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(sender: faust.App, assigned: set, **_: object) -> None:

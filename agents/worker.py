@@ -7,7 +7,7 @@ import logging
 import faust
 from prometheus_client import start_http_server
 
-from agents.app import create_app, state_dir
+from agents.app import create_app
 from agents.topics import ensure_topics
 from stream_rec.metrics import Metrics
 from stream_rec.service import RecService
@@ -25,11 +25,11 @@ def run_worker(settings: Settings) -> None:
     metrics = Metrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="0.0.0.0", registry=metrics.registry)
-    store = RocksStore(state_dir(settings) / "state")
+    store = RocksStore(settings.state_path)
     try:
         service = RecService(settings, store)
         log.info("worker %s loaded state: %s", settings.worker_id, service.stats())
-        metrics.state_events.set(service.stats()["events_total"])
+        metrics.state_events.set(service.events_total)
         app = create_app(settings, bootstrap, service, metrics)
         worker = faust.Worker(app, loglevel=settings.log_level.upper(), override_logging=False)
         worker.execute_from_commandline()

@@ -91,6 +91,7 @@ class RecService:
         self.items = IdIndex()
         self.profiles: dict[int, Profile] = {}
         self.hwm: dict[str, int] = {}
+        self._touched_lanes: set[str] = set()
         self.counts: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.models = build_models(settings)
         # ``sources`` ranks with a subset of the models (e.g. ("mf",) to judge one alone); all still learn.
@@ -139,6 +140,7 @@ class RecService:
                 result.duplicates += 1
                 continue
             self.hwm[lane] = offset
+            self._touched_lanes.add(lane)
             if event.event_id is not None:
                 key = (event.user_id, event.event_id)
                 profile = self.profiles.get(self.users.get(event.user_id))
@@ -211,11 +213,13 @@ class RecService:
                 users[prefix + _int_bytes(u)] = model.user_state(u)
             for i in touched_i.tolist():
                 items[prefix + _int_bytes(i)] = model.item_state(i)
-        meta: dict[bytes, bytes | None] = {_HWM + lane.encode(): str(off).encode() for lane, off in self.hwm.items()}
+        meta: dict[bytes, bytes | None] = {_HWM + lane.encode(): str(self.hwm[lane]).encode() for lane in self._touched_lanes}
+        self._touched_lanes.clear()
         meta.update({_COUNT + t.encode(): str(n).encode() for t, n in self.counts.items()})
         return {"meta": meta, "users": users, "items": items}
 
     def _forget_changes(self) -> None:
+        self._touched_lanes.clear()
         self.users.pop_new()
         self.items.pop_new()
         for model in self.models.values():
@@ -253,10 +257,15 @@ class RecService:
             else:
                 self.models[name.decode()].set_item_state(idx, value)
 
+    @property
+    def events_total(self) -> int:
+        """Events applied to this state, all time."""
+        return sum(self.counts.values())
+
     def stats(self) -> dict[str, Any]:
         """Counts a person or a test can check against the input."""
         return {"users": len(self.users), "items": len(self.items), "events": dict(self.counts),
-                "events_total": sum(self.counts.values())}
+                "events_total": self.events_total}
 
 
 def _int_bytes(value: int) -> bytes:

@@ -7,6 +7,7 @@ configuration table are generated from the same place (:func:`settings_table`).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -104,6 +105,16 @@ class Settings:
         if missing or set(weights) - set(EVENT_TYPES):
             raise ValueError(f"invalid setting STREAM_REC_WEIGHTS={self.weights!r}: give exactly {', '.join(EVENT_TYPES)}")
         return weights
+
+    @property
+    def worker_dir(self) -> Path:
+        """This worker's folder: ``<data_dir>/<worker_id>``."""
+        return Path(self.data_dir) / self.worker_id
+
+    @property
+    def state_path(self) -> Path:
+        """This worker's RocksDB state."""
+        return self.worker_dir / "state"
 
     def input_topics(self) -> dict[str, str]:
         """Stream name -> topic name."""

@@ -75,11 +75,10 @@ def _cmd_state(args: argparse.Namespace) -> int:
     from stream_rec.state import RocksStore
 
     settings = Settings.from_env(**{k: v for k, v in (("worker_id", args.worker_id), ("data_dir", args.data_dir)) if v})
-    path = os.path.join(settings.data_dir, settings.worker_id, "state")
-    if not os.path.isdir(path):
-        print(f"no state at {path}", file=sys.stderr)
+    if not settings.state_path.is_dir():
+        print(f"no state at {settings.state_path}", file=sys.stderr)
         return 1
-    store = RocksStore(path)
+    store = RocksStore(settings.state_path)
     try:
         print(json.dumps(RecService(settings, store).stats()))
     finally:

@@ -15,7 +15,7 @@ recommendation time (novelty), and summarises everything at the end.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,13 +66,7 @@ def ndcg(ranks: IntArray, k: int) -> float:
     >>> round(ndcg(np.array([0, 1, MISS, 3]), 10), 4)  # (1 + 1/log2(3) + 0 + 1/log2(5)) / 4
     0.5154
     """
-    ranks = np.asarray(ranks)
-    if len(ranks) == 0:
-        return 0.0
-    inside = ranks < k
-    gains = np.zeros(len(ranks), dtype=np.float64)
-    gains[inside] = 1.0 / np.log2(ranks[inside] + 2.0)
-    return float(gains.mean())
+    return _mean_gain(ranks, k, lambda inside: 1.0 / np.log2(inside + 2.0))
 
 
 def mrr(ranks: IntArray, k: int) -> float:
@@ -82,13 +76,18 @@ def mrr(ranks: IntArray, k: int) -> float:
     >>> mrr(np.array([0, 1, 3, MISS]), 10)  # (1 + 1/2 + 1/4 + 0) / 4
     0.4375
     """
+    return _mean_gain(ranks, k, lambda inside: 1.0 / (inside + 1.0))
+
+
+def _mean_gain(ranks: IntArray, k: int, gain: Callable[[IntArray], FloatArray]) -> float:
+    """Mean over events of ``gain(rank)`` for ranks inside the top ``k``, 0 for the others."""
     ranks = np.asarray(ranks)
     if len(ranks) == 0:
         return 0.0
     inside = ranks < k
-    recip = np.zeros(len(ranks), dtype=np.float64)
-    recip[inside] = 1.0 / (ranks[inside] + 1.0)
-    return float(recip.mean())
+    gains = np.zeros(len(ranks), dtype=np.float64)
+    gains[inside] = gain(ranks[inside])
+    return float(gains.mean())
 
 
 def novelty(lists: IntArray, counts: npt.ArrayLike, total: int) -> FloatArray:

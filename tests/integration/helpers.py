@@ -57,7 +57,7 @@ def latest_lists(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def state_of(settings: Settings, worker_id: str = "worker-1") -> RecService:
     """The persisted state of a stopped worker, loaded exactly as a restarted worker would."""
-    store = RocksStore(Path(settings.data_dir) / worker_id / "state")
+    store = RocksStore(replace(settings, worker_id=worker_id).state_path)
     service = RecService(settings, store)
     store.close()
     return service
