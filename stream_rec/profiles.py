@@ -1,4 +1,4 @@
-"""What the service remembers about each user beyond the models: purchases, event count, recent event ids."""
+"""What the service remembers about each user beyond the models: event count, recent event ids, purchases."""
 
 from __future__ import annotations
 
@@ -6,33 +6,33 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from stream_rec.types import IntArray
-
 #: Recent event ids kept per user to drop a producer's retried duplicates; retries arrive close together.
 RECENT_EVENT_IDS = 64
 
 
 @dataclass(slots=True)
 class Profile:
-    """One user's bookkeeping; ``bought`` maps item index -> last purchase time (ms)."""
+    """One user's bookkeeping (their purchases live in :class:`stream_rec.purchases.Purchases`)."""
 
     n_events: int = 0
-    bought: dict[int, int] = field(default_factory=dict)
     event_ids: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_EVENT_IDS))
 
-    def to_bytes(self) -> bytes:
-        return json.dumps({"n": self.n_events, "b": [[i, t] for i, t in self.bought.items()], "e": list(self.event_ids)}).encode()
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Profile:
-        obj = json.loads(data)
-        return cls(
-            n_events=obj["n"],
-            bought={int(i): int(t) for i, t in obj["b"]},
-            event_ids=deque(obj["e"], maxlen=RECENT_EVENT_IDS),
-        )
+def encode_profile(profile: Profile, bought: list[tuple[int, int]]) -> bytes:
+    """A user's row in the ``users`` family: JSON ``{"n": events, "b": [[item, ms], ...], "e": [ids]}``.
 
-    def bought_items(self) -> IntArray:
-        return np.fromiter(self.bought, dtype=np.int64, count=len(self.bought))
+    >>> encode_profile(Profile(2), [(5, 1000)])
+    b'{"n": 2, "b": [[5, 1000]], "e": []}'
+    """
+    return json.dumps({"n": profile.n_events, "b": [[i, t] for i, t in bought], "e": list(profile.event_ids)}).encode()
+
+
+def decode_profile(data: bytes) -> tuple[Profile, list[tuple[int, int]]]:
+    """The inverse of :func:`encode_profile`: ``(profile, bought)``.
+
+    >>> decode_profile(b'{"n": 2, "b": [[5, 1000]], "e": ["x"]}')
+    (Profile(n_events=2, event_ids=deque(['x'], maxlen=64)), [(5, 1000)])
+    """
+    obj = json.loads(data)
+    profile = Profile(n_events=obj["n"], event_ids=deque(obj["e"], maxlen=RECENT_EVENT_IDS))
+    return profile, [(int(i), int(t)) for i, t in obj["b"]]

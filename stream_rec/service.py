@@ -20,18 +20,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 import stream_rec
 from stream_rec.events import EVENT_TYPES, Event
 from stream_rec.ids import IdIndex
+from stream_rec.models._kernels import JIT
 from stream_rec.models.base import OnlineModel
-from stream_rec.models.cooc import CoOccurrence
-from stream_rec.models.fusion import Fusion
-from stream_rec.models.mf import ImplicitMF
-from stream_rec.models.popularity import DecayedPopularity
-from stream_rec.profiles import Profile
+from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_learn_one
+from stream_rec.models.fusion import Fusion, FusionParams, Scratch, fuse
+from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
+from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
+from stream_rec.profiles import Profile, decode_profile, encode_profile
+from stream_rec.purchases import Purchases, PurchasesState, purchases_add, purchases_mark
 from stream_rec.settings import Settings
 from stream_rec.state.store import Store
+from stream_rec.types import FloatArray, IntArray
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,33 @@ def build_models(settings: Settings) -> dict[str, OnlineModel]:
     }
 
 
+_warm = False
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's on-disk cache) every kernel the service runs; returns seconds.
+
+    The first process on a machine compiles for about half a minute; later ones load the cache in about
+    a second. :class:`RecService` calls this once per process, before it loads state, so a worker is
+    ready to go fast before it joins its consumer group.
+    """
+    global _warm
+    if _warm:
+        return 0.0
+    _warm = True
+    from stream_rec.state import MemoryStore
+
+    started = time.perf_counter()
+    service = RecService(Settings(explore=0.5), MemoryStore())
+    events = [Event("u", "a", "purchase", 1000), Event("u", "b", "view", 2000), Event("v", "a", "view", 3000)]
+    service.apply([(("warm-up", n), e) for n, e in enumerate(events)])
+    service.rank_then_learn([(("warm-up", 3 + n), e) for n, e in enumerate(events)], np.ones(3, bool), 2)
+    seconds = time.perf_counter() - started
+    if seconds > 5:
+        log.info("compiled the model kernels in %.0fs (cached for later starts)", seconds)
+    return seconds
+
+
 class RecService:
     """Online learning and ranking over a state store.
 
@@ -84,12 +115,14 @@ class RecService:
     """
 
     def __init__(self, settings: Settings, store: Store, *, sources: Sequence[str] | None = None) -> None:
+        warm_up()
         self.settings = settings
         self.store = store
         self.weights = settings.event_weights()
         self.users = IdIndex()
         self.items = IdIndex()
         self.profiles: dict[int, Profile] = {}
+        self.purchases = Purchases()
         self.hwm: dict[str, int] = {}
         self._touched_lanes: set[str] = set()
         self.counts: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
@@ -109,16 +142,15 @@ class RecService:
         ``changes=False``; the learning is the same.
         """
         result = BatchResult()
-        fresh = self._drop_duplicates(batch, result)
+        fresh, _ = self._drop_duplicates(batch, result)
         if not fresh:
             return result
-        users = np.array(self.users.add_many(e.user_id for e in fresh), dtype=np.int64)
-        items = np.array(self.items.add_many(e.item_id for e in fresh), dtype=np.int64)
-        weights = np.array([self.weights[e.type] for e in fresh], dtype=np.float64)
-        ts = np.array([e.ts_ms for e in fresh], dtype=np.float64) / 1000.0
+        users, items, weights, ts_ms, bought = self._arrays(fresh)
+        ts = ts_ms / 1000.0
         for model in self.models.values():
             model.learn_many(users, items, weights, ts)
-        last_event = self._update_profiles(fresh, users, items, result)
+        self.purchases.add_many(users[bought], items[bought], ts_ms[bought])
+        last_event = self._update_profiles(fresh, users, result)
         if lists:
             result.recommendations = [self._recommendation(u, last_event[u]) for u in last_event]
         if changes:
@@ -127,15 +159,58 @@ class RecService:
             self._forget_changes()
         return result
 
+    def rank_then_learn(self, batch: Sequence[tuple[Position, Event]], scored: np.ndarray, k: int) -> IntArray:
+        """The prequential step of offline evaluation, one event at a time in compiled code.
+
+        For each event in order: if ``scored[e]``, rank the user's top ``k`` on the state so far exactly
+        as :meth:`recommend` does (the same compiled :func:`~stream_rec.models.fusion.fuse`, bought
+        items excluded); then learn the event with the same per-event steps :meth:`apply` runs.
+        Returns ``(len(batch), k)`` item indices, padded with ``-1`` (all ``-1`` for an unscored or
+        duplicate event). Nothing is published and the state is not marked for persisting.
+        """
+        result = BatchResult()
+        fresh, keep = self._drop_duplicates(batch, result)
+        out = np.full((len(batch), k), -1, dtype=np.int64)
+        if not fresh:
+            return out
+        users, items, weights, ts_ms, bought = self._arrays(fresh)
+        n_users, n_items = len(self.users), len(self.items)
+        mf, cooc, pop = (self.models[name] for name in ("mf", "cooc", "popular"))
+        mf.reserve(n_users, n_items)
+        cooc.reserve(n_users, n_items)
+        pop.reserve(n_items)
+        self.purchases.reserve(n_users, int(bought.sum()))
+        _, scratch = self.fusion.prepare(k, n_items)
+        rows = np.full((len(fresh), k), -1, dtype=np.int64)
+        ranked = (self.fusion.mf.state, self.fusion.cooc.state, self.fusion.popular.state)
+        _rank_then_learn(mf.state, cooc.state, pop.state, ranked, self.purchases.state, scratch, self.fusion.params(),
+                         n_items, k, self.fusion.n_explore(k), users, items, weights, ts_ms, bought,
+                         np.asarray(scored, dtype=bool)[keep], rows)
+        out[keep] = rows
+        self._update_profiles(fresh, users, result)
+        self._forget_changes()
+        return out
+
+    def _arrays(self, fresh: list[Event]) -> tuple[IntArray, IntArray, FloatArray, IntArray, np.ndarray]:
+        """Index arrays of a batch: ``(users, items, weights, ts_ms, is_purchase)``; new ids get indices."""
+        users = np.array(self.users.add_many(e.user_id for e in fresh), dtype=np.int64)
+        items = np.array(self.items.add_many(e.item_id for e in fresh), dtype=np.int64)
+        weights = np.array([self.weights[e.type] for e in fresh], dtype=np.float64)
+        ts_ms = np.array([e.ts_ms for e in fresh], dtype=np.int64)
+        bought = np.array([e.type == "purchase" for e in fresh], dtype=bool)
+        return users, items, weights, ts_ms, bought
+
     def persist(self, result: BatchResult) -> None:
         """Write a batch's state in one atomic write (call after its recommendations are sent)."""
         if result.changes:
             self.store.write(result.changes)
 
-    def _drop_duplicates(self, batch: Sequence[tuple[Position, Event]], result: BatchResult) -> list[Event]:
+    def _drop_duplicates(self, batch: Sequence[tuple[Position, Event]], result: BatchResult) -> tuple[list[Event], list[int]]:
+        """The events not applied before, and their positions in ``batch``."""
         fresh: list[Event] = []
+        keep: list[int] = []
         seen_ids: set[tuple[str, str]] = set()
-        for (lane, offset), event in batch:
+        for n, ((lane, offset), event) in enumerate(batch):
             if offset <= self.hwm.get(lane, -1):
                 result.duplicates += 1
                 continue
@@ -149,20 +224,19 @@ class RecService:
                     continue
                 seen_ids.add(key)
             fresh.append(event)
+            keep.append(n)
         result.applied = len(fresh)
-        return fresh
+        return fresh, keep
 
-    def _update_profiles(self, fresh: list[Event], users: np.ndarray, items: np.ndarray, result: BatchResult) -> dict[int, Event]:
+    def _update_profiles(self, fresh: list[Event], users: IntArray, result: BatchResult) -> dict[int, Event]:
         last_event: dict[int, Event] = {}
-        for event, u, i in zip(fresh, users.tolist(), items.tolist()):
+        for event, u in zip(fresh, users.tolist()):
             profile = self.profiles.get(u)
             if profile is None:
                 profile = self.profiles[u] = Profile()
             profile.n_events += 1
             if event.event_id is not None:
                 profile.event_ids.append(event.event_id)
-            if event.type == "purchase":
-                profile.bought[i] = event.ts_ms
             self.counts[event.type] += 1
             result.applied_by_type[event.type] = result.applied_by_type.get(event.type, 0) + 1
             # Events of one user from different topics arrive in no set order: the trigger is the latest.
@@ -176,9 +250,9 @@ class RecService:
         """Top-``k`` item ids, scores and sources for a user (a user never seen gets popular items)."""
         k = self.settings.top_n if k is None else k
         u = self.users.get(user_id)
-        profile = self.profiles.get(u)
-        exclude = profile.bought_items() if profile is not None else None
-        idx, scores, sources = self.fusion.recommend(u, k, exclude=exclude, has_history=profile is not None)
+        exclude = self.purchases.items_of(u)
+        idx, scores, sources = self.fusion.recommend(u, k, exclude=exclude, has_history=u in self.profiles,
+                                                     n_items=len(self.items))
         return self.items.externals(idx.tolist()), scores, sources
 
     def _recommendation(self, u: int, trigger: Event) -> dict[str, Any]:
@@ -205,7 +279,7 @@ class RecService:
         for key in self.items.pop_new():
             items[_ID + key.encode()] = _int_bytes(self.items.get(key))
         for u in touched_users:
-            users[_PROFILE + _int_bytes(u)] = self.profiles[u].to_bytes()
+            users[_PROFILE + _int_bytes(u)] = encode_profile(self.profiles[u], self.purchases.of(u))
         for name, model in self.models.items():
             prefix = name.encode() + b"/"
             touched_u, touched_i = model.pop_touched()
@@ -251,7 +325,8 @@ class RecService:
             name, _, raw_idx = key.partition(b"/")
             idx = _from_int_bytes(raw_idx)
             if name == b"profile" and profiles is not None:
-                profiles[idx] = Profile.from_bytes(value)
+                profiles[idx], bought = decode_profile(value)
+                self.purchases.restore(idx, bought)
             elif family == "users":
                 self.models[name.decode()].set_user_state(idx, value)
             else:
@@ -266,6 +341,31 @@ class RecService:
         """Counts a person or a test can check against the input."""
         return {"users": len(self.users), "items": len(self.items), "events": dict(self.counts),
                 "events_total": self.events_total}
+
+
+@njit(**JIT)
+def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
+                     ranked: tuple[MFState, CoocState, PopularityState], bought: PurchasesState, sc: Scratch,
+                     fp: FusionParams, n_items: int, k: int, n_explore: int, users: IntArray, items: IntArray,
+                     weights: FloatArray, ts_ms: IntArray, purchase: np.ndarray, scored: np.ndarray,
+                     out: IntArray) -> None:
+    """See :meth:`RecService.rank_then_learn`: ``mf``, ``cooc`` and ``pop`` learn; the ``ranked`` sources
+    rank (the same models, or an empty stand-in for a source the fusion leaves out)."""
+    row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
+    no_log, no_log_n = np.empty(0, np.int64), np.zeros(1, np.int64)
+    since = np.iinfo(np.int64).min
+    for e in range(len(users)):
+        u, i, w, t = users[e], items[e], weights[e], ts_ms[e] / 1000.0
+        if scored[e]:
+            purchases_mark(bought, u, sc.excluded, True, since)
+            n = fuse(ranked[0], ranked[1], ranked[2], sc, fp, u, bool(mf.user_seen[u]), n_items, k, n_explore, row_i, row_s, row_m)
+            purchases_mark(bought, u, sc.excluded, False, since)
+            out[e, :n] = row_i[:n]
+        mf_learn_one(mf, u, i, w, no_log, no_log_n)
+        cooc_learn_one(cooc, u, i, w, t, no_log, no_log_n)
+        pop_learn_one(pop, i, w, t)
+        if purchase[e]:
+            purchases_add(bought, u, i, ts_ms[e])
 
 
 def _int_bytes(value: int) -> bytes:

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         competitors = build(names, vocab, settings, refit_every=args.refit_every)
     except ValueError as err:
         raise SystemExit(f"stream-rec evaluate: {err}") from None
-    evaluation = Prequential(competitors, vocab, settings, batch_size=args.batch_size, exact=not args.pre_batch,
+    evaluation = Prequential(competitors, vocab, settings, batch_size=args.batch_size,
                              window=args.window, new_user_events=args.new_user_events)
     with _progress(len(events), "evaluate") as bar:
         result = evaluation.run(events, progress=bar.update)
@@ -141,12 +141,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--models", default=",".join(MODEL_NAMES),
                    help=f"comma-separated models (default: all: {','.join(MODEL_NAMES)})")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                   help="most events per micro-batch; a batch is scored on the state before it and cut "
-                        "early where a user repeats (default: %(default)s)")
-    p.add_argument("--pre-batch", action="store_true",
-                   help="do not cut batches where a user repeats: a user's later events in a batch are scored on "
-                        "the state before the batch (faster on bursty logs, but such events are scored as if the "
-                        "user were a stranger; the report counts them)")
+                   help="most events per micro-batch of the baselines that rank a batch at a time (River, kNN, "
+                        "popularity); a batch is also cut where a user repeats; fused, mf and cooc always go event "
+                        "by event (default: %(default)s)")
     p.add_argument("--window", type=int, default=1000, help="scored events per point of the HR@10 curve (default: %(default)s)")
     p.add_argument("--new-user-events", type=int, default=NEW_USER_EVENTS,
                    help="a user with fewer earlier events is 'new' (default: %(default)s)")

@@ -10,6 +10,13 @@ for user and item ids in order of first sight) and has two verbs:
     padded with ``-1`` when the model knows fewer than ``k`` items to propose. ``exclude[r]`` holds
     the items user ``r`` bought (never to be recommended back).
 
+A *sequential* competitor (``sequential = True``: our service) instead has one verb that ranks and
+learns event by event:
+
+``rank_then_learn(batch, scored, k)``
+    For each event in order, the top ``k`` of its user if ``scored[e]`` (a ``(len(batch), k)`` array
+    padded with ``-1``), then learn the event. It excludes bought items itself.
+
 The competitors:
 
 ==========================  =========================================================================
@@ -69,13 +76,22 @@ class Batch:
     ts: FloatArray
     purchase: npt.NDArray[np.bool_]
 
+    def slice(self, start: int, stop: int) -> Batch:
+        return Batch(self.events[start:stop], self.users[start:stop], self.items[start:stop],
+                     self.weights[start:stop], self.ts[start:stop], self.purchase[start:stop])
+
 
 class Competitor:
     """Base of every competitor (see the module docstring for the contract)."""
 
     name: str = "competitor"
+    #: Ranks and learns event by event through :meth:`rank_then_learn` instead of the two batch verbs.
+    sequential: bool = False
 
     def learn_many(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def rank_then_learn(self, batch: Batch, scored: npt.NDArray[np.bool_], k: int) -> IntArray:
         raise NotImplementedError
 
     def recommend_many(self, users: IntArray, k: int, exclude: Sequence[IntArray]) -> IntArray:
@@ -146,33 +162,32 @@ def _filter_ranking(ranking: IntArray, k: int, exclude: Sequence[IntArray]) -> I
 
 
 class ServiceModel(Competitor):
-    """Our service, learning through the very :meth:`RecService.apply` the worker calls.
+    """Our service, ranking with the worker's compiled ranking and learning with its compiled steps.
 
     ``sources=None`` ranks with the fused sources (the worker's lists); ``("mf",)`` or ``("cooc",)``
     rank with one source while all still learn. The service excludes what each user bought itself.
-
-    Offline there is nothing to publish or persist, so ``apply`` runs with ``lists=False`` and
-    ``changes=False``: the same learning, without building refreshed lists or state rows.
+    Each chunk goes through :meth:`RecService.rank_then_learn`: strictly one event at a time.
     """
+
+    sequential = True
 
     def __init__(self, name: str, settings: Settings, vocab: Vocabulary, sources: Sequence[str] | None = None) -> None:
         self.name = name
         self.vocab = vocab
         self.service = RecService(settings, MemoryStore(), sources=sources)
         self._offset = 0
+        self._to_vocab = np.zeros(0, dtype=np.int64)  # service item index -> vocabulary item index
 
-    def learn_many(self, batch: Batch) -> None:
+    def rank_then_learn(self, batch: Batch, scored: npt.NDArray[np.bool_], k: int) -> IntArray:
         positions = [(("evaluate", self._offset + n), event) for n, event in enumerate(batch.events)]
         self._offset += len(positions)
-        self.service.apply(positions, lists=False, changes=False)
-
-    def recommend_many(self, users: IntArray, k: int, exclude: Sequence[IntArray]) -> IntArray:
-        out = np.full((len(users), k), -1, dtype=np.int64)
-        external, item_index = self.vocab.users.external, self.vocab.items.get
-        for r, u in enumerate(users.tolist()):
-            ids, _, _ = self.service.recommend(external(u), k)
-            out[r, : len(ids)] = [item_index(i) for i in ids]
-        return out
+        lists = self.service.rank_then_learn(positions, scored, k)
+        items = self.service.items
+        known = len(self._to_vocab)
+        if len(items) > known:
+            new = [self.vocab.items.get(items.external(i)) for i in range(known, len(items))]
+            self._to_vocab = np.concatenate([self._to_vocab, np.array(new, dtype=np.int64)])
+        return np.where(lists >= 0, self._to_vocab[np.maximum(lists, 0)], -1)
 
 
 # ------------------------------------------------------------------------------- popularity

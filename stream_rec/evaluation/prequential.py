@@ -5,28 +5,22 @@ cut-off reported) for that user, excluding what the user already bought; the ran
 in that list is recorded; only then does the model learn from the event. A user's first event cannot
 be scored (there is no one to recommend to yet): it is learned and counted as ``unscored``.
 
-Micro-batches, as the worker does it
-------------------------------------
-The stream is processed in micro-batches of at most ``batch_size`` events (default
-:data:`BATCH_SIZE`), as the worker does: every event of a batch is scored with the state **before** the
-batch (one ranking pass per batch), then the batch is learned through the same
-:meth:`RecService.apply` the worker calls.
+One event at a time
+-------------------
+Our models (``fused``, ``mf``, ``cooc``) rank and learn **strictly event by event**: the service's
+:meth:`~stream_rec.service.RecService.rank_then_learn` runs the compiled ranking the worker uses and
+the compiled learning steps of :meth:`~stream_rec.service.RecService.apply`, for a whole chunk of the
+stream in one call, so every event is scored on the state after all earlier events.
 
-By default (``exact=True``) a batch is also cut just before an event whose user already has an event
-in it, so every event is scored with all earlier events learned: the result equals a strict
-event-by-event protocol. Events of different users inside one batch still see each other's item-side
-updates only after the batch, as in the worker.
-
-``exact=False`` (``--pre-batch``) keeps full batches: a user's later events in a batch are then scored
-without the earlier ones learned (nor their purchases excluded); if the user is new in the batch they
-are scored as a stranger (:attr:`Evaluation.scored_as_strangers` counts those). That is much faster
-on bursty logs but can change the figures a lot: MovieLens users rate dozens of films within minutes,
-so with 256-event batches about half of its scored events are scored as strangers, and exact batches
-shrink to about one event.
+Baselines written in Python (River, item-kNN, popularity counts) rank a micro-batch at a time: a
+micro-batch is cut just before an event whose user already has an event in it, and after at most
+``batch_size`` events. Each user's own earlier events are then always learned before they are scored;
+only other users' events of the same micro-batch (at most ``batch_size - 1``) are learned after it, as
+in a worker's micro-batch. ``batch_size=1`` makes them strictly sequential too, at a cost in speed.
 
 A user counts as **new** while they have fewer than ``new_user_events`` earlier events, else as
-**returning**; an event scored before any of its user's events reached the models (the user's first
-event sits earlier in the same batch) is scored as the model answers a stranger.
+**returning**. Novelty is measured against item counts at the start of each chunk of
+:data:`CHUNK` events.
 """
 
 from __future__ import annotations
@@ -48,9 +42,10 @@ from stream_rec.types import IntArray
 
 log = logging.getLogger(__name__)
 
-#: Default events per micro-batch: large enough to amortise per-batch work, small enough that few
-#: users repeat inside one batch (and close to what a busy worker batches within its wait).
-BATCH_SIZE = 256
+#: Default most events per micro-batch of a baseline that ranks a batch at a time.
+BATCH_SIZE = 64
+#: Events handed over per call: sequential competitors rank and learn a chunk in one compiled call.
+CHUNK = 8192
 #: A user is "new" while they have fewer earlier events than this.
 NEW_USER_EVENTS = 5
 _TYPE_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
@@ -67,40 +62,50 @@ class Evaluation:
     n_users: int
     n_items: int
     batch_size: int
-    exact: bool
-    scored_as_strangers: int = 0
     k: int = max(KS)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"events": self.events, "scored": self.scored, "unscored_new_users": self.unscored_new_users,
-                "scored_as_strangers": self.scored_as_strangers,
-                "users": self.n_users, "items": self.n_items, "batch_size": self.batch_size, "exact": self.exact,
+                "users": self.n_users, "items": self.n_items, "batch_size": self.batch_size,
                 "k": self.k, **self.extra, "models": self.models}
 
 
-def micro_batches(events: Iterable[Event], size: int, exact: bool = False) -> Iterator[list[Event]]:
-    """Consecutive batches of at most ``size`` events; with ``exact``, also cut before a repeated user.
+def chunks(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
+    """Consecutive lists of at most ``size`` events."""
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    batch: list[Event] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
-    >>> from stream_rec.events import Event
-    >>> evs = [Event(u, "i", "view", n) for n, u in enumerate("abacd")]
-    >>> [[e.user_id for e in b] for b in micro_batches(evs, 4)]
-    [['a', 'b', 'a', 'c'], ['d']]
-    >>> [[e.user_id for e in b] for b in micro_batches(evs, 4, exact=True)]
-    [['a', 'b'], ['a', 'c', 'd']]
+
+def micro_batches(users: IntArray, size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive micro-batches of at most ``size`` events, each cut before a
+    repeated user.
+
+    >>> import numpy as np
+    >>> micro_batches(np.array([0, 1, 0, 2, 3]), 4)
+    [(0, 2), (2, 5)]
+    >>> micro_batches(np.array([0, 1, 2, 3, 4]), 2)
+    [(0, 2), (2, 4), (4, 5)]
     """
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
-    batch: list[Event] = []
-    users: set[str] = set()
-    for event in events:
-        if len(batch) >= size or (exact and event.user_id in users):
-            yield batch
-            batch, users = [], set()
-        batch.append(event)
-        users.add(event.user_id)
-    if batch:
-        yield batch
+    bounds, start, members = [], 0, set()
+    for n, u in enumerate(users.tolist()):
+        if n - start >= size or u in members:
+            bounds.append((start, n))
+            start, members = n, set()
+        members.add(u)
+    if start < len(users):
+        bounds.append((start, len(users)))
+    return bounds
 
 
 class Prequential:
@@ -114,8 +119,8 @@ class Prequential:
         The shared id index (the competitors' index space).
     settings
         Event weights (as the service applies them) come from here.
-    batch_size, exact
-        Micro-batching (see the module docstring).
+    batch_size
+        Most events per micro-batch of a baseline that ranks a batch at a time (see the module docstring).
     window
         Scored events per point of the HR@10 curve.
     new_user_events
@@ -134,13 +139,13 @@ class Prequential:
     """
 
     def __init__(self, competitors: Mapping[str, Competitor], vocab: Vocabulary, settings: Settings | None = None, *,
-                 batch_size: int = BATCH_SIZE, exact: bool = True, window: int = 1000,
-                 new_user_events: int = NEW_USER_EVENTS) -> None:
+                 batch_size: int = BATCH_SIZE, window: int = 1000, new_user_events: int = NEW_USER_EVENTS,
+                 chunk: int = CHUNK) -> None:
         self.competitors = dict(competitors)
         self.vocab = vocab
         self.weights = (settings or Settings()).event_weights()
         self.batch_size = batch_size
-        self.exact = exact
+        self.chunk = chunk
         self.new_user_events = new_user_events
         self.k = max(KS)
         self.accumulators = {name: Accumulator(window) for name in self.competitors}
@@ -148,32 +153,46 @@ class Prequential:
         self._user_events = np.zeros(0, dtype=np.int64)
         self._item_events = np.zeros(0, dtype=np.int64)
         self._bought: dict[int, list[int]] = {}
-        self.events = self.scored = self.scored_as_strangers = 0
+        self.events = self.scored = 0
 
     def run(self, events: Iterable[Event], progress: Callable[[int], None] | None = None) -> Evaluation:
-        """Evaluate every competitor on ``events`` (in the order given); ``progress(n)`` after each batch."""
-        for chunk in micro_batches(events, self.batch_size, self.exact):
+        """Evaluate every competitor on ``events`` (in the order given); ``progress(n)`` after each chunk."""
+        for chunk in chunks(events, self.chunk):
             self.step(chunk)
             if progress is not None:
                 progress(len(chunk))
         return self.result()
 
     def step(self, events: list[Event]) -> None:
-        """Score then learn one micro-batch for every competitor."""
+        """Score then learn one chunk of the stream for every competitor."""
         batch, types = self._batch(events)
         prior = self._prior_events(batch.users)
         scored = prior > 0
-        users, targets = batch.users[scored], batch.items[scored]
-        exclude = self._exclusions(users)
-        counts, total = self._item_events.copy(), self.events
+        lists = {name: np.full((len(events), self.k), -1, dtype=np.int64) for name in self.competitors}
         for name, model in self.competitors.items():
-            started = time.perf_counter()
-            lists = model.recommend_many(users, self.k, exclude) if len(users) else np.empty((0, self.k), np.int64)
-            model.learn_many(batch)
-            self.seconds[name] += time.perf_counter() - started
-            self.accumulators[name].add(ranks_of(lists, targets), types[scored], prior[scored] < self.new_user_events,
-                                        lists[:, :MAIN_K], novelty(lists[:, :MAIN_K], counts, total))
-        self.scored_as_strangers += int((scored & (self._user_events[batch.users] == 0)).sum())
+            if model.sequential:
+                started = time.perf_counter()
+                lists[name] = model.rank_then_learn(batch, scored, self.k)
+                self.seconds[name] += time.perf_counter() - started
+        batched = {name: model for name, model in self.competitors.items() if not model.sequential}
+        for a, b in micro_batches(batch.users, self.batch_size):
+            part = batch.slice(a, b)
+            rows = a + np.flatnonzero(scored[a:b])
+            exclude = self._exclusions(batch.users[rows])
+            for name, model in batched.items():
+                started = time.perf_counter()
+                if len(rows):
+                    lists[name][rows] = model.recommend_many(batch.users[rows], self.k, exclude)
+                model.learn_many(part)
+                self.seconds[name] += time.perf_counter() - started
+            self._remember_purchases(part)
+        # Items first seen inside the chunk may be recommended later in it: they count zero so far.
+        self._item_events = grow(self._item_events, len(self.vocab.items))
+        counts, total = self._item_events, self.events
+        targets, new_user = batch.items[scored], prior[scored] < self.new_user_events
+        for name, acc in self.accumulators.items():
+            top = lists[name][scored]
+            acc.add(ranks_of(top, targets), types[scored], new_user, top[:, :MAIN_K], novelty(top[:, :MAIN_K], counts, total))
         self._learn_bookkeeping(batch)
         self.scored += int(scored.sum())
 
@@ -187,7 +206,7 @@ class Prequential:
         return Batch(events, users, items, weights, ts, purchase), types
 
     def _prior_events(self, users: IntArray) -> IntArray:
-        """Events of each event's user before it: learned ones plus earlier ones in this batch."""
+        """Events of each event's user before it: learned ones plus earlier ones in this chunk."""
         self._user_events = grow(self._user_events, len(self.vocab.users))
         order = np.argsort(users, kind="stable")
         sorted_users = users[order]
@@ -205,14 +224,16 @@ class Prequential:
             cache[u] = np.array(bought, dtype=np.int64) if bought else empty
         return [cache[u] for u in users.tolist()]
 
-    def _learn_bookkeeping(self, batch: Batch) -> None:
-        np.add.at(self._user_events, batch.users, 1)
-        self._item_events = grow(self._item_events, len(self.vocab.items))
-        np.add.at(self._item_events, batch.items, 1)
+    def _remember_purchases(self, batch: Batch) -> None:
         for u, i in zip(batch.users[batch.purchase].tolist(), batch.items[batch.purchase].tolist()):
             bought = self._bought.setdefault(u, [])
             if i not in bought:
                 bought.append(i)
+
+    def _learn_bookkeeping(self, batch: Batch) -> None:
+        np.add.at(self._user_events, batch.users, 1)
+        self._item_events = grow(self._item_events, len(self.vocab.items))
+        np.add.at(self._item_events, batch.items, 1)
         self.events += len(batch.users)
 
     def result(self) -> Evaluation:
@@ -225,6 +246,5 @@ class Prequential:
             summary["events_per_s"] = self.events / seconds if seconds > 0 else None
             models[name] = summary
         return Evaluation(models=models, events=self.events, scored=self.scored,
-                          unscored_new_users=self.events - self.scored,
-                          scored_as_strangers=self.scored_as_strangers, n_users=len(self.vocab.users),
-                          n_items=n_items, batch_size=self.batch_size, exact=self.exact)
+                          unscored_new_users=self.events - self.scored, n_users=len(self.vocab.users),
+                          n_items=n_items, batch_size=self.batch_size)

@@ -39,7 +39,7 @@ def table(evaluation: Evaluation) -> str:
     Examples
     --------
     >>> ev = Evaluation(models={"popularity": {"hr@5": 0.5, "events_per_s": 1234.0}}, events=10, scored=8,
-    ...                 unscored_new_users=2, n_users=2, n_items=5, batch_size=4, exact=False)
+    ...                 unscored_new_users=2, n_users=2, n_items=5, batch_size=4)
     >>> table(ev).splitlines()[2].split()
     ['popularity', '0.5000', '-', '-', '-', '-', '-', '-', '-', '-', '-', '1,234']
     """
@@ -50,9 +50,8 @@ def table(evaluation: Evaluation) -> str:
     lines = [
         f"{evaluation.events:,} events, {evaluation.scored:,} scored, {evaluation.unscored_new_users:,} first events "
         f"of new users not scored; {evaluation.n_users:,} users, {evaluation.n_items:,} items; "
-        f"micro-batches of at most {evaluation.batch_size}, "
-        + ("cut where a user repeats (exact)" if evaluation.exact else
-           f"pre-batch state: {evaluation.scored_as_strangers:,} events scored before their user was learned"),
+        f"fused/mf/cooc event by event; baselines in micro-batches of at most {evaluation.batch_size}, "
+        "cut where a user repeats",
         head,
     ]
     for name in names:

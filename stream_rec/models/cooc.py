@@ -12,13 +12,13 @@ valid at ``row_ts``, so decaying a whole row is one multiplication, not a pass o
 
 from __future__ import annotations
 
-import heapq
-from operator import itemgetter
+from typing import NamedTuple
 
 import numpy as np
-import numpy.typing as npt
+from numba import njit
 
-from stream_rec.models._arrays import TouchLog, as_index, grow, top_k
+from stream_rec.models._arrays import TouchLog, as_index, grow
+from stream_rec.models._kernels import INLINE, JIT, select_sparse
 from stream_rec.types import FloatArray, IntArray
 
 #: Pairs seen within one session count this much more: they reflect one shopping intent.
@@ -35,8 +35,205 @@ HISTORY_DTYPE = np.dtype([("item", "<i8"), ("ts", "<f8"), ("weight", "<f8")])
 NEIGHBOR_DTYPE = np.dtype([("item", "<i8"), ("count", "<f8")])
 _HEADER = np.dtype("<f8")
 
-#: One user's history while a batch is learned: ``(items, ts, weights)`` lists, oldest first.
-_History = tuple[list[int], list[float], list[float]]
+
+class CoocState(NamedTuple):
+    """Everything the compiled co-occurrence kernels read and write.
+
+    Neighbour row ``i`` is ``nbr[i, :nlen[i]]`` with raw counts ``cnt[i, :nlen[i]]``; the true counts
+    are the raw ones times ``mass[i]``, valid at ``row_ts[i]``.
+    """
+
+    hist_item: IntArray  # (user capacity, history_size), oldest first
+    hist_ts: FloatArray
+    hist_w: FloatArray
+    hist_len: IntArray
+    nbr: np.ndarray  # int32 (item capacity, max_neighbors + 1)
+    cnt: FloatArray  # (item capacity, max_neighbors + 1)
+    nlen: IntArray
+    total: FloatArray
+    mass: FloatArray
+    row_ts: FloatArray
+    seen: np.ndarray  # bool
+    params: FloatArray  # half_life_s (0 = none), session_gap_s, max_neighbors
+
+
+@njit(**JIT)
+def _renormalise(st: CoocState, i: int) -> None:
+    m = st.mass[i]
+    for e in range(st.nlen[i]):
+        st.cnt[i, e] *= m
+    st.total[i] *= m
+    st.mass[i] = 1.0
+
+
+@njit(**INLINE)
+def _unit(st: CoocState, i: int, t: float) -> float:
+    """Raw units of one weight unit added to row ``i`` at ``t`` (advances the row's decay to ``t``)."""
+    hl = st.params[0]
+    if hl <= 0.0:
+        return 1.0
+    row_ts = st.row_ts[i]
+    if t > row_ts:
+        st.mass[i] *= 2.0 ** (-(t - row_ts) / hl)
+        st.row_ts[i] = row_ts = t
+        if st.mass[i] < _RENORMALISE_BELOW:
+            _renormalise(st, i)
+    # A late event (t < row_ts) is decayed to the row's time before it is added.
+    return 2.0 ** (-(row_ts - t) / hl) / st.mass[i]
+
+
+@njit(**JIT)
+def _prune(st: CoocState, i: int, limit: int) -> None:
+    """Keep the strongest 80 % of an overflowing row, in row order (ties at the cut: earlier entries),
+    O(1) amortised per insertion."""
+    n = st.nlen[i]
+    keep = max(1, limit - limit // 5)
+    cut = np.partition(st.cnt[i, :n], n - keep)[n - keep]  # the keep-th largest count
+    above = 0
+    for e in range(n):
+        above += st.cnt[i, e] > cut
+    ties = keep - above
+    w = 0
+    for e in range(n):
+        c = st.cnt[i, e]
+        if c > cut or (c == cut and ties > 0):
+            if c == cut:
+                ties -= 1
+            st.nbr[i, w], st.cnt[i, w] = st.nbr[i, e], c
+            w += 1
+    st.nlen[i] = w
+
+
+@njit(**INLINE)
+def _add_pair(st: CoocState, i: int, j: int, amount: float, limit: int) -> None:
+    """``C[i, j] += amount`` (raw units of row ``i``), pruning the row when it overflows."""
+    n = st.nlen[i]
+    for e in range(n):
+        if st.nbr[i, e] == j:
+            st.cnt[i, e] += amount
+            return
+    st.nbr[i, n], st.cnt[i, n] = j, amount
+    st.nlen[i] = n + 1
+    if n + 1 > limit:
+        _prune(st, i, limit)
+
+
+@njit(**JIT)
+def _push_history(st: CoocState, u: int, i: int, w: float, t: float) -> None:
+    """Append ``i`` as the newest entry, dropping an older copy of ``i`` and then the oldest."""
+    n, size = st.hist_len[u], st.hist_item.shape[1]
+    for e in range(n):
+        if st.hist_item[u, e] == i:
+            for f in range(e, n - 1):
+                st.hist_item[u, f], st.hist_ts[u, f], st.hist_w[u, f] = (
+                    st.hist_item[u, f + 1], st.hist_ts[u, f + 1], st.hist_w[u, f + 1])
+            n -= 1
+            break
+    if n == size:
+        for f in range(n - 1):
+            st.hist_item[u, f], st.hist_ts[u, f], st.hist_w[u, f] = (
+                st.hist_item[u, f + 1], st.hist_ts[u, f + 1], st.hist_w[u, f + 1])
+        n -= 1
+    st.hist_item[u, n], st.hist_ts[u, n], st.hist_w[u, n] = i, t, w
+    st.hist_len[u] = n + 1
+
+
+@njit(**JIT)
+def cooc_learn_one(st: CoocState, u: int, i: int, w: float, t: float, log: IntArray, log_n: IntArray) -> None:
+    """Pair ``i`` with every item of ``u``'s history (both rows), then push ``i`` onto the history.
+
+    Items whose rows changed are appended to ``log`` (while it has room) at ``log_n[0]``.
+    """
+    gap, limit = st.params[1], int(st.params[2])
+    if not st.seen[i]:
+        st.seen[i], st.mass[i], st.row_ts[i] = True, 1.0, t
+    unit_i = _unit(st, i, t)
+    st.total[i] += w * unit_i
+    if log_n[0] < len(log):
+        log[log_n[0]] = i
+        log_n[0] += 1
+    in_session, newer_t = True, t
+    for r in range(st.hist_len[u] - 1, -1, -1):
+        # Walking newest to oldest, the first long silence ends the current session.
+        j, tj, wj = st.hist_item[u, r], st.hist_ts[u, r], st.hist_w[u, r]
+        in_session = in_session and newer_t - tj < gap
+        newer_t = tj
+        if j == i:
+            continue
+        pair = min(w, wj) * (SESSION_BOOST if in_session else 1.0)
+        # C[i, j] and C[j, i], each in its own row's units (rows decay independently).
+        _add_pair(st, i, j, pair * unit_i, limit)
+        _add_pair(st, j, i, pair * _unit(st, j, t), limit)
+        if log_n[0] < len(log):
+            log[log_n[0]] = j
+            log_n[0] += 1
+    _push_history(st, u, i, w, t)
+
+
+@njit(**JIT)
+def cooc_learn_many(st: CoocState, users: IntArray, items: IntArray, weights: FloatArray, ts: FloatArray,
+                    log: IntArray, log_n: IntArray) -> None:
+    for e in range(len(users)):
+        cooc_learn_one(st, users[e], items[e], weights[e], ts[e], log, log_n)
+
+
+@njit(**INLINE)
+def _inv_norm(st: CoocState, x: int) -> float:
+    n = st.total[x] * st.mass[x]
+    return 1.0 / np.sqrt(n) if n > 0.0 else 0.0
+
+
+@njit(**JIT)
+def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, cand: IntArray) -> int:
+    """Score every neighbour of ``u``'s history into ``acc`` and list it in ``cand``; returns the count.
+
+    ``score(j) = sum_h 0.8 ** rank(h) * sim(h, j)``, history newest first, with the cosine-like
+    ``sim(h, j) = C[h, j] / sqrt(n_h * n_j)``. With a half-life, row ``h`` (as of ``row_ts[h]``) and
+    ``j``'s total (as of ``row_ts[j]``) are brought to one time by ``2 ** ((ts_h - ts_j) / (2 * h))``.
+    ``mark[j]`` is set for every listed ``j``: the caller clears it (:func:`cooc_release`).
+    """
+    if u < 0 or u >= len(st.hist_len):
+        return 0
+    hl = st.params[0]
+    nbr, cnt, nlen, row_ts = st.nbr, st.cnt, st.nlen, st.row_ts
+    n_cand = 0
+    coef = 1.0
+    for r in range(st.hist_len[u] - 1, -1, -1):
+        h = st.hist_item[u, r]
+        c = coef * st.mass[h] * _inv_norm(st, h)
+        coef *= RECENCY
+        for e in range(nlen[h]):
+            j = nbr[h, e]
+            weight = cnt[h, e] * c
+            if hl > 0.0:
+                shift = min(max((row_ts[h] - row_ts[j]) / (2.0 * hl), -1000.0), 1000.0)
+                weight *= 2.0 ** shift
+            if not mark[j]:
+                mark[j] = True
+                acc[j] = weight
+                cand[n_cand] = j
+                n_cand += 1
+            else:
+                acc[j] += weight
+    for c in range(n_cand):
+        j = cand[c]
+        acc[j] *= _inv_norm(st, j)
+    return n_cand
+
+
+@njit(**JIT)
+def cooc_release(mark: np.ndarray, cand: IntArray, n_cand: int) -> None:
+    for c in range(n_cand):
+        mark[cand[c]] = False
+
+
+@njit(**JIT)
+def cooc_top(st: CoocState, u: int, k: int, excluded: np.ndarray, acc: FloatArray, mark: np.ndarray,
+             cand: IntArray, buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
+    """The ``k`` best neighbours of ``u``'s history that are seen and not ``excluded``, best first."""
+    n_cand = cooc_candidates(st, u, acc, mark, cand)
+    cooc_release(mark, cand, n_cand)
+    return select_sparse(acc, cand, n_cand, st.seen, excluded, k, buf_s, buf_i, out_s, out_i)
 
 
 class CoOccurrence:
@@ -84,122 +281,46 @@ class CoOccurrence:
         self._hist_ts = np.zeros((0, history_size), dtype=np.float64)
         self._hist_w = np.zeros((0, history_size), dtype=np.float64)
         self._hist_len = np.zeros(0, dtype=np.int64)
-        # Neighbour rows are small dicts: a pair update is a hash lookup, and rows are bounded.
-        self._rows: dict[int, dict[int, float]] = {}
-        # The same rows as arrays for ranking, rebuilt lazily after a row changes.
-        self._arrays: dict[int, tuple[IntArray, FloatArray]] = {}
-        self._inv_norm: FloatArray | None = None
+        self._nbr = np.zeros((0, max_neighbors + 1), dtype=np.int32)
+        self._cnt = np.zeros((0, max_neighbors + 1), dtype=np.float64)
+        self._nlen = np.zeros(0, dtype=np.int64)
         self._total = np.zeros(0, dtype=np.float64)
         self._mass = np.zeros(0, dtype=np.float64)
         self._row_ts = np.zeros(0, dtype=np.float64)
         self._seen = np.zeros(0, dtype=bool)
+        self._params = np.array([half_life_s or 0.0, session_gap_s, max_neighbors], dtype=np.float64)
+        self._scratch = (np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64))
         self._touched = TouchLog()
+
+    @property
+    def state(self) -> CoocState:
+        """The arrays the compiled kernels work on (valid until the next growth)."""
+        return CoocState(self._hist_item, self._hist_ts, self._hist_w, self._hist_len, self._nbr, self._cnt,
+                         self._nlen, self._total, self._mass, self._row_ts, self._seen, self._params)
 
     # ------------------------------------------------------------------ learning
 
     def learn_many(self, users: IntArray, items: IntArray, weights: FloatArray, ts: FloatArray) -> None:
-        """Learn from a micro-batch; events are applied one by one since each extends a history.
-
-        The batch's histories are read into Python lists once and written back once, so the
-        per-event work is plain list and dict operations.
-        """
+        """Learn from a micro-batch, one compiled step per event in order."""
         users, items = as_index(users), as_index(items)
         if len(users) == 0:
             return
-        self._reserve(int(users.max()) + 1, int(items.max()) + 1)
-        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-        ts = np.asarray(ts, dtype=np.float64).reshape(-1)
-        histories = {u: self._read_history(u) for u in np.unique(users).tolist()}
-        touched: list[int] = []
-        for u, i, w, t in zip(users.tolist(), items.tolist(), weights.tolist(), ts.tolist()):
-            self._learn_one(histories[u], i, w, t, touched)
-        for u, hist in histories.items():
-            self._write_history(u, hist)
-        changed = np.unique(np.array(touched, dtype=np.int64))
-        for i in changed.tolist():
-            self._arrays.pop(i, None)
-        self._touched.add(users=users, items=changed)
-        self._inv_norm = None
+        self.reserve(int(users.max()) + 1, int(items.max()) + 1)
+        log = np.empty(len(items) * (1 + self.history_size), dtype=np.int64)
+        log_n = np.zeros(1, dtype=np.int64)
+        cooc_learn_many(self.state, users, items, np.asarray(weights, dtype=np.float64).reshape(-1),
+                        np.asarray(ts, dtype=np.float64).reshape(-1), log, log_n)
+        self._touched.add(users=users, items=log[: log_n[0]])
 
-    def _learn_one(self, hist: _History, i: int, w: float, t: float, touched: list[int]) -> None:
-        """Apply one event to ``hist`` (the user's history) and the pair counts; log changed rows."""
-        hist_item, hist_ts, hist_w = hist
-        if not self._seen[i]:
-            self._seen[i], self._mass[i], self._row_ts[i] = True, 1.0, t
-        decays = self.half_life_s is not None
-        unit_i = self._unit(i, t) if decays else 1.0
-        self._total[i] += w * unit_i
-
-        touched.append(i)
-        row_i = self._row(i)
-        gap, limit = self.session_gap_s, self.max_neighbors
-        in_session, newer_t = True, t
-        for j, tj, wj in zip(reversed(hist_item), reversed(hist_ts), reversed(hist_w)):
-            # Walking newest to oldest, the first long silence ends the current session.
-            in_session = in_session and newer_t - tj < gap
-            newer_t = tj
-            if j == i:
-                continue
-            pair = min(w, wj) * (SESSION_BOOST if in_session else 1.0)
-            # C[i, j] and C[j, i], each in its own row's units (rows decay independently).
-            row_i[j] = row_i.get(j, 0.0) + pair * unit_i
-            if len(row_i) > limit:
-                row_i = self._prune(i)
-            amount_j = pair * (self._unit(j, t) if decays else 1.0)  # may renormalise row j first
-            row_j = self._row(j)
-            row_j[i] = row_j.get(i, 0.0) + amount_j
-            if len(row_j) > limit:
-                self._prune(j)
-            touched.append(j)
-        _push_history(hist, i, w, t, self.history_size)
-
-    def _row(self, i: int) -> dict[int, float]:
-        row = self._rows.get(i)
-        if row is None:
-            row = self._rows[i] = {}
-        return row
-
-    def _prune(self, i: int) -> dict[int, float]:
-        """Keep the strongest 80 % of an overflowing row (O(1) amortised per insertion)."""
-        keep = max(1, self.max_neighbors - self.max_neighbors // 5)
-        row = self._rows[i] = dict(heapq.nlargest(keep, self._rows[i].items(), key=itemgetter(1)))
-        return row
-
-    def _read_history(self, u: int) -> _History:
-        n = int(self._hist_len[u])
-        return self._hist_item[u, :n].tolist(), self._hist_ts[u, :n].tolist(), self._hist_w[u, :n].tolist()
-
-    def _write_history(self, u: int, hist: _History) -> None:
-        n = len(hist[0])
-        self._hist_item[u, :n], self._hist_ts[u, :n], self._hist_w[u, :n] = hist
-        self._hist_len[u] = n
-
-    def _unit(self, i: int, t: float) -> float:
-        """Raw units of one weight unit added to row ``i`` at time ``t`` (advances the row's decay)."""
-        if self.half_life_s is None:
-            return 1.0
-        row_ts = float(self._row_ts[i])
-        if t > row_ts:
-            self._mass[i] *= 2.0 ** (-(t - row_ts) / self.half_life_s)
-            self._row_ts[i] = row_ts = t
-            if self._mass[i] < _RENORMALISE_BELOW:
-                self._renormalise(i)
-        # A late event (t < row_ts) is decayed to the row's time before it is added.
-        return 2.0 ** (-(row_ts - t) / self.half_life_s) / float(self._mass[i])
-
-    def _renormalise(self, i: int) -> None:
-        m = float(self._mass[i])
-        row = self._rows.get(i, {})
-        for j in row:
-            row[j] *= m
-        self._total[i] *= m
-        self._mass[i] = 1.0
-
-    def _reserve(self, n_users: int, n_items: int) -> None:
+    def reserve(self, n_users: int, n_items: int) -> None:
+        """Make room for user indices below ``n_users`` and item indices below ``n_items``."""
         self._hist_item = grow(self._hist_item, n_users, -1)
         self._hist_ts = grow(self._hist_ts, n_users)
         self._hist_w = grow(self._hist_w, n_users)
         self._hist_len = grow(self._hist_len, n_users)
+        self._nbr = grow(self._nbr, n_items)
+        self._cnt = grow(self._cnt, n_items)
+        self._nlen = grow(self._nlen, n_items)
         self._total = grow(self._total, n_items)
         self._mass = grow(self._mass, n_items, 1.0)
         self._row_ts = grow(self._row_ts, n_items)
@@ -207,79 +328,36 @@ class CoOccurrence:
 
     # ------------------------------------------------------------------ serving
 
-    def _history(self, user: int) -> IntArray:
-        if not 0 <= user < len(self._hist_len):
-            return np.empty(0, np.int64)
-        return self._hist_item[user, : self._hist_len[user]]
-
-    def _row_arrays(self, i: int) -> tuple[IntArray, FloatArray]:
-        """Row ``i`` as ``(neighbours, raw counts)`` arrays, in the row's order (cached until it changes)."""
-        cached = self._arrays.get(i)
-        if cached is None:
-            row = self._rows.get(i, {})
-            cached = self._arrays[i] = (
-                np.fromiter(row.keys(), dtype=np.int64, count=len(row)),
-                np.fromiter(row.values(), dtype=np.float64, count=len(row)),
-            )
-        return cached
-
-    def _inverse_norms(self) -> FloatArray:
-        """``1 / sqrt(n_x)`` for every item (0 where ``n_x`` is 0), ``n_x`` its summed weight as of
-        ``row_ts[x]``; computed once per change of state and shared by every list until the next."""
-        if self._inv_norm is None:
-            n = self._total * self._mass
-            self._inv_norm = np.divide(1.0, np.sqrt(n), out=np.zeros_like(n), where=n > 0)
-        return self._inv_norm
-
-    def _candidate_scores(self, user: int) -> tuple[npt.NDArray[np.bool_], FloatArray]:
-        """Dense ``(proposed, score)`` over the catalogue: which seen items neighbour the user's
-        history, and ``sum_h 0.8 ** rank(h) * sim(h, j)`` for each of them.
-
-        ``sim(h, j) = C[h, j] / sqrt(n_h * n_j)`` with ``C[h, j]`` scaled by the row's ``mass``; the
-        factors of ``h`` are folded into one coefficient per history item and ``1 / sqrt(n_j)`` is
-        applied once per candidate, so the whole history is a handful of numpy calls. With a
-        half-life, row ``h`` (as of ``row_ts[h]``) and item ``j``'s total (as of ``row_ts[j]``) are
-        brought to one common time by the factor ``2 ** ((ts_h - ts_j) / (2 * half_life))``.
-        """
-        n_items = len(self._seen)
-        proposed = np.zeros(n_items, dtype=bool)
-        hist = self._history(user).tolist()
-        parts = [(rank, h, self._row_arrays(h)) for rank, h in enumerate(reversed(hist))]
-        parts = [p for p in parts if len(p[2][0])]
-        if not parts:
-            return proposed, np.zeros(n_items, dtype=np.float64)
-        inv_norm = self._inverse_norms()
-        lengths = [len(p[2][0]) for p in parts]
-        h = np.array([p[1] for p in parts], dtype=np.int64)
-        coef = np.array([RECENCY ** p[0] for p in parts]) * self._mass[h] * inv_norm[h]
-        neighbors = np.concatenate([p[2][0] for p in parts])
-        weights = np.concatenate([p[2][1] for p in parts]) * np.repeat(coef, lengths)
-        if self.half_life_s is not None:
-            shift = (np.repeat(self._row_ts[h], lengths) - self._row_ts[neighbors]) / (2.0 * self.half_life_s)
-            weights *= np.exp2(np.clip(shift, -1000.0, 1000.0))
-        scores = np.bincount(neighbors, weights=weights, minlength=n_items)
-        scores *= inv_norm[: len(scores)]
-        proposed[neighbors] = True
-        return proposed & self._seen, scores
+    def _scratch_for(self, n_items: int) -> tuple[FloatArray, np.ndarray, IntArray]:
+        if len(self._scratch[0]) < n_items:
+            self._scratch = (np.zeros(n_items), np.zeros(n_items, dtype=bool), np.zeros(n_items, dtype=np.int64))
+        return self._scratch
 
     def score(self, user: int, items: IntArray) -> FloatArray:
         """Sum over the user's history ``h`` (newest first, weight ``0.8 ** rank``) of ``sim(h, item)``."""
         items = as_index(items)
-        proposed, scores = self._candidate_scores(user)
         out = np.zeros(len(items), dtype=np.float64)
-        ok = (items >= 0) & (items < len(proposed))
-        ok[ok] = proposed[items[ok]]
-        out[ok] = scores[items[ok]]
+        acc, mark, cand = self._scratch_for(len(self._seen))
+        n_cand = cooc_candidates(self.state, user, acc, mark, cand)
+        ok = (items >= 0) & (items < len(self._seen))
+        ok[ok] = mark[items[ok]] & self._seen[items[ok]]
+        out[ok] = acc[items[ok]]
+        cooc_release(mark, cand, n_cand)
         return out
 
     def recommend(self, user: int, k: int, exclude: IntArray | None = None) -> tuple[IntArray, FloatArray]:
         """Top-``k`` neighbours of the user's history; empty for a user without history."""
-        proposed, scores = self._candidate_scores(user)
+        n = len(self._seen)
+        k = max(0, min(k, n))
+        excluded = np.zeros(n, dtype=bool)
         if exclude is not None and len(exclude):
             ex = as_index(exclude)
-            proposed[ex[(ex >= 0) & (ex < len(proposed))]] = False
-        cand = np.flatnonzero(proposed)
-        return top_k(cand, scores[cand], k)
+            excluded[ex[(ex >= 0) & (ex < n)]] = True
+        acc, mark, cand = self._scratch_for(n)
+        buf_s, buf_i = np.empty(max(n, 1)), np.empty(max(n, 1), dtype=np.int64)
+        out_s, out_i = np.empty(max(k, 1)), np.empty(max(k, 1), dtype=np.int64)
+        m = cooc_top(self.state, user, k, excluded, acc, mark, cand, buf_s, buf_i, out_s, out_i)
+        return out_i[:m].copy(), out_s[:m].copy()
 
     # ------------------------------------------------------------------ state
 
@@ -295,7 +373,7 @@ class CoOccurrence:
 
     def set_user_state(self, user: int, data: bytes) -> None:
         rec = np.frombuffer(data, dtype=HISTORY_DTYPE)[-self.history_size :]
-        self._reserve(user + 1, int(rec["item"].max(initial=-1)) + 1)
+        self.reserve(user + 1, int(rec["item"].max(initial=-1)) + 1)
         n = len(rec)
         self._hist_item[user, :n], self._hist_ts[user, :n] = rec["item"], rec["ts"]
         self._hist_w[user, :n] = rec["weight"]
@@ -306,33 +384,24 @@ class CoOccurrence:
         if not (0 <= item < len(self._seen) and self._seen[item]):
             return None
         m = float(self._mass[item])
-        neighbors, raw = self._row_arrays(item)
-        rec = np.empty(len(neighbors), dtype=NEIGHBOR_DTYPE)
-        rec["item"], rec["count"] = neighbors, raw * m
+        n = int(self._nlen[item])
+        rec = np.empty(n, dtype=NEIGHBOR_DTYPE)
+        rec["item"], rec["count"] = self._nbr[item, :n], self._cnt[item, :n] * m
         header = np.array([self._total[item] * m, self._row_ts[item]], dtype=_HEADER)
         return header.tobytes() + rec.tobytes()
 
     def set_item_state(self, item: int, data: bytes) -> None:
         header = np.frombuffer(data[: 2 * _HEADER.itemsize], dtype=_HEADER)
         rec = np.frombuffer(data[2 * _HEADER.itemsize :], dtype=NEIGHBOR_DTYPE)
-        self._reserve(0, max(item, int(rec["item"].max(initial=-1))) + 1)
+        if len(rec) > self.max_neighbors:  # written with a larger max_neighbors: keep the strongest
+            rec = rec[np.argsort(-rec["count"], kind="stable")[: self.max_neighbors]]
+        self.reserve(0, max(item, int(rec["item"].max(initial=-1))) + 1)
+        n = len(rec)
         self._total[item], self._row_ts[item] = header
         self._mass[item] = 1.0
         self._seen[item] = True
-        self._rows[item] = dict(zip(rec["item"].tolist(), rec["count"].tolist()))
-        self._arrays.pop(item, None)
-        self._inv_norm = None
+        self._nbr[item, :n], self._cnt[item, :n] = rec["item"], rec["count"]
+        self._nlen[item] = n
 
     def pop_touched(self) -> tuple[IntArray, IntArray]:
         return self._touched.pop()
-
-
-def _push_history(hist: _History, i: int, w: float, t: float, size: int) -> None:
-    """Append ``i`` as the newest entry, dropping an older copy of ``i`` and then the oldest."""
-    items, times, weights = hist
-    if i in items:
-        k = items.index(i)
-        del items[k], times[k], weights[k]
-    items.append(i), times.append(t), weights.append(w)
-    if len(items) > size:
-        del items[:-size], times[:-size], weights[:-size]

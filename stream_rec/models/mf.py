@@ -3,24 +3,25 @@
 Every event ``(u, i, w)`` is one SGD pass over a tiny least-squares problem: push ``p_u . q_i``
 towards 1 with confidence ``w``, then push ``p_u . q_j`` towards 0 for a few sampled negatives ``j``.
 
-Why the batch path equals the one-event path
----------------------------------------------
-* Random numbers are a pure function of ``(seed, global event position, draw number)`` (a counter
-  based hash), so no draw depends on where a batch boundary falls.
-* A new row's initial value is a pure function of ``(seed, index)``.
-* The SGD *steps* of a batch (each event's positive step, then its negative steps) are scheduled into
-  conflict-free *rounds*: a step goes into the first round after every earlier step that shares its
-  user row or its item row. Steps of one round touch disjoint rows, so updating them together with
-  numpy performs exactly the float operations the sequential loop would. Scheduling steps rather than
-  whole events matters on skewed traffic: a best-seller drawn as one event's negative only delays
-  that step, not the event's other steps.
+The per-event step is a compiled function (:func:`mf_learn_one`) applied in stream order, so a batch
+is *by construction* the same as one event at a time. Two more choices keep the result independent
+of where batch boundaries fall:
+
+* random numbers are a pure function of ``(seed, global event position, draw number)`` (a counter
+  based hash), and a new row's initial value a pure function of ``(seed, index)``;
+* negatives are drawn from a ring of the last :data:`NEGATIVE_POOL` event items, which makes sampling
+  popularity-proportional for free.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import NamedTuple
 
-from stream_rec.models._arrays import TouchLog, as_index, candidates, grow, top_k
+import numpy as np
+from numba import njit
+
+from stream_rec.models._arrays import TouchLog, as_index, grow
+from stream_rec.models._kernels import INLINE, JIT, select_dense, stream_key, uniform
 from stream_rec.types import FloatArray, Float32Array, IntArray
 
 #: Recent event items kept for negative sampling. Sampling uniformly from the event stream is
@@ -29,54 +30,117 @@ NEGATIVE_POOL = 8192
 
 # Stream tags so user init, item init and negative draws never reuse a hash counter.
 _TAG_USER, _TAG_ITEM, _TAG_NEG = 1, 2, 3
-_U64 = np.uint64
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a fast, well-mixed hash of uint64 counters (vectorised)."""
-    with np.errstate(over="ignore"):
-        z = x + _U64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-        return z ^ (z >> _U64(31))
+class MFState(NamedTuple):
+    """Everything :func:`mf_learn_one` and :func:`mf_scores` read and write (arrays, so in place)."""
+
+    P: Float32Array  # (user capacity, n_factors)
+    Q: Float32Array  # (item capacity, n_factors)
+    user_seen: np.ndarray  # bool
+    item_seen: np.ndarray  # bool
+    pool: IntArray  # ring of the last NEGATIVE_POOL event items
+    n_events: IntArray  # (1,): events learned, the global position of the next one
+    keys: np.ndarray  # uint64 (3,): random stream keys for user init, item init, negatives
+    params: FloatArray  # learning_rate, l2, init_scale, max_norm (0 = none), n_negatives
 
 
-def _uniform(key: np.uint64, counters: np.ndarray) -> FloatArray:
-    """Uniform [0, 1) floats, one per counter, a pure function of ``(key, counter)``."""
-    bits = _splitmix64(counters.astype(_U64) ^ key)
-    return (bits >> _U64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)  # 53 bits / 2**53
+@njit(**INLINE)
+def _init_row(mat: np.ndarray, idx: int, key: np.uint64, scale: float) -> None:
+    d = mat.shape[1]
+    for f in range(d):
+        mat[idx, f] = np.float32((2.0 * uniform(key, idx * d + f) - 1.0) * scale)
 
 
-def _stream_key(seed: int, tag: int) -> np.uint64:
-    return _splitmix64(np.array([seed * 8 + tag], dtype=_U64))[0]
+@njit(**INLINE)
+def _clip_row(mat: np.ndarray, idx: int, max_norm: float) -> None:
+    sq = 0.0
+    for f in range(mat.shape[1]):
+        sq += float(mat[idx, f]) * float(mat[idx, f])
+    norm = np.sqrt(sq)
+    if norm > max_norm:
+        scale = np.float32(max_norm / norm)
+        for f in range(mat.shape[1]):
+            mat[idx, f] *= scale
 
 
-def _schedule(rows_a: IntArray, rows_b: IntArray) -> tuple[IntArray, list[int]]:
-    """Order steps into conflict-free rounds: ``(order, bounds)``, round ``r`` being
-    ``order[bounds[r]:bounds[r + 1]]`` (sequence order inside a round).
+@njit(**INLINE)
+def _sgd_step(st: MFState, u: int, j: int, target: float, step: float, shrink: float) -> None:
+    """Push ``p_u . q_j`` towards ``target``: ``x <- shrink * x + step * err * y`` for both rows."""
+    P, Q = st.P, st.Q
+    dot = np.float32(0.0)
+    for f in range(P.shape[1]):
+        dot += P[u, f] * Q[j, f]
+    err = np.float32((target - dot) * step)
+    keep = np.float32(shrink)
+    for f in range(P.shape[1]):
+        pu, qj = P[u, f], Q[j, f]
+        P[u, f] = pu * keep + err * qj
+        Q[j, f] = qj * keep + err * pu
+    if st.params[3] > 0.0:
+        _clip_row(P, u, st.params[3])
+        _clip_row(Q, j, st.params[3])
 
-    Step ``s`` touches user row ``rows_a[s]`` and item row ``rows_b[s]``. Its round is one more than
-    the latest round of any earlier step touching either row, which is exactly the dependency order of
-    the sequential loop.
+
+@njit(**JIT)
+def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: IntArray) -> None:
+    """Learn one event: a positive step on ``(u, i)`` then one step towards 0 per sampled negative.
+
+    The items whose rows changed are appended to ``log`` (while it has room) at ``log_n[0]``.
     """
-    last_a: dict[int, int] = {}
-    last_b: dict[int, int] = {}
-    rounds = []
-    for a, b in zip(rows_a.tolist(), rows_b.tolist()):
-        ra, rb = last_a.get(a, 0), last_b.get(b, 0)
-        r = ra if ra > rb else rb
-        rounds.append(r)
-        last_a[a] = last_b[b] = r + 1
-    rounds_arr = np.asarray(rounds, dtype=np.int64)
-    order = np.argsort(rounds_arr, kind="stable")
-    bounds = [0, *np.cumsum(np.bincount(rounds_arr)).tolist()]
-    return order, bounds
+    lr, l2, scale, n_neg = st.params[0], st.params[1], st.params[2], int(st.params[4])
+    if not st.user_seen[u]:
+        _init_row(st.P, u, st.keys[0], scale)
+        st.user_seen[u] = True
+    if not st.item_seen[i]:
+        _init_row(st.Q, i, st.keys[1], scale)
+        st.item_seen[i] = True
+    pos = st.n_events[0]
+    shrink = 1.0 - lr * l2
+    _sgd_step(st, u, i, 1.0, lr * w, shrink)
+    if log_n[0] < len(log):
+        log[log_n[0]] = i
+        log_n[0] += 1
+    avail = min(pos, NEGATIVE_POOL)
+    if avail > 0:
+        for m in range(n_neg):
+            back = int(uniform(st.keys[2], pos * n_neg + m) * avail)
+            j = st.pool[(pos - 1 - back) % NEGATIVE_POOL]
+            if j == i:
+                continue
+            _sgd_step(st, u, j, 0.0, lr, shrink)
+            if log_n[0] < len(log):
+                log[log_n[0]] = j
+                log_n[0] += 1
+    st.pool[pos % NEGATIVE_POOL] = i
+    st.n_events[0] = pos + 1
 
 
-def _clip_rows(x: Float32Array, max_norm: float) -> Float32Array:
-    norms = np.sqrt((x * x).sum(axis=1))
-    scale = np.minimum(np.float32(1.0), np.float32(max_norm) / np.maximum(norms, np.float32(1e-12)))
-    return x * scale[:, None]
+@njit(**JIT)
+def mf_learn_many(st: MFState, users: IntArray, items: IntArray, weights: FloatArray, log: IntArray,
+                  log_n: IntArray) -> None:
+    for e in range(len(users)):
+        mf_learn_one(st, users[e], items[e], weights[e], log, log_n)
+
+
+@njit(fastmath={"reassoc", "contract"}, **JIT)
+def mf_scores(st: MFState, u: int, n_items: int, out: np.ndarray) -> None:
+    """``out[i] = p_u . q_i`` for the first ``n_items`` items (float32, summed in any order)."""
+    P, Q = st.P, st.Q
+    d = P.shape[1]
+    for i in range(n_items):
+        s = np.float32(0.0)
+        for f in range(d):
+            s += P[u, f] * Q[i, f]
+        out[i] = s
+
+
+@njit(**JIT)
+def mf_top(st: MFState, u: int, n_items: int, k: int, excluded: np.ndarray, scores: np.ndarray, buf_s: FloatArray,
+           buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
+    """The ``k`` best seen, not ``excluded`` items for user ``u`` into ``out_*``, best first; returns the count."""
+    mf_scores(st, u, n_items, scores)
+    return select_dense(scores, st.item_seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
 
 
 class ImplicitMF:
@@ -144,9 +208,17 @@ class ImplicitMF:
         self._user_seen = np.zeros(0, dtype=bool)
         self._item_seen = np.zeros(0, dtype=bool)
         self._pool = np.zeros(NEGATIVE_POOL, dtype=np.int64)
-        self._n_events = 0
-        self._keys = {tag: _stream_key(seed, tag) for tag in (_TAG_USER, _TAG_ITEM, _TAG_NEG)}
+        self._n_events = np.zeros(1, dtype=np.int64)
+        self._keys = np.array([stream_key(seed, tag) for tag in (_TAG_USER, _TAG_ITEM, _TAG_NEG)], dtype=np.uint64)
+        self._params = np.array([learning_rate, l2, init_scale, max_norm or 0.0, n_negatives], dtype=np.float64)
+        self._scores = np.zeros(0, dtype=np.float32)
         self._touched = TouchLog()
+
+    @property
+    def state(self) -> MFState:
+        """The arrays the compiled kernels work on (valid until the next growth)."""
+        return MFState(self.P, self.Q, self._user_seen, self._item_seen, self._pool, self._n_events, self._keys,
+                       self._params)
 
     # ------------------------------------------------------------------ learning
 
@@ -155,100 +227,30 @@ class ImplicitMF:
         users, items = as_index(users), as_index(items)
         if len(users) == 0:
             return
-        coef_pos = np.asarray(weights, dtype=np.float32).reshape(-1)
-        self._reserve(int(users.max()) + 1, int(items.max()) + 1)
-        self._init_rows(users, items)
+        self.reserve(int(users.max()) + 1, int(items.max()) + 1)
+        log = np.empty(len(items) * (1 + self.n_negatives), dtype=np.int64)
+        log_n = np.zeros(1, dtype=np.int64)
+        mf_learn_many(self.state, users, items, np.asarray(weights, dtype=np.float64).reshape(-1), log, log_n)
+        self._touched.add(users=users, items=log[: log_n[0]])
 
-        negatives, gate = self._draw_negatives(items)
-        self._remember(items)
-        cols = np.column_stack([items, negatives])
-        # Per (event, step) constants, folded so each SGD step is a handful of numpy calls:
-        # step = lr * confidence * gate, shrink = 1 - lr * l2 * gate (a gate of 0 makes the step an
-        # exact no-op: x * 1 + 0 * y == x).
-        lr, l2 = np.float32(self.learning_rate), np.float32(self.l2)
-        gate = np.column_stack([np.ones(len(items), dtype=np.float32), gate])
-        conf = np.column_stack([coef_pos, np.ones_like(negatives, dtype=np.float32)])
-        step = lr * conf * gate
-        shrink = np.float32(1.0) - lr * l2 * gate
-
-        # One row per SGD step, in sequential order: event by event, positive step first.
-        n_steps = cols.shape[1]
-        target = np.zeros_like(step)
-        target[:, 0] = 1.0
-        step_users = np.repeat(users, n_steps)
-        order, bounds = _schedule(step_users, cols.ravel())
-        u_o, j_o = step_users[order], cols.ravel()[order]
-        target_o, step_o, shrink_o = target.ravel()[order], step.ravel()[order], shrink.ravel()[order]
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            self._sgd_round(u_o[a:b], j_o[a:b], target_o[a:b], step_o[a:b], shrink_o[a:b])
-        self._touched.add(users=users, items=cols[gate > 0])
-
-    def _sgd_round(
-        self, u: IntArray, j: IntArray, target: Float32Array, step: Float32Array, shrink: Float32Array
-    ) -> None:
-        """One conflict-free round of SGD steps, each pushing ``p_u . q_j`` towards its target."""
-        pu, qj = self.P[u], self.Q[j]
-        err = ((target - np.einsum("ij,ij->i", pu, qj)) * step)[:, None]
-        keep = shrink[:, None]
-        pu, qj = pu * keep + err * qj, qj * keep + err * pu
-        if self.max_norm is not None:
-            pu, qj = _clip_rows(pu, self.max_norm), _clip_rows(qj, self.max_norm)
-        self.P[u], self.Q[j] = pu, qj
-
-    def _draw_negatives(self, items: IntArray) -> tuple[IntArray, Float32Array]:
-        """Negatives for each event, uniform over the events before it (up to the pool size).
-
-        Returns ``(negatives, gate)``; where the gate is 0 the slot holds the positive item and is
-        skipped.
-        """
-        n, m = len(items), self.n_negatives
-        n0 = self._n_events
-        pos_global = n0 + np.arange(n, dtype=np.int64)
-        avail = np.minimum(pos_global, NEGATIVE_POOL)
-        counters = pos_global[:, None] * m + np.arange(m, dtype=np.int64)
-        back = np.floor(_uniform(self._keys[_TAG_NEG], counters) * avail[:, None]).astype(np.int64)
-        src = pos_global[:, None] - 1 - np.minimum(back, np.maximum(avail[:, None] - 1, 0))
-        from_batch = src >= n0
-        negatives = np.where(
-            from_batch, items[np.clip(src - n0, 0, n - 1)], self._pool[src % NEGATIVE_POOL]
-        )
-        positive = np.broadcast_to(items[:, None], negatives.shape)
-        valid = (avail[:, None] > 0) & (negatives != positive)
-        return np.where(valid, negatives, positive), valid.astype(np.float32)
-
-    def _remember(self, items: IntArray) -> None:
-        """Append the batch's items to the negative-sampling ring buffer."""
-        n = len(items)
-        keep = min(n, NEGATIVE_POOL)
-        slots = (self._n_events + np.arange(n - keep, n)) % NEGATIVE_POOL
-        self._pool[slots] = items[n - keep :]
-        self._n_events += n
-
-    # ------------------------------------------------------------------ rows
-
-    def _reserve(self, n_users: int, n_items: int) -> None:
+    def reserve(self, n_users: int, n_items: int) -> None:
+        """Make room for user indices below ``n_users`` and item indices below ``n_items``."""
         self.P = grow(self.P, n_users)
         self._user_seen = grow(self._user_seen, n_users, False)
         self.Q = grow(self.Q, n_items)
         self._item_seen = grow(self._item_seen, n_items, False)
 
-    def _init_rows(self, users: IntArray, items: IntArray) -> None:
-        """Give never-seen rows their deterministic random start."""
-        for idx, mat, seen, tag in (
-            (users, self.P, self._user_seen, _TAG_USER),
-            (items, self.Q, self._item_seen, _TAG_ITEM),
-        ):
-            new = np.unique(idx[~seen[idx]])
-            if len(new):
-                counters = new[:, None] * self.n_factors + np.arange(self.n_factors)
-                u = _uniform(self._keys[tag], counters)
-                mat[new] = ((2.0 * u - 1.0) * self.init_scale).astype(np.float32)
-                seen[new] = True
-
     def _known_user(self, user: int) -> bool:
         return 0 <= user < len(self._user_seen) and bool(self._user_seen[user])
 
     # ------------------------------------------------------------------ serving
+
+    def _all_scores(self, user: int) -> Float32Array:
+        n = len(self._item_seen)
+        if len(self._scores) < n:
+            self._scores = np.zeros(max(n, 2 * len(self._scores)), dtype=np.float32)
+        mf_scores(self.state, user, n, self._scores)
+        return self._scores[:n]
 
     def score(self, user: int, items: IntArray) -> FloatArray:
         """Dot products ``p_user . q_item``; zeros for an unknown user or unseen items."""
@@ -258,16 +260,24 @@ class ImplicitMF:
             return out
         ok = (items >= 0) & (items < len(self._item_seen))
         ok[ok] = self._item_seen[items[ok]]
-        out[ok] = self.Q[items[ok]] @ self.P[user]
+        out[ok] = self._all_scores(user)[items[ok]]
         return out
 
     def recommend(self, user: int, k: int, exclude: IntArray | None = None) -> tuple[IntArray, FloatArray]:
         """Top-``k`` seen items by dot product; empty for an unknown user."""
         if not self._known_user(user):
             return np.empty(0, np.int64), np.empty(0, np.float64)
-        cand = candidates(self._item_seen, exclude)
-        scores = (self.Q[: len(self._item_seen)] @ self.P[user])[cand]
-        return top_k(cand, scores.astype(np.float64), k)
+        n = len(self._item_seen)
+        k = max(0, min(k, n))
+        excluded = np.zeros(n, dtype=bool)
+        if exclude is not None and len(exclude):
+            ex = as_index(exclude)
+            excluded[ex[(ex >= 0) & (ex < n)]] = True
+        self._all_scores(user)
+        buf_s, buf_i = np.empty(max(n, 1)), np.empty(max(n, 1), dtype=np.int64)
+        out_s, out_i = np.empty(max(k, 1)), np.empty(max(k, 1), dtype=np.int64)
+        m = mf_top(self.state, user, n, k, excluded, self._scores, buf_s, buf_i, out_s, out_i)
+        return out_i[:m].copy(), out_s[:m].copy()
 
     # ------------------------------------------------------------------ state
 
@@ -276,7 +286,7 @@ class ImplicitMF:
         return self.P[user].astype("<f4").tobytes() if self._known_user(user) else None
 
     def set_user_state(self, user: int, data: bytes) -> None:
-        self._reserve(user + 1, 0)
+        self.reserve(user + 1, 0)
         self.P[user] = np.frombuffer(data, dtype="<f4")
         self._user_seen[user] = True
 
@@ -286,7 +296,7 @@ class ImplicitMF:
         return self.Q[item].astype("<f4").tobytes() if seen else None
 
     def set_item_state(self, item: int, data: bytes) -> None:
-        self._reserve(0, item + 1)
+        self.reserve(0, item + 1)
         self.Q[item] = np.frombuffer(data, dtype="<f4")
         self._item_seen[item] = True
 

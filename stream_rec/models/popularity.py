@@ -3,17 +3,141 @@
 Each item keeps ``value`` as of ``last_ts``; an event of weight ``w`` at ``t`` does
 ``value <- value * 2 ** (-(t - last_ts) / half_life_s) + w``. Reading the value at ``now`` applies
 the same decay, so an item's score halves every ``half_life_s`` without any background job.
+
+Ranking needs no decay at all: ``value * 2 ** (-(now - last_ts) / h)`` orders items exactly as the
+*rank key* ``log2(value) + last_ts / h`` does, whatever ``now`` is, so each event updates one key and
+ranking is cheap: keys only ever rise (an event adds weight), so the :data:`TOP_SIZE` best items are
+kept sorted as events arrive, each event moving one item up a few places, and a list is read off
+that prefix (skipping the user's exclusions). Items in their first days are kept in a list of their
+own, the exploration candidates.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+from numba import njit
 
 from stream_rec.models._arrays import TouchLog, as_index, grow
+from stream_rec.models._kernels import INLINE, JIT, select_dense
 from stream_rec.types import FloatArray, IntArray
 
 #: Layout of :meth:`DecayedPopularity.item_state` (32 bytes, little-endian).
 ITEM_STATE_DTYPE = np.dtype([("value", "<f8"), ("last_ts", "<f8"), ("first_seen", "<f8"), ("n_events", "<i8")])
+#: Best items kept ranked as events arrive; a list needing more (after exclusions) scans every key.
+TOP_SIZE = 512
+
+
+class PopularityState(NamedTuple):
+    """Everything the compiled popularity kernels read and write."""
+
+    value: FloatArray  # as of last
+    last: FloatArray
+    first: FloatArray
+    count: IntArray
+    seen: np.ndarray  # bool
+    key: FloatArray  # rank key log2(value) + last / half_life
+    clock: FloatArray  # (2,): now (latest event time), half_life_s
+    top: IntArray  # (TOP_SIZE,): the best items by key, best first (ties: lower index)
+    top_pos: IntArray  # per item: its place in ``top``, -1 if not there
+    fresh: IntArray  # items in order of first sight; those no longer new are dropped as lists are built
+    sizes: IntArray  # (2,): entries used in ``top`` and in ``fresh``
+
+
+@njit(**INLINE)
+def _better(st: PopularityState, a: int, b: int) -> bool:
+    return st.key[a] > st.key[b] or (st.key[a] == st.key[b] and a < b)
+
+
+@njit(**JIT)
+def _rank_up(st: PopularityState, i: int) -> None:
+    """Item ``i``'s key rose: move it up ``top`` (or into it, pushing out the last)."""
+    p = st.top_pos[i]
+    if p < 0:
+        n = st.sizes[0]
+        if n < len(st.top):
+            st.sizes[0] = n + 1
+            p = n
+        else:
+            last = st.top[n - 1]
+            if not _better(st, i, last):
+                return
+            st.top_pos[last] = -1
+            p = n - 1
+    # Binary search for i's new place among top[:p] (sorted best first), then shift the rest down.
+    lo, hi = 0, p
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _better(st, i, st.top[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    for r in range(p, lo, -1):
+        moved = st.top[r - 1]
+        st.top[r] = moved
+        st.top_pos[moved] = r
+    st.top[lo], st.top_pos[i] = i, lo
+
+
+@njit(**JIT)
+def pop_learn_one(st: PopularityState, i: int, w: float, t: float) -> None:
+    """Add one event of weight ``w`` at ``t`` to item ``i`` (a late event is decayed to the item's time)."""
+    h = st.clock[1]
+    if not st.seen[i]:
+        st.seen[i] = True
+        st.value[i], st.last[i], st.first[i], st.count[i] = w, t, t, 1
+        st.fresh[st.sizes[1]] = i
+        st.sizes[1] += 1
+    else:
+        if t >= st.last[i]:
+            st.value[i] = st.value[i] * 2.0 ** (-(t - st.last[i]) / h) + w
+            st.last[i] = t
+        else:
+            st.value[i] += w * 2.0 ** (-(st.last[i] - t) / h)
+        st.first[i] = min(st.first[i], t)
+        st.count[i] += 1
+    st.key[i] = np.log2(st.value[i]) + st.last[i] / h
+    _rank_up(st, i)
+    if t > st.clock[0]:
+        st.clock[0] = t
+
+
+@njit(**JIT)
+def pop_learn_many(st: PopularityState, items: IntArray, weights: FloatArray, ts: FloatArray) -> None:
+    for e in range(len(items)):
+        pop_learn_one(st, items[e], weights[e], ts[e])
+
+
+@njit(**JIT)
+def pop_top(st: PopularityState, n_items: int, k: int, excluded: np.ndarray, buf_s: FloatArray, buf_i: IntArray,
+            out_s: FloatArray, out_i: IntArray) -> int:
+    """The ``k`` best seen items not ``excluded`` by rank key into ``out_*``, best first; returns the count.
+
+    ``out_s`` receives the rank keys; :func:`pop_value_now` turns them into values.
+    """
+    c = 0
+    for r in range(st.sizes[0]):
+        i = st.top[r]
+        if not excluded[i]:
+            if c == k:
+                return c
+            out_s[c], out_i[c] = st.key[i], i
+            c += 1
+    if st.sizes[0] < len(st.top) or c == k:
+        return c  # ``top`` holds every seen item
+    return select_dense(st.key, st.seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
+
+
+@njit(**JIT)
+def pop_value_now(st: PopularityState, i: int) -> float:
+    return st.value[i] * 2.0 ** (-(st.clock[0] - st.last[i]) / st.clock[1])
+
+
+@njit(**INLINE)
+def pop_is_new(st: PopularityState, i: int, max_age_s: float, max_events: int) -> bool:
+    """First seen within ``max_age_s`` of now, with at most ``max_events`` events: an exploration candidate."""
+    return st.seen[i] and st.first[i] >= st.clock[0] - max_age_s and st.count[i] <= max_events
 
 
 class DecayedPopularity:
@@ -47,65 +171,65 @@ class DecayedPopularity:
 
     def __init__(self, half_life_s: float = 86400.0 * 3) -> None:
         self.half_life_s = half_life_s
-        self.now = float("-inf")
         self._value = np.zeros(0, dtype=np.float64)
         self._last = np.zeros(0, dtype=np.float64)
         self._first = np.zeros(0, dtype=np.float64)
         self._count = np.zeros(0, dtype=np.int64)
         self._seen = np.zeros(0, dtype=bool)
+        self._key = np.zeros(0, dtype=np.float64)
+        self._clock = np.array([-np.inf, half_life_s], dtype=np.float64)
+        self._top = np.zeros(TOP_SIZE, dtype=np.int64)
+        self._top_pos = np.zeros(0, dtype=np.int64)
+        self._fresh = np.zeros(0, dtype=np.int64)
+        self._sizes = np.zeros(2, dtype=np.int64)
+        self._rerank = False  # rows were restored: ``top`` is rebuilt before it is next read
         self._touched = TouchLog()
-        # Every seen item ranked at ``now`` (best first), and the last ``new_items`` answer: both are
-        # the same for every user, so they are computed once per change of state, not once per list.
-        self._ranking: tuple[IntArray, FloatArray] | None = None
-        self._fresh: tuple[tuple[float, float, int], IntArray] | None = None
 
-    def _changed(self) -> None:
-        self._ranking, self._fresh = None, None
+    @property
+    def now(self) -> float:
+        """Latest event time seen (seconds); ``-inf`` before any event."""
+        return float(self._clock[0])
 
-    def _decay(self, dt: FloatArray) -> FloatArray:
-        return np.exp2(-np.asarray(dt, dtype=np.float64) / self.half_life_s)
+    @property
+    def state(self) -> PopularityState:
+        """The arrays the compiled kernels work on (valid until the next growth)."""
+        if self._rerank:
+            self._rebuild_top()
+        return PopularityState(self._value, self._last, self._first, self._count, self._seen, self._key, self._clock,
+                               self._top, self._top_pos, self._fresh, self._sizes)
 
-    def _reserve(self, n_items: int) -> None:
+    def _rebuild_top(self) -> None:
+        items = np.flatnonzero(self._seen)
+        best = items[np.lexsort((items, -self._key[items]))][:TOP_SIZE]
+        self._top_pos[:] = -1
+        self._top[: len(best)] = best
+        self._top_pos[best] = np.arange(len(best))
+        self._sizes[0] = len(best)
+        self._rerank = False
+
+    def reserve(self, n_items: int) -> None:
+        """Make room for item indices below ``n_items``."""
         self._value = grow(self._value, n_items)
         self._last = grow(self._last, n_items)
         self._first = grow(self._first, n_items)
         self._count = grow(self._count, n_items)
         self._seen = grow(self._seen, n_items, False)
+        self._key = grow(self._key, n_items, -np.inf)
+        self._top_pos = grow(self._top_pos, n_items, -1)
+        self._fresh = grow(self._fresh, n_items)
 
     def learn_many(self, users: IntArray, items: IntArray, weights: FloatArray, ts: FloatArray) -> None:
-        """Add each event's weight to its item, decayed to that item's newest event time.
-
-        Closed form per item: ``v(T) = v0 * d(T - last0) + sum_e w_e * d(T - t_e)`` with
-        ``T = max(last0, t_e)``. It equals the one-event recursion up to float rounding (~1e-15
-        relative) and also handles late (out-of-order) events, which are simply decayed more.
-        """
+        """Add each event's weight to its item, in order (one compiled step per event)."""
         items = as_index(items)
         if len(items) == 0:
             return
-        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-        ts = np.asarray(ts, dtype=np.float64).reshape(-1)
-        self._reserve(int(items.max()) + 1)
-        uniq, inv = np.unique(items, return_inverse=True)
-
-        newest = np.full(len(uniq), -np.inf)
-        np.maximum.at(newest, inv, ts)
-        seen = self._seen[uniq]
-        last0 = np.where(seen, self._last[uniq], newest)
-        t_end = np.maximum(last0, newest)
-        value = np.where(seen, self._value[uniq], 0.0) * self._decay(t_end - last0)
-        np.add.at(value, inv, weights * self._decay(t_end[inv] - ts))
-
-        first = np.where(seen, self._first[uniq], np.inf)
-        np.minimum.at(first, inv, ts)
-        self._value[uniq], self._last[uniq], self._first[uniq] = value, t_end, first
-        self._count[uniq] += np.bincount(inv, minlength=len(uniq))
-        self._seen[uniq] = True
-        self.now = max(self.now, float(ts.max()))
-        self._touched.add(items=uniq)
-        self._changed()
+        self.reserve(int(items.max()) + 1)
+        pop_learn_many(self.state, items, np.asarray(weights, dtype=np.float64).reshape(-1),
+                       np.asarray(ts, dtype=np.float64).reshape(-1))
+        self._touched.add(items=items)
 
     def _values_now(self, items: IntArray) -> FloatArray:
-        return self._value[items] * self._decay(self.now - self._last[items])
+        return self._value[items] * np.exp2(-(self.now - self._last[items]) / self.half_life_s)
 
     def score(self, user: int, items: IntArray) -> FloatArray:
         """Decayed popularity of ``items`` at :attr:`now` (the user is ignored); 0 for unseen items."""
@@ -118,39 +242,25 @@ class DecayedPopularity:
 
     def recommend(self, user: int, k: int, exclude: IntArray | None = None) -> tuple[IntArray, FloatArray]:
         """The ``k`` most popular seen items at :attr:`now`, minus ``exclude`` (ties: lower index first)."""
-        ranked, values = self._ranked()
-        if k <= 0:
-            return ranked[:0], values[:0]
-        if exclude is None or len(exclude) == 0:
-            return ranked[:k].copy(), values[:k].copy()
-        ex = as_index(exclude)
-        # At most len(exclude) of the leading items are excluded, so this prefix always holds k others.
-        head = ranked[: k + len(ex)]
-        drop = np.zeros(len(self._seen), dtype=bool)
-        drop[ex[(ex >= 0) & (ex < len(drop))]] = True
-        keep = np.flatnonzero(~drop[head])[:k]
-        return head[keep], values[keep]
-
-    def _ranked(self) -> tuple[IntArray, FloatArray]:
-        """All seen items by decayed value at :attr:`now`, descending, ties by lower index (cached)."""
-        if self._ranking is None:
-            items = np.flatnonzero(self._seen).astype(np.int64)
-            values = self._values_now(items)
-            order = np.lexsort((items, -values))
-            self._ranking = items[order], values[order]
-        return self._ranking
+        n = len(self._seen)
+        k = max(0, min(k, n))
+        excluded = np.zeros(n, dtype=bool)
+        if exclude is not None and len(exclude):
+            ex = as_index(exclude)
+            excluded[ex[(ex >= 0) & (ex < n)]] = True
+        buf_s, buf_i = np.empty(max(n, 1)), np.empty(max(n, 1), dtype=np.int64)
+        out_s, out_i = np.empty(max(k, 1)), np.empty(max(k, 1), dtype=np.int64)
+        m = pop_top(self.state, n, k, excluded, buf_s, buf_i, out_s, out_i)
+        return out_i[:m].copy(), self._values_now(out_i[:m])
 
     def new_items(self, now: float, max_age_s: float, max_events: int) -> IntArray:
         """Items first seen within ``max_age_s`` before ``now`` with at most ``max_events`` events.
 
         These are the exploration candidates: too young or too rarely seen for any learned source.
         """
-        key = (now, max_age_s, max_events)
-        if self._fresh is None or self._fresh[0] != key:
-            n = len(self._seen)
-            mask = self._seen & (self._first[:n] >= now - max_age_s) & (self._count[:n] <= max_events)
-            self._fresh = key, np.flatnonzero(mask).astype(np.int64)
-        return self._fresh[1].copy()
+        n = len(self._seen)
+        mask = self._seen & (self._first[:n] >= now - max_age_s) & (self._count[:n] <= max_events)
+        return np.flatnonzero(mask).astype(np.int64)
 
     def user_state(self, user: int) -> bytes | None:
         """Always ``None``: popularity keeps no per-user state."""
@@ -170,13 +280,17 @@ class DecayedPopularity:
 
     def set_item_state(self, item: int, data: bytes) -> None:
         rec = np.frombuffer(data, dtype=ITEM_STATE_DTYPE)[0]
-        self._reserve(item + 1)
+        self.reserve(item + 1)
         self._value[item], self._last[item] = rec["value"], rec["last_ts"]
         self._first[item], self._count[item] = rec["first_seen"], rec["n_events"]
+        if not self._seen[item]:
+            self._fresh[self._sizes[1]] = item
+            self._sizes[1] += 1
         self._seen[item] = True
-        self._changed()
+        self._key[item] = np.log2(self._value[item]) + self._last[item] / self.half_life_s
+        self._rerank = True
         # Scores decay to the newest event time; a restored model recovers it from its rows.
-        self.now = max(self.now, float(rec["last_ts"]))
+        self._clock[0] = max(self.now, float(rec["last_ts"]))
 
     def pop_touched(self) -> tuple[IntArray, IntArray]:
         """``(users, items)`` touched since the last call; users is always empty (no user state)."""

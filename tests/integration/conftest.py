@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stream_rec.service import warm_up
 from stream_rec.settings import Settings
 from tools.broker import EmbeddedBroker
 
@@ -17,6 +18,8 @@ _run = itertools.count()
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    # Compile the model kernels into numba's on-disk cache first, so worker processes start in seconds.
+    warm_up()
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     with EmbeddedBroker(log_path=str(log)) as running:
         yield running

@@ -27,7 +27,9 @@ from stream_rec.evaluation.metrics import MISS
 from stream_rec.evaluation.prequential import Prequential, micro_batches
 from stream_rec.evaluation.report import COLUMNS, table, write_json, write_plots
 from stream_rec.events import Event
+from stream_rec.service import RecService
 from stream_rec.settings import Settings
+from stream_rec.state import MemoryStore
 from stream_rec.synth import ShopConfig, SyntheticShop, write_jsonl
 from tools.evaluate import main
 
@@ -121,7 +123,7 @@ def test_items_are_recommended_before_they_are_learned(batch_size: int) -> None:
     # recommend it back and score 100 %; recommended before learning, only the repeats can hit.
     events = [Event(f"u{n % 4}", f"item-{n // 8}", "view", n) for n in range(64)]
     model = LastLearned()
-    run = Prequential({"m": model}, Vocabulary.empty(), SETTINGS, batch_size=batch_size, exact=True)
+    run = Prequential({"m": model}, Vocabulary.empty(), SETTINGS, batch_size=batch_size)
     result = run.run(events)
     ranks = run.accumulators["m"].ranks
     new_item = np.array([n % 8 < 4 for n in range(64)])[[n >= 4 for n in range(64)]]
@@ -130,7 +132,8 @@ def test_items_are_recommended_before_they_are_learned(batch_size: int) -> None:
     assert (ranks[~new_item] == 0).all()  # the repeat is
     # Each batch: recommend (when anyone in it can be scored), then learn; never learn-then-recommend.
     assert all(b == "learn" for a, b in zip(model.calls, model.calls[1:]) if a == "recommend")
-    assert model.calls.count("learn") == len(list(micro_batches(events, batch_size, exact=True)))
+    users = np.array([int(e.user_id[1:]) for e in events])
+    assert model.calls.count("learn") == len(micro_batches(users, batch_size))
 
 
 @pytest.mark.parametrize("name", ["popularity", "fused", "decayed-popularity"])
@@ -144,19 +147,38 @@ def test_bought_items_are_never_recommended_back(name: str) -> None:
     assert ranks[-1] == 0  # a fan who only viewed it gets it first
 
 
-def test_later_events_of_a_user_in_one_batch_see_the_pre_batch_state() -> None:
+def test_micro_batches_never_hold_a_user_twice() -> None:
     events = [Event("u", f"i{n}", "view", n) for n in range(4)]
     model = LastLearned()
-    run = Prequential({"m": model}, Vocabulary.empty(), SETTINGS, batch_size=4, exact=False)
-    result = run.run(events)
-    assert result.scored == 3 and result.scored_as_strangers == 3  # the user's first event precedes them in stream order
-    assert model.calls == ["recommend", "learn"]
-    assert (run.accumulators["m"].ranks == MISS).all()  # scored as a stranger: nothing learned yet
-    assert run.accumulators["m"].summary(4)["new_user_scored"] == 3
-    exact = LastLearned()
-    run = Prequential({"m": exact}, Vocabulary.empty(), SETTINGS, batch_size=4, exact=True)
-    assert run.run(events).scored == 3 and exact.calls.count("learn") == 4
-    assert micro_batches(events, 4, exact=True).__next__() == events[:1]
+    run = Prequential({"m": model}, Vocabulary.empty(), SETTINGS, batch_size=4)
+    assert run.run(events).scored == 3 and model.calls.count("learn") == 4
+    assert (run.accumulators["m"].ranks == MISS).all()  # each event's item is new to the user
+
+
+@pytest.mark.parametrize("explore", [0.0, 0.2])
+def test_offline_ranking_equals_the_worker_path_event_by_event(explore: float) -> None:
+    """``rank_then_learn`` (evaluate) gives, for every event, exactly the list ``recommend`` (the worker's
+    ranking) gives on a service that learned every earlier event through ``apply`` one by one."""
+    shop = SyntheticShop(ShopConfig(n_users=40, n_items=80, n_categories=4, n_events=700, seed=5))
+    events = [Event(e["user_id"], e["item_id"], e["type"], e["ts"]) for e in shop.events()]
+    settings = Settings(explore=explore, seed=3)
+    offline = RecService(settings, MemoryStore())
+    first = {e.user_id: n for n, e in reversed(list(enumerate(events)))}
+    scored = np.array([first[e.user_id] != n for n, e in enumerate(events)])  # a user's first event is not
+    lists = np.concatenate([offline.rank_then_learn([(("e", n + a), e) for n, e in enumerate(events[a:a + 97])],
+                                                    scored[a:a + 97], 10) for a in range(0, len(events), 97)])
+    online = RecService(settings, MemoryStore())
+    checked = full = 0
+    for n, event in enumerate(events):
+        if scored[n]:
+            ids, _, _ = online.recommend(event.user_id, 10)
+            got = [offline.items.external(i) for i in lists[n] if i >= 0]
+            assert got == ids, (n, got, ids)
+            checked += 1
+            full += len(ids) == 10
+        online.apply([(("e", n), event)], lists=False, changes=False)
+    assert checked == int(scored.sum()) > 600 and full > 600
+    assert offline.stats() == online.stats()
 
 
 # ------------------------------------------------------------------------------------ known answers
@@ -230,14 +252,14 @@ def test_evaluate_command_writes_table_json_and_plots(tmp_path: Path, capsys: py
     write_jsonl(SyntheticShop(ShopConfig(n_users=30, n_items=50, n_categories=5, n_events=400, seed=1)).events(), log)
     out_json, plots = tmp_path / "report.json", tmp_path / "plots"
     code = main([str(log), "--models", "fused,popularity,batch-knn", "--batch-size", "64", "--window", "50",
-                 "--refit-every", "100", "--pre-batch", "--json", str(out_json), "--plots", str(plots)])
+                 "--refit-every", "100", "--json", str(out_json), "--plots", str(plots)])
     assert code == 0
     stdout = capsys.readouterr().out
     assert "HR@10" in stdout and "events/s" in stdout
     assert all(any(line.startswith(name) for line in stdout.splitlines()) for name in ("fused", "popularity", "batch-knn"))
     report = json.loads(out_json.read_text())
-    assert set(report["models"]) == {"fused", "popularity", "batch-knn"} and report["exact"] is False
-    assert report["events"] == 400 and "scored_as_strangers" in report
+    assert set(report["models"]) == {"fused", "popularity", "batch-knn"}
+    assert report["events"] == 400 and report["scored"] + report["unscored_new_users"] == 400
     assert sorted(p.name for p in plots.iterdir()) == ["figures.png", "hr10_over_time.png"]
 
 

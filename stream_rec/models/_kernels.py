@@ -1,0 +1,213 @@
+"""Compiled building blocks shared by the models: counter-based random numbers and a bounded top-k heap.
+
+Every model's per-event step is a numba function over plain numpy arrays, so the worker's
+micro-batches, ``stream-rec evaluate`` and the tests all run the same compiled code, one event at a
+time, at a few microseconds per event. Compiled functions are cached on disk (``cache=True``): a
+process pays the compilation once per machine, not once per start.
+
+The top-k heap keeps the ``cap`` best ``(score, item)`` pairs seen so far with the *worst* at the
+root, so the usual case, a candidate worse than everything kept, costs one comparison. "Better" means
+a higher score, ties going to the lower item index, the order every ranking in the project uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_rec.types import FloatArray, IntArray
+from numba import njit
+
+#: Options of every compiled function: cached on disk, and free of the GIL while it runs.
+JIT = {"cache": True, "nogil": True}
+#: Small helpers called in the innermost loops are inlined into their callers (numba would otherwise
+#: call them, counting references to every array they are passed, at tens of nanoseconds a call).
+INLINE = JIT
+
+_U64 = np.uint64
+_GOLDEN = _U64(0x9E3779B97F4A7C15)
+_MIX1 = _U64(0xBF58476D1CE4E5B9)
+_MIX2 = _U64(0x94D049BB133111EB)
+_INV_2_53 = 1.0 / 9007199254740992.0
+
+
+@njit(**INLINE)
+def splitmix64(x: np.uint64) -> np.uint64:
+    """SplitMix64 finaliser: a fast, well-mixed hash of a uint64 counter."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> _U64(30))) * _MIX1
+    z = (z ^ (z >> _U64(27))) * _MIX2
+    return z ^ (z >> _U64(31))
+
+
+@njit(**INLINE)
+def uniform(key: np.uint64, counter: int) -> float:
+    """A uniform float in [0, 1), a pure function of ``(key, counter)`` (53 random bits)."""
+    bits = splitmix64(_U64(counter) ^ key)
+    return float(bits >> _U64(11)) * _INV_2_53
+
+
+def stream_key(seed: int, tag: int) -> np.uint64:
+    """The key of one random stream: distinct ``tag`` values never share counters."""
+    return _U64(splitmix64(_U64(seed * 8 + tag)))
+
+
+@njit(**INLINE)
+def _worse(s1: float, i1: int, s2: float, i2: int) -> bool:
+    """Is ``(s1, i1)`` ranked below ``(s2, i2)``? (Higher score first, then lower index.)"""
+    return s1 < s2 or (s1 == s2 and i1 > i2)
+
+
+@njit(**INLINE)
+def _sift_down(hs: np.ndarray, hi: np.ndarray, size: int, s: float, i: int) -> None:
+    pos = 0
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        if c + 1 < size and _worse(hs[c + 1], hi[c + 1], hs[c], hi[c]):
+            c += 1
+        if _worse(hs[c], hi[c], s, i):
+            hs[pos], hi[pos] = hs[c], hi[c]
+            pos = c
+        else:
+            break
+    hs[pos], hi[pos] = s, i
+
+
+@njit(**INLINE)
+def heap_offer(hs: np.ndarray, hi: np.ndarray, size: int, cap: int, s: float, i: int) -> int:
+    """Offer ``(s, i)`` to a heap holding ``size`` of at most ``cap`` entries; returns the new size."""
+    if size < cap:
+        pos = size
+        while pos > 0:
+            parent = (pos - 1) >> 1
+            if _worse(s, i, hs[parent], hi[parent]):
+                hs[pos], hi[pos] = hs[parent], hi[parent]
+                pos = parent
+            else:
+                break
+        hs[pos], hi[pos] = s, i
+        return size + 1
+    if cap > 0 and _worse(hs[0], hi[0], s, i):
+        _sift_down(hs, hi, size, s, i)
+    return size
+
+
+@njit(**JIT)
+def heap_drain(hs: np.ndarray, hi: np.ndarray, size: int, out_s: np.ndarray, out_i: np.ndarray) -> int:
+    """Empty the heap into ``out_s``/``out_i`` best first; returns how many were written."""
+    n = size
+    for r in range(n - 1, -1, -1):
+        out_s[r], out_i[r] = hs[0], hi[0]
+        size -= 1
+        if size > 0:
+            _sift_down(hs, hi, size, hs[size], hi[size])
+    return n
+
+
+#: Above this many candidates per wanted item, a strided sample first estimates the selection threshold.
+_SAMPLE_ABOVE = 3
+_SAMPLE_SIZE = 256
+
+
+@njit(**INLINE)
+def _ok(seen: np.ndarray, excluded: np.ndarray, i: int) -> bool:
+    return seen[i] and not excluded[i]
+
+
+@njit(**JIT)
+def _qth_best(vals: FloatArray, m: int, q: int, work: IntArray) -> float:
+    """The ``q``-th largest of ``vals[:m]`` (``q <= m``), with a size-``q`` min-heap: most values are
+    rejected by one comparison with its root. ``vals`` is left as it was; ``work`` is scratch."""
+    hs = np.empty(q)
+    size = 0
+    for r in range(m):
+        size = heap_offer(hs, work, size, q, vals[r], r)
+    return hs[0]
+
+
+@njit(**JIT)
+def _order_survivors(buf_s: FloatArray, buf_i: IntArray, c: int, k: int, out_s: FloatArray, out_i: IntArray) -> int:
+    """Sort the ``c`` survivors (collected in item order) best first, ties to the lower index; keep ``k``."""
+    order = np.argsort(-buf_s[:c], kind="mergesort")  # stable: equal scores stay in item order
+    m = min(k, c)
+    for r in range(m):
+        out_s[r], out_i[r] = buf_s[order[r]], buf_i[order[r]]
+    return m
+
+
+@njit(**JIT)
+def select_dense(vals: np.ndarray, seen: np.ndarray, excluded: np.ndarray, n: int, k: int, buf_s: FloatArray,
+                 buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
+    """The ``k`` best items ``i < n`` with ``seen[i]`` and not ``excluded[i]`` by ``vals[i]``, best first
+    (ties: lower index) into ``out_*``; returns how many. ``buf_*`` need room for ``n`` entries.
+
+    On a large catalogue a strided sample of ~256 values first sets a threshold that about 1.5 k items
+    pass, so only those are sorted; if fewer than ``k`` pass, the pass is redone without it.
+    """
+    thr = -np.inf
+    if k > 0 and n > _SAMPLE_ABOVE * k:
+        stride = max(1, n // _SAMPLE_SIZE)
+        m, sampled = 0, 0
+        for i in range(0, n, stride):
+            sampled += 1
+            if _ok(seen, excluded, i):
+                buf_s[m] = vals[i]
+                m += 1
+        q = int(1.5 * k * sampled / n) + 2  # the q-th best of the sample: ~1.5 k pass in the whole
+        if q <= m:
+            thr = _qth_best(buf_s, m, q, buf_i)
+    while True:
+        c = 0
+        for i in range(n):
+            if vals[i] >= thr and _ok(seen, excluded, i):
+                buf_s[c], buf_i[c] = vals[i], i
+                c += 1
+        if c >= k or thr == -np.inf:
+            break
+        thr = -np.inf
+    return _order_survivors(buf_s, buf_i, c, k, out_s, out_i)
+
+
+@njit(**JIT)
+def select_sparse(vals: np.ndarray, cand: IntArray, n_cand: int, seen: np.ndarray, excluded: np.ndarray, k: int,
+                  buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
+    """:func:`select_dense` over the items ``cand[:n_cand]`` (in any order) instead of ``range(n)``."""
+    thr = -np.inf
+    if k > 0 and n_cand > _SAMPLE_ABOVE * k:
+        stride = max(1, n_cand // _SAMPLE_SIZE)
+        m, sampled = 0, 0
+        for c in range(0, n_cand, stride):
+            sampled += 1
+            if _ok(seen, excluded, cand[c]):
+                buf_s[m] = vals[cand[c]]
+                m += 1
+        q = int(1.5 * k * sampled / n_cand) + 2
+        if q <= m:
+            thr = _qth_best(buf_s, m, q, buf_i)
+    while True:
+        c = 0
+        for e in range(n_cand):
+            i = cand[e]
+            if vals[i] >= thr and _ok(seen, excluded, i):
+                buf_s[c], buf_i[c] = vals[i], i
+                c += 1
+        if c >= k or thr == -np.inf:
+            break
+        thr = -np.inf
+    # Survivors arrive in candidate order: sort by item first so ties go to the lower index.
+    by_item = np.argsort(buf_i[:c])
+    tmp_s, tmp_i = buf_s[:c][by_item], buf_i[:c][by_item]
+    buf_s[:c], buf_i[:c] = tmp_s, tmp_i
+    return _order_survivors(buf_s, buf_i, c, k, out_s, out_i)
+
+
+@njit(**JIT)
+def top_k_of(scores: np.ndarray, items: np.ndarray, k: int, out_s: np.ndarray, out_i: np.ndarray) -> int:
+    """The ``k`` best of ``(scores[n], items[n])`` into ``out_s``/``out_i``, best first (used by tests)."""
+    hs = np.empty(max(k, 1), np.float64)
+    hi = np.empty(max(k, 1), np.int64)
+    size = 0
+    for n in range(len(items)):
+        size = heap_offer(hs, hi, size, k, scores[n], items[n])
+    return heap_drain(hs, hi, size, out_s, out_i)
