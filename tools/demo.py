@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from stream_rec.service import warm_up
 from stream_rec.settings import Settings
 from stream_rec.synth import ShopConfig, SyntheticShop
 from tools.broker import EmbeddedBroker
@@ -64,6 +65,8 @@ def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, s
         shop = SyntheticShop(ShopConfig(n_users=n_users, n_items=n_items, n_events=n_events, seed=seed))
         events = list(shop.events())
         bad = malformed_messages(settings)
+        print("loading the model kernels (compiled once per machine: about 30 s the first time)...", flush=True)
+        print(f"kernels ready in {warm_up():.1f} s", flush=True)
         launched = time.monotonic()
         worker = WorkerProcess(settings, log_path=os.path.join(workdir, "worker.log")).start()
         stack.callback(worker.stop)

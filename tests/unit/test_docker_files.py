@@ -54,6 +54,7 @@ def test_dockerfile_installs_the_project_and_runs_the_worker() -> None:
     for path in ("pyproject.toml", "stream_rec", "agents", "tools"):
         assert re.search(rf"^COPY .*\b{re.escape(path)}\b", text, re.M), f"{path} not copied"
     assert "pip install ." in text
+    assert "warm_up()" in text  # kernels compiled at build time, not at every container's first start
     assert 'ENTRYPOINT ["stream-rec"]' in text and 'CMD ["worker"]' in text
     env_names = set(re.findall(r"(STREAM_REC_[A-Z_]+)=", text))
     assert env_names <= SETTINGS
