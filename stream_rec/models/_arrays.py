@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from stream_rec.types import FloatArray, IntArray
+from stream_rec.types import IntArray
 
 #: Smallest capacity a grown array gets, so the first few new ids do not each trigger a copy.
 MIN_CAPACITY = 16
@@ -42,44 +42,6 @@ def grow(arr: npt.NDArray, n_rows: int, fill: float | int | bool = 0) -> npt.NDA
 def as_index(values: npt.ArrayLike) -> IntArray:
     """Coerce ids to a 1-d int64 array (the models' index type)."""
     return np.asarray(values, dtype=np.int64).reshape(-1)
-
-
-def candidates(seen: npt.NDArray[np.bool_], exclude: IntArray | None) -> IntArray:
-    """Indices marked ``seen`` minus ``exclude`` (out-of-range excluded ids are ignored)."""
-    mask = seen.copy()
-    if exclude is not None and len(exclude):
-        ex = as_index(exclude)
-        ex = ex[(ex >= 0) & (ex < len(mask))]
-        mask[ex] = False
-    return np.flatnonzero(mask).astype(np.int64)
-
-
-def top_k(items: IntArray, scores: FloatArray, k: int) -> tuple[IntArray, FloatArray]:
-    """The ``k`` best ``(items, scores)``, scores descending, ties broken by the lower index.
-
-    A partition finds the k-th best score in O(n); every item at least that good (the winners plus
-    any ties at the boundary) is then sorted, so a tie at the boundary also goes to the lower index.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> top_k(np.array([4, 5, 6]), np.array([0.1, 0.9, 0.5]), 2)
-    (array([5, 6]), array([0.9, 0.5]))
-    >>> top_k(np.array([9, 3, 7]), np.array([1.0, 1.0, 1.0]), 2)[0]  # a boundary tie
-    array([3, 7])
-    """
-    items = as_index(items)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if k <= 0 or len(items) == 0:
-        return np.empty(0, np.int64), np.empty(0, np.float64)
-    neg = -scores
-    if k < len(items):
-        kth = np.partition(neg, k - 1)[k - 1]
-        if kth == kth:  # NaN scores (never expected) sort last: with fewer than k others, keep all
-            keep = np.flatnonzero(neg <= kth)
-            items, neg = items[keep], neg[keep]
-    order = np.lexsort((items, neg))[:k]
-    return items[order], -neg[order]
 
 
 class TouchLog:

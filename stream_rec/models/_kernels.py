@@ -5,9 +5,9 @@ micro-batches, ``stream-rec evaluate`` and the tests all run the same compiled c
 time, at a few microseconds per event. Compiled functions are cached on disk (``cache=True``): a
 process pays the compilation once per machine, not once per start.
 
-The top-k heap keeps the ``cap`` best ``(score, item)`` pairs seen so far with the *worst* at the
-root, so the usual case, a candidate worse than everything kept, costs one comparison. "Better" means
-a higher score, ties going to the lower item index, the order every ranking in the project uses.
+Selection (:func:`select_dense`, :func:`select_sparse`) returns the ``k`` best ``(score, item)``
+pairs, best first; "better" means a higher score, ties going to the lower item index, the order every
+ranking in the project uses.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from numba import njit
 
 #: Options of every compiled function: cached on disk, and free of the GIL while it runs.
 JIT = {"cache": True, "nogil": True}
-#: Small helpers called in the innermost loops are inlined into their callers (numba would otherwise
-#: call them, counting references to every array they are passed, at tens of nanoseconds a call).
-INLINE = JIT
 
 _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)
@@ -30,7 +27,7 @@ _MIX2 = _U64(0x94D049BB133111EB)
 _INV_2_53 = 1.0 / 9007199254740992.0
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def splitmix64(x: np.uint64) -> np.uint64:
     """SplitMix64 finaliser: a fast, well-mixed hash of a uint64 counter."""
     z = x + _GOLDEN
@@ -39,7 +36,7 @@ def splitmix64(x: np.uint64) -> np.uint64:
     return z ^ (z >> _U64(31))
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def uniform(key: np.uint64, counter: int) -> float:
     """A uniform float in [0, 1), a pure function of ``(key, counter)`` (53 random bits)."""
     bits = splitmix64(_U64(counter) ^ key)
@@ -51,13 +48,13 @@ def stream_key(seed: int, tag: int) -> np.uint64:
     return _U64(splitmix64(_U64(seed * 8 + tag)))
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def _worse(s1: float, i1: int, s2: float, i2: int) -> bool:
     """Is ``(s1, i1)`` ranked below ``(s2, i2)``? (Higher score first, then lower index.)"""
     return s1 < s2 or (s1 == s2 and i1 > i2)
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def _sift_down(hs: np.ndarray, hi: np.ndarray, size: int, s: float, i: int) -> None:
     pos = 0
     while True:
@@ -74,7 +71,7 @@ def _sift_down(hs: np.ndarray, hi: np.ndarray, size: int, s: float, i: int) -> N
     hs[pos], hi[pos] = s, i
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def heap_offer(hs: np.ndarray, hi: np.ndarray, size: int, cap: int, s: float, i: int) -> int:
     """Offer ``(s, i)`` to a heap holding ``size`` of at most ``cap`` entries; returns the new size."""
     if size < cap:
@@ -93,24 +90,12 @@ def heap_offer(hs: np.ndarray, hi: np.ndarray, size: int, cap: int, s: float, i:
     return size
 
 
-@njit(**JIT)
-def heap_drain(hs: np.ndarray, hi: np.ndarray, size: int, out_s: np.ndarray, out_i: np.ndarray) -> int:
-    """Empty the heap into ``out_s``/``out_i`` best first; returns how many were written."""
-    n = size
-    for r in range(n - 1, -1, -1):
-        out_s[r], out_i[r] = hs[0], hi[0]
-        size -= 1
-        if size > 0:
-            _sift_down(hs, hi, size, hs[size], hi[size])
-    return n
-
-
 #: Above this many candidates per wanted item, a strided sample first estimates the selection threshold.
 _SAMPLE_ABOVE = 3
 _SAMPLE_SIZE = 256
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def _ok(seen: np.ndarray, excluded: np.ndarray, i: int) -> bool:
     return seen[i] and not excluded[i]
 
@@ -200,14 +185,3 @@ def select_sparse(vals: np.ndarray, cand: IntArray, n_cand: int, seen: np.ndarra
     tmp_s, tmp_i = buf_s[:c][by_item], buf_i[:c][by_item]
     buf_s[:c], buf_i[:c] = tmp_s, tmp_i
     return _order_survivors(buf_s, buf_i, c, k, out_s, out_i)
-
-
-@njit(**JIT)
-def top_k_of(scores: np.ndarray, items: np.ndarray, k: int, out_s: np.ndarray, out_i: np.ndarray) -> int:
-    """The ``k`` best of ``(scores[n], items[n])`` into ``out_s``/``out_i``, best first (used by tests)."""
-    hs = np.empty(max(k, 1), np.float64)
-    hi = np.empty(max(k, 1), np.int64)
-    size = 0
-    for n in range(len(items)):
-        size = heap_offer(hs, hi, size, k, scores[n], items[n])
-    return heap_drain(hs, hi, size, out_s, out_i)
