@@ -190,7 +190,8 @@ def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, ca
     ``score(j) = sum_h 0.8 ** rank(h) * sim(h, j)``, history newest first, with the cosine-like
     ``sim(h, j) = C[h, j] / sqrt(n_h * n_j)``. With a half-life, row ``h`` (as of ``row_ts[h]``) and
     ``j``'s total (as of ``row_ts[j]``) are brought to one time by ``2 ** ((ts_h - ts_j) / (2 * h))``.
-    ``mark[j]`` is set for every listed ``j``: the caller clears it (:func:`cooc_release`).
+    ``mark[j]`` is set for every listed ``j``: the caller clears it and ``acc`` (:func:`cooc_release`).
+    ``cand`` needs room for one more entry than there are items.
     """
     if u < 0 or u >= len(st.hist_len):
         return 0
@@ -208,13 +209,12 @@ def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, ca
             if hl > 0.0:
                 shift = min(max((row_ts[h] - row_ts[j]) / (2.0 * hl), -1000.0), 1000.0)
                 weight *= 2.0 ** shift
-            if not mark[j]:
-                mark[j] = True
-                acc[j] = weight
-                cand[n_cand] = j
-                n_cand += 1
-            else:
-                acc[j] += weight
+            # Branch-free: ``acc`` is all zeros between calls (see cooc_release), and ``j`` is
+            # listed for real only the first time (the slot is overwritten otherwise).
+            acc[j] += weight
+            cand[n_cand] = j
+            n_cand += 1 - mark[j]
+            mark[j] = True
     for c in range(n_cand):
         j = cand[c]
         acc[j] *= _inv_norm(st, j)
@@ -222,9 +222,11 @@ def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, ca
 
 
 @njit(**JIT)
-def cooc_release(mark: np.ndarray, cand: IntArray, n_cand: int) -> None:
+def cooc_release(mark: np.ndarray, acc: FloatArray, cand: IntArray, n_cand: int) -> None:
+    """Clear the marks and scores :func:`cooc_candidates` left (call after the scores were read)."""
     for c in range(n_cand):
         mark[cand[c]] = False
+        acc[cand[c]] = 0.0
 
 
 @njit(**JIT)
@@ -232,8 +234,9 @@ def cooc_top(st: CoocState, u: int, k: int, excluded: np.ndarray, acc: FloatArra
              cand: IntArray, buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best neighbours of ``u``'s history that are seen and not ``excluded``, best first."""
     n_cand = cooc_candidates(st, u, acc, mark, cand)
-    cooc_release(mark, cand, n_cand)
-    return select_sparse(acc, cand, n_cand, st.seen, excluded, k, buf_s, buf_i, out_s, out_i)
+    m = select_sparse(acc, cand, n_cand, st.seen, excluded, k, buf_s, buf_i, out_s, out_i)
+    cooc_release(mark, acc, cand, n_cand)
+    return m
 
 
 class CoOccurrence:
@@ -330,7 +333,7 @@ class CoOccurrence:
 
     def _scratch_for(self, n_items: int) -> tuple[FloatArray, np.ndarray, IntArray]:
         if len(self._scratch[0]) < n_items:
-            self._scratch = (np.zeros(n_items), np.zeros(n_items, dtype=bool), np.zeros(n_items, dtype=np.int64))
+            self._scratch = (np.zeros(n_items), np.zeros(n_items, dtype=bool), np.zeros(n_items + 1, dtype=np.int64))
         return self._scratch
 
     def score(self, user: int, items: IntArray) -> FloatArray:
@@ -342,7 +345,7 @@ class CoOccurrence:
         ok = (items >= 0) & (items < len(self._seen))
         ok[ok] = mark[items[ok]] & self._seen[items[ok]]
         out[ok] = acc[items[ok]]
-        cooc_release(mark, cand, n_cand)
+        cooc_release(mark, acc, cand, n_cand)
         return out
 
     def recommend(self, user: int, k: int, exclude: IntArray | None = None) -> tuple[IntArray, FloatArray]:

@@ -65,7 +65,7 @@ class Scratch(NamedTuple):
 def new_scratch(n_items: int, depth: int) -> Scratch:
     n, d = max(n_items, 1), max(depth, 1)
     return Scratch(np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n),
-                   np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n, np.int64),
+                   np.zeros(n, bool), np.zeros(n + 1, np.int64), np.zeros(n, np.float32), np.zeros(n, np.int64),
                    np.zeros(n), np.zeros(n, np.int64), np.zeros(d), np.zeros(d, np.int64))
 
 
@@ -195,7 +195,7 @@ class Fusion:
         self,
         sources: Mapping[str, object],
         weights: Mapping[str, float] | None = None,
-        candidates_per_source: int = 100,
+        candidates_per_source: int = 30,
         explore: float = 0.1,
         explore_max_age_s: float = 86400.0,
         seed: int = 0,
