@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from stream_rec.models._arrays import TouchLog, as_index, grow
-from stream_rec.models._kernels import JIT, select_sparse
+from stream_rec.models._kernels import INLINE, JIT, select_sparse
 from stream_rec.types import FloatArray, IntArray
 
 #: Pairs seen within one session count this much more: they reflect one shopping intent.
@@ -57,7 +57,7 @@ class CoocState(NamedTuple):
     params: FloatArray  # half_life_s (0 = none), session_gap_s, max_neighbors
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _renormalise(st: CoocState, i: int) -> None:
     m = st.mass[i]
     for e in range(st.nlen[i]):
@@ -66,7 +66,7 @@ def _renormalise(st: CoocState, i: int) -> None:
     st.mass[i] = 1.0
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _unit(st: CoocState, i: int, t: float) -> float:
     """Raw units of one weight unit added to row ``i`` at ``t`` (advances the row's decay to ``t``)."""
     hl = st.params[0]
@@ -104,7 +104,7 @@ def _prune(st: CoocState, i: int, limit: int) -> None:
     st.nlen[i] = w
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _add_pair(st: CoocState, i: int, j: int, amount: float, limit: int) -> None:
     """``C[i, j] += amount`` (raw units of row ``i``), pruning the row when it overflows."""
     n = st.nlen[i]
@@ -118,7 +118,7 @@ def _add_pair(st: CoocState, i: int, j: int, amount: float, limit: int) -> None:
         _prune(st, i, limit)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _push_history(st: CoocState, u: int, i: int, w: float, t: float) -> None:
     """Append ``i`` as the newest entry, dropping an older copy of ``i`` and then the oldest."""
     n, size = st.hist_len[u], st.hist_item.shape[1]
@@ -177,7 +177,7 @@ def cooc_learn_many(st: CoocState, users: IntArray, items: IntArray, weights: Fl
         cooc_learn_one(st, users[e], items[e], weights[e], ts[e], log, log_n)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _inv_norm(st: CoocState, x: int) -> float:
     n = st.total[x] * st.mass[x]
     return 1.0 / np.sqrt(n) if n > 0.0 else 0.0

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from stream_rec.models._arrays import TouchLog, as_index, grow
-from stream_rec.models._kernels import JIT, select_dense, stream_key, uniform
+from stream_rec.models._kernels import INLINE, JIT, select_dense, stream_key, uniform
 from stream_rec.types import FloatArray, Float32Array, IntArray
 
 #: Recent event items kept for negative sampling. Sampling uniformly from the event stream is
@@ -45,14 +45,14 @@ class MFState(NamedTuple):
     params: FloatArray  # learning_rate, l2, init_scale, max_norm (0 = none), n_negatives
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _init_row(mat: np.ndarray, idx: int, key: np.uint64, scale: float) -> None:
     d = mat.shape[1]
     for f in range(d):
         mat[idx, f] = np.float32((2.0 * uniform(key, idx * d + f) - 1.0) * scale)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _clip_row(mat: np.ndarray, idx: int, max_norm: float) -> None:
     sq = 0.0
     for f in range(mat.shape[1]):
@@ -64,7 +64,7 @@ def _clip_row(mat: np.ndarray, idx: int, max_norm: float) -> None:
             mat[idx, f] *= scale
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _sgd_step(st: MFState, u: int, j: int, target: float, step: float, shrink: float) -> None:
     """Push ``p_u . q_j`` towards ``target``: ``x <- shrink * x + step * err * y`` for both rows."""
     P, Q = st.P, st.Q

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from stream_rec.models._arrays import TouchLog, as_index, grow
-from stream_rec.models._kernels import JIT, select_dense
+from stream_rec.models._kernels import INLINE, JIT, select_dense
 from stream_rec.types import FloatArray, IntArray
 
 #: Layout of :meth:`DecayedPopularity.item_state` (32 bytes, little-endian).
@@ -45,7 +45,7 @@ class PopularityState(NamedTuple):
     sizes: IntArray  # (2,): entries used in ``top`` and in ``fresh``
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _better(st: PopularityState, a: int, b: int) -> bool:
     return st.key[a] > st.key[b] or (st.key[a] == st.key[b] and a < b)
 
@@ -134,7 +134,7 @@ def pop_value_now(st: PopularityState, i: int) -> float:
     return st.value[i] * 2.0 ** (-(st.clock[0] - st.last[i]) / st.clock[1])
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def pop_is_new(st: PopularityState, i: int, max_age_s: float, max_events: int) -> bool:
     """First seen within ``max_age_s`` of now, with at most ``max_events`` events: an exploration candidate."""
     return st.seen[i] and st.first[i] >= st.clock[0] - max_age_s and st.count[i] <= max_events
