@@ -108,6 +108,14 @@ class Purchases:
 
     def restore(self, u: int, records: list[tuple[int, int]]) -> None:
         """Load a user's records (as :meth:`of` returned them) into an empty user."""
-        self.reserve(u + 1, len(records))
-        for item, ts in reversed(records):
-            purchases_add(self.state, u, item, ts)
+        self.restore_many({u: records})
+
+    def restore_many(self, records: dict[int, list[tuple[int, int]]]) -> None:
+        """:meth:`restore` for many users at once (a restart)."""
+        users, items, ts = [], [], []
+        for u, recs in records.items():
+            for item, t in reversed(recs):
+                users.append(u)
+                items.append(item)
+                ts.append(t)
+        self.add_many(np.array(users, dtype=np.int64), np.array(items, dtype=np.int64), np.array(ts, dtype=np.int64))

@@ -219,7 +219,7 @@ class RecService:
             if event.event_id is not None:
                 key = (event.user_id, event.event_id)
                 profile = self.profiles.get(self.users.get(event.user_id))
-                if key in seen_ids or (profile is not None and event.event_id in profile.event_ids):
+                if key in seen_ids or (profile is not None and profile.has_seen(event.event_id)):
                     result.duplicates += 1
                     continue
                 seen_ids.add(key)
@@ -236,7 +236,7 @@ class RecService:
                 profile = self.profiles[u] = Profile()
             profile.n_events += 1
             if event.event_id is not None:
-                profile.event_ids.append(event.event_id)
+                profile.remember(event.event_id)
             self.counts[event.type] += 1
             result.applied_by_type[event.type] = result.applied_by_type.get(event.type, 0) + 1
             # Events of one user from different topics arrive in no set order: the trigger is the latest.
@@ -314,23 +314,28 @@ class RecService:
                      sum(self.counts.values()), time.perf_counter() - started)
 
     def _load_family(self, family: str, index: IdIndex, profiles: dict[int, Profile] | None) -> None:
-        rows: list[tuple[bytes, bytes]] = []
+        """Restore one column family: ids first, then each model's rows in one bulk call per model."""
+        rows: dict[bytes, tuple[list[int], list[bytes]]] = {}
         for key, value in self.store.items(family):
             if key.startswith(_ID):
                 index.restore(key[len(_ID):].decode(), _from_int_bytes(value))
             else:
-                rows.append((key, value))
+                name, _, raw_idx = key.partition(b"/")
+                indices, blobs = rows.setdefault(name, ([], []))
+                indices.append(_from_int_bytes(raw_idx))
+                blobs.append(value)
         index.pop_new()
-        for key, value in rows:  # ids first: models grow to the restored index before taking rows
-            name, _, raw_idx = key.partition(b"/")
-            idx = _from_int_bytes(raw_idx)
+        bought: dict[int, list[tuple[int, int]]] = {}
+        for name, (indices, blobs) in rows.items():
+            idx = np.array(indices, dtype=np.int64)
             if name == b"profile" and profiles is not None:
-                profiles[idx], bought = decode_profile(value)
-                self.purchases.restore(idx, bought)
+                for u, value in zip(indices, blobs):
+                    profiles[u], bought[u] = decode_profile(value)
             elif family == "users":
-                self.models[name.decode()].set_user_state(idx, value)
+                self.models[name.decode()].load_user_rows(idx, blobs)
             else:
-                self.models[name.decode()].set_item_state(idx, value)
+                self.models[name.decode()].load_item_rows(idx, blobs)
+        self.purchases.restore_many(bought)
 
     @property
     def events_total(self) -> int:

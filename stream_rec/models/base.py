@@ -21,6 +21,8 @@ Verbs
     Bytes for one user's or one item's row, and the inverse. The service persists exactly the rows a
     batch touched (see ``pop_touched``) in one RocksDB WriteBatch, user rows and item rows in separate
     column families, so user-keyed and item-keyed state stay separable. ``None`` means "no row".
+``load_user_rows(users, rows) / load_item_rows(items, rows)``
+    ``set_user_state`` / ``set_item_state`` for many rows at once: what a restarting worker calls.
 ``pop_touched()``
     ``(users, items)`` index arrays touched since the previous call, then forgets them.
 """
@@ -51,5 +53,9 @@ class OnlineModel(Protocol):
     def item_state(self, item: int) -> bytes | None: ...
 
     def set_item_state(self, item: int, data: bytes) -> None: ...
+
+    def load_user_rows(self, users: IntArray, rows: list[bytes]) -> None: ...
+
+    def load_item_rows(self, items: IntArray, rows: list[bytes]) -> None: ...
 
     def pop_touched(self) -> tuple[IntArray, IntArray]: ...

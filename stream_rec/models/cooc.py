@@ -43,9 +43,9 @@ class CoocState(NamedTuple):
     are the raw ones times ``mass[i]``, valid at ``row_ts[i]``.
     """
 
-    hist_item: IntArray  # (user capacity, history_size), oldest first
+    hist_item: np.ndarray  # int32 (user capacity, history_size), oldest first
     hist_ts: FloatArray
-    hist_w: FloatArray
+    hist_w: np.ndarray  # float32
     hist_len: IntArray
     nbr: np.ndarray  # int32 (item capacity, max_neighbors + 1)
     cnt: FloatArray  # (item capacity, max_neighbors + 1)
@@ -280,9 +280,10 @@ class CoOccurrence:
         self.half_life_s = half_life_s
         self.session_gap_s = session_gap_s
 
-        self._hist_item = np.zeros((0, history_size), dtype=np.int64)
+        # Per-user rows dominate memory at a million users: item indices and weights in 32 bits.
+        self._hist_item = np.zeros((0, history_size), dtype=np.int32)
         self._hist_ts = np.zeros((0, history_size), dtype=np.float64)
-        self._hist_w = np.zeros((0, history_size), dtype=np.float64)
+        self._hist_w = np.zeros((0, history_size), dtype=np.float32)
         self._hist_len = np.zeros(0, dtype=np.int64)
         self._nbr = np.zeros((0, max_neighbors + 1), dtype=np.int32)
         self._cnt = np.zeros((0, max_neighbors + 1), dtype=np.float64)
@@ -405,6 +406,35 @@ class CoOccurrence:
         self._seen[item] = True
         self._nbr[item, :n], self._cnt[item, :n] = rec["item"], rec["count"]
         self._nlen[item] = n
+
+    def load_user_rows(self, users: IntArray, rows: list[bytes]) -> None:
+        """:meth:`set_user_state` for many users at once (a restart)."""
+        if len(users) == 0:
+            return
+        rec = np.frombuffer(b"".join(rows), dtype=HISTORY_DTYPE)
+        lengths = np.array([len(r) for r in rows]) // HISTORY_DTYPE.itemsize
+        kept = np.minimum(lengths, self.history_size)
+        # Entry e of a user's record: its place counted from the newest; only the newest H stay.
+        starts = np.cumsum(lengths) - lengths
+        place = np.arange(len(rec)) - np.repeat(starts, lengths) - np.repeat(lengths - kept, lengths)
+        keep = place >= 0
+        row = np.repeat(users, lengths)[keep]
+        self.reserve(int(users.max()) + 1, int(rec["item"].max(initial=-1)) + 1)
+        self._hist_item[row, place[keep]] = rec["item"][keep]
+        self._hist_ts[row, place[keep]] = rec["ts"][keep]
+        self._hist_w[row, place[keep]] = rec["weight"][keep]
+        self._hist_len[users] = kept
+
+    def load_item_rows(self, items: IntArray, rows: list[bytes]) -> None:
+        """:meth:`set_item_state` for many items at once (a restart): one growth, then the rows."""
+        if len(items) == 0:
+            return
+        head = 2 * _HEADER.itemsize
+        neighbor_max = max((int(np.frombuffer(r[head:], dtype=NEIGHBOR_DTYPE)["item"].max(initial=-1)) for r in rows),
+                           default=-1)
+        self.reserve(0, max(int(items.max()), neighbor_max) + 1)
+        for item, data in zip(items.tolist(), rows):
+            self.set_item_state(item, data)
 
     def pop_touched(self) -> tuple[IntArray, IntArray]:
         return self._touched.pop()

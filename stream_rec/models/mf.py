@@ -300,5 +300,19 @@ class ImplicitMF:
         self.Q[item] = np.frombuffer(data, dtype="<f4")
         self._item_seen[item] = True
 
+    def load_user_rows(self, users: IntArray, rows: list[bytes]) -> None:
+        """:meth:`set_user_state` for many users at once (a restart)."""
+        if len(users):
+            self.reserve(int(users.max()) + 1, 0)
+            self.P[users] = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(users), self.n_factors)
+            self._user_seen[users] = True
+
+    def load_item_rows(self, items: IntArray, rows: list[bytes]) -> None:
+        """:meth:`set_item_state` for many items at once (a restart)."""
+        if len(items):
+            self.reserve(0, int(items.max()) + 1)
+            self.Q[items] = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(items), self.n_factors)
+            self._item_seen[items] = True
+
     def pop_touched(self) -> tuple[IntArray, IntArray]:
         return self._touched.pop()

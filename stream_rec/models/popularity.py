@@ -292,6 +292,26 @@ class DecayedPopularity:
         # Scores decay to the newest event time; a restored model recovers it from its rows.
         self._clock[0] = max(self.now, float(rec["last_ts"]))
 
+    def load_user_rows(self, users: IntArray, rows: list[bytes]) -> None:
+        """No-op: popularity keeps no per-user state."""
+
+    def load_item_rows(self, items: IntArray, rows: list[bytes]) -> None:
+        """:meth:`set_item_state` for many items at once (a restart)."""
+        if len(items) == 0:
+            return
+        rec = np.frombuffer(b"".join(rows), dtype=ITEM_STATE_DTYPE)
+        self.reserve(int(items.max()) + 1)
+        new = np.unique(items[~self._seen[items]])
+        self._fresh[self._sizes[1] : self._sizes[1] + len(new)] = new
+        self._sizes[1] += len(new)
+        self._value[items], self._last[items] = rec["value"], rec["last_ts"]
+        self._first[items], self._count[items] = rec["first_seen"], rec["n_events"]
+        self._seen[items] = True
+        with np.errstate(divide="ignore"):
+            self._key[items] = np.log2(rec["value"]) + rec["last_ts"] / self.half_life_s
+        self._rerank = True
+        self._clock[0] = max(self.now, float(rec["last_ts"].max()))
+
     def pop_touched(self) -> tuple[IntArray, IntArray]:
         """``(users, items)`` touched since the last call; users is always empty (no user state)."""
         return self._touched.pop()

@@ -138,3 +138,20 @@ def test_state_round_trip_scores_identically(factory: Callable[[], OnlineModel],
     for i in items.tolist():
         assert _same_state(source.item_state(i), restored.item_state(i))
     _assert_same_model(source, restored)
+
+
+def test_bulk_load_equals_row_by_row(factory: Callable[[], OnlineModel], stream: Stream) -> None:
+    """A restarting worker loads rows in bulk: the same model as set_*_state row by row."""
+    source = _learn(factory(), stream)
+    users, items = source.pop_touched()
+    user_rows = [(u, source.user_state(u)) for u in users.tolist()]
+    user_rows = [(u, data) for u, data in user_rows if data is not None]
+    item_rows = [(i, source.item_state(i)) for i in items.tolist()]
+    bulk = factory()
+    bulk.load_user_rows(np.array([u for u, _ in user_rows], dtype=np.int64), [d for _, d in user_rows])
+    bulk.load_item_rows(np.array([i for i, _ in item_rows], dtype=np.int64), [d for _, d in item_rows])
+    for u, data in user_rows:
+        assert bulk.user_state(u) == data
+    for i, data in item_rows:
+        assert _same_state(bulk.item_state(i), data)
+    _assert_same_model(source, bulk)
