@@ -33,10 +33,14 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
 
 
-def create_app(settings: Settings, bootstrap: str, service: RecService, metrics: Metrics) -> faust.App:
-    """The worker app for ``settings`` against ``bootstrap``, learning into ``service``."""
-    app = faust.App(
-        settings.app_id,
+def faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> faust.App:
+    """A Faust app with stream_rec's consumer, producer and stream settings, and no agents yet.
+
+    The worker and the benchmark's do-nothing agent (:mod:`agents.probes`) share it, so the bench compares
+    like with like.
+    """
+    return faust.App(
+        app_id or settings.app_id,
         broker=broker_urls(bootstrap),
         datadir=str(settings.worker_dir / "faust"),
         store="memory://",  # stream_rec keeps its own RocksDB state; Faust tables are not used
@@ -53,10 +57,17 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         broker_max_poll_records=settings.batch_max,
         producer_linger_ms=5,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def create_app(settings: Settings, bootstrap: str, service: RecService, metrics: Metrics) -> faust.App:
+    """The worker app for ``settings`` against ``bootstrap``, learning into ``service``."""
+    app = faust_app(settings, bootstrap)
     topic_stream = {topic: stream for stream, topic in settings.input_topics().items()}
-    inputs = app.topic(*topic_stream, **raw)
-    keyed = app.topic(settings.topic_events, internal=True, partitions=settings.partitions, **raw)
+    inputs = app.topic(*topic_stream, **RAW)
+    keyed = app.topic(settings.topic_events, internal=True, partitions=settings.partitions, **RAW)
 
     async def send(topic: str, key: bytes | None, value: bytes, *, headers: list | None = None,
                    timestamp: float | None = None) -> None:
