@@ -224,42 +224,62 @@ def ceilings(bench: Bench) -> list[Figure]:
 
 
 def full_worker(bench: Bench) -> list[Figure]:
-    """(b) The worker on single-event messages: real service and a stand-in, sustained events/s."""
+    """(b) The worker on single-event messages, sustained events/s, on both input paths.
+
+    ``keyed``: producers key by user id and the worker applies straight from the input topics
+    (``STREAM_REC_INPUT_KEYS=user_id``); ``rekey``: the two-agent path through the internal topic. Each
+    runs with the real service and with a stand-in that does nothing (the Faust side's own ceiling).
+    """
     inputs = bench.fresh_settings("full")
     produce_backlog(bench, inputs)
-    full = drain_rate(bench, bench.fresh_settings("worker", inputs=inputs), "full worker")
-    stub = drain_rate(bench, bench.fresh_settings("stub", inputs=inputs), "worker, stub service",
-                      module=("agents.probes", "stub"))
+    rates: dict[str, float] = {}
+    for path, keys in (("keyed", "user_id"), ("rekey", "any")):
+        for kind, module in (("full", ("tools.cli", "worker")), ("stub", ("agents.probes", "stub"))):
+            settings = bench.fresh_settings(f"{kind}-{path}", inputs=inputs, input_keys=keys)
+            rates[f"{kind}_{path}"] = drain_rate(bench, settings, f"{kind} worker, {path}", module=module)
     noop, raw = bench.figure("ceilings", "noop_faust"), bench.figure("ceilings", "raw_consume")
     return [
-        Figure("full", full, "ev/s", "stream-rec worker: RecService, RocksDB state, lists sent"),
-        Figure("stub", stub, "ev/s", "the same worker with a do-nothing service (the Faust side's ceiling)"),
-        Figure("full_over_noop_faust", full / noop, "x", "target >= 0.8"),
-        Figure("full_over_raw_consume", full / raw, "x"),
-        Figure("stub_over_noop_faust", stub / noop, "x"),
+        Figure("full_keyed", rates["full_keyed"], "ev/s", "RecService, RocksDB state, lists sent; input keyed by user; target >= 20,000"),
+        Figure("full_rekey", rates["full_rekey"], "ev/s", "the same, re-keyed through the internal topic (any producer keys)"),
+        Figure("stub_keyed", rates["stub_keyed"], "ev/s", "keyed path with a do-nothing service: the Faust side alone"),
+        Figure("stub_rekey", rates["stub_rekey"], "ev/s", "re-key path with a do-nothing service"),
+        Figure("full_keyed_over_noop_faust", rates["full_keyed"] / noop, "x", "target >= 0.8"),
+        Figure("full_keyed_over_raw_consume", rates["full_keyed"] / raw, "x"),
+        Figure("full_rekey_over_noop_faust", rates["full_rekey"] / noop, "x"),
+        Figure("full_rekey_over_raw_consume", rates["full_rekey"] / raw, "x"),
+        Figure("stub_keyed_over_noop_faust", rates["stub_keyed"] / noop, "x"),
+        Figure("stub_rekey_over_noop_faust", rates["stub_rekey"] / noop, "x"),
     ]
 
 
 def freshness(bench: Bench) -> list[Figure]:
-    """(c) Produce-to-list latency at half the full worker's measured rate.
+    """(c) Produce-to-list latency at half the full worker's measured rate, keyed input path."""
+    return _freshness(bench, "keyed", "user_id")
 
-    An event's freshness is the time from its produce (the bench stamps ``ts`` with the wall clock as it
+
+def freshness_rekey(bench: Bench) -> list[Figure]:
+    """(c') The same for the re-key path, at half its own rate."""
+    return _freshness(bench, "rekey", "any")
+
+
+def _freshness(bench: Bench, path: str, input_keys: str) -> list[Figure]:
+    """An event's freshness is the time from its produce (the bench stamps ``ts`` with the wall clock as it
     hands the event to its producer) to the moment a consumer of the recommendations topic receives the
     first list for that user whose ``trigger.ts`` is at or after the event's ``ts``: the first list that
     reflects it. Producer, consumer and clock are the bench's own, so no clocks are compared across hosts.
     """
-    rate = bench.figure("full_worker", "full") / 2
-    settings = bench.fresh_settings("fresh")
+    rate = bench.figure("full_worker", f"full_{path}") / 2
+    settings = bench.fresh_settings(f"fresh-{path}", input_keys=input_keys)
     worker = WorkerProcess(settings, log_path=bench.workdir / f"{settings.app_id}.log").start()
     try:
         worker.wait_for(ASSIGNED, 1, timeout_s=120)
         count = max(1, int(rate * bench.config.freshness_s))
         events = list(_cycle(bench.events, count))
-        latencies, unmatched, achieved = asyncio.run(_paced_round_trip(settings, events, rate, worker))
+        latencies, unmatched, achieved = asyncio.run(_paced_round_trip(settings, events, rate))
     finally:
         worker.stop()
     return [
-        Figure("target_rate", rate, "ev/s", "half the full worker's rate"),
+        Figure("target_rate", rate, "ev/s", f"half the full worker's rate ({path} path)"),
         Figure("achieved_rate", achieved, "ev/s"),
         Figure("p50", percentile(latencies, 50), "ms"),
         Figure("p95", percentile(latencies, 95), "ms"),
@@ -274,8 +294,8 @@ def _cycle(events: Sequence[dict[str, Any]], count: int) -> Iterator[dict[str, A
         yield events[n % len(events)]
 
 
-async def _paced_round_trip(settings: Settings, events: Sequence[dict[str, Any]], rate: float,
-                            worker: WorkerProcess) -> tuple[list[float], int, float]:
+async def _paced_round_trip(settings: Settings, events: Sequence[dict[str, Any]],
+                            rate: float) -> tuple[list[float], int, float]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     # Each message as the bytes around its ts, so stamping it at send time costs no JSON encoding.
@@ -330,6 +350,7 @@ SECTIONS: dict[str, Section] = {
     "ceilings": ceilings,
     "full_worker": full_worker,
     "freshness": freshness,
+    "freshness_rekey": freshness_rekey,
 }
 
 
