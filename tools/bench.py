@@ -361,6 +361,7 @@ def run_bench(config: BenchConfig, base: Settings, sections: Sequence[str] | Non
     with ExitStack() as stack:
         workdir = Path(config.workdir) if config.workdir else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="stream-rec-bench-")))
+        workdir.mkdir(parents=True, exist_ok=True)
         bootstrap = config.bootstrap or base.kafka_bootstrap
         if not bootstrap:
             bootstrap = stack.enter_context(EmbeddedBroker(log_path=str(workdir / "broker.log"))).bootstrap
@@ -425,8 +426,6 @@ def _cmd_bench(args: Any) -> int:
     unknown = set(sections or ()) - set(SECTIONS)
     if unknown:
         raise SystemExit(f"stream-rec bench: unknown section(s) {', '.join(sorted(unknown))}")
-    if config.workdir:
-        Path(config.workdir).mkdir(parents=True, exist_ok=True)
     report = run_bench(config, Settings.from_env(), sections)
     print(format_table(report), flush=True)
     if args.json:
