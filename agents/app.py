@@ -1,13 +1,19 @@
 """The Faust app: ``create_app(settings)`` builds it, the agents are a few lines each.
 
-Two agents, one consumer group:
+How events reach the service depends on ``STREAM_REC_INPUT_KEYS``.
 
-``ingest``  (the three input topics, keyed any way or not at all)
+``any`` (default; producers key any way or not at all): two agents, one consumer group.
+
+``ingest``  (the three input topics)
     decode and validate a micro-batch; dead-letter the bad messages untouched; forward the valid ones to
     the internal topic keyed by user id, so each user's events meet in one partition, owned by one worker.
 ``learn``   (the internal user-keyed topic)
     hand a micro-batch to :class:`stream_rec.service.RecService`, publish one refreshed list per touched
     user, flush, then persist state and applied offsets in one RocksDB write.
+
+``user_id`` (producers key every message by its user id): one agent, ``learn_direct``, on the three input
+topics does both jobs: decode, dead-letter, apply, publish, persist. No internal topic: each event passes
+through Faust once instead of twice and is never re-sent.
 """
 
 from __future__ import annotations
@@ -20,23 +26,28 @@ from collections.abc import Sequence
 import faust
 from faust.types import EventT
 
-from stream_rec.events import InvalidEvent, Limits, decode
+from stream_rec.events import Event, InvalidEvent, Limits, decode
 from stream_rec.metrics import Metrics
-from stream_rec.service import BatchResult, RecService
+from stream_rec.service import BatchResult, Position, RecService
 from stream_rec.settings import Settings
 from stream_rec.wire import dead_letter_headers, decode_keyed, encode_keyed, encode_recommendation
 
 log = logging.getLogger(__name__)
+_MISKEYED = "\0miskeyed"  # a counts label that no event type or reason can take
 
 
 def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
 
 
-def create_app(settings: Settings, bootstrap: str, service: RecService, metrics: Metrics) -> faust.App:
-    """The worker app for ``settings`` against ``bootstrap``, learning into ``service``."""
+def faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> faust.App:
+    """A Faust app with stream_rec's consumer, producer and stream settings, and no agents yet.
+
+    The worker and the benchmark's do-nothing agent (:mod:`agents.probes`) share it, so the bench compares
+    like with like.
+    """
     app = faust.App(
-        settings.app_id,
+        app_id or settings.app_id,
         broker=broker_urls(bootstrap),
         datadir=str(settings.worker_dir / "faust"),
         store="memory://",  # stream_rec keeps its own RocksDB state; Faust tables are not used
@@ -53,10 +64,37 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         broker_max_poll_records=settings.batch_max,
         producer_linger_ms=5,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    async def shorten_fetch_wait(sender: faust.App, assigned: set, **_: object) -> None:
+        _set_fetch_max_wait(app, settings.fetch_max_wait_ms)
+
+    return app
+
+
+def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
+    """Faust hands aiokafka ``fetch_max_wait_ms=1500`` and has no setting for it; set the fetcher's own.
+
+    Apache Kafka answers a fetch as soon as one byte is there, so the wait only paces idle polling. A
+    broker that holds every fetch for the whole wait (Tansu 0.6 does: ~half the wait on average, measured
+    by ``stream-rec bench``) adds it to every event's freshness, once per hop.
+    """
+    fetcher = getattr(getattr(getattr(app.consumer, "_thread", None), "_consumer", None), "_fetcher", None)
+    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+        log.warning("cannot set the consumer's fetch_max_wait_ms (Faust/aiokafka internals changed); it stays at Faust's")
+        return
+    fetcher._fetch_max_wait_ms = wait_ms
+
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def create_app(settings: Settings, bootstrap: str, service: RecService, metrics: Metrics) -> faust.App:
+    """The worker app for ``settings`` against ``bootstrap``, learning into ``service``."""
+    app = faust_app(settings, bootstrap)
     topic_stream = {topic: stream for stream, topic in settings.input_topics().items()}
-    inputs = app.topic(*topic_stream, **raw)
-    keyed = app.topic(settings.topic_events, internal=True, partitions=settings.partitions, **raw)
+    inputs = app.topic(*topic_stream, **RAW)
+    keyed = app.topic(settings.topic_events, internal=True, partitions=settings.partitions, **RAW)
 
     async def send(topic: str, key: bytes | None, value: bytes, *, headers: list | None = None,
                    timestamp: float | None = None) -> None:
@@ -67,56 +105,92 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     limits = Limits(max_bytes=settings.max_message_bytes, max_future_ms=settings.max_future_ms)
     within = settings.batch_wait_ms / 1000.0
 
-    @app.agent(inputs)
-    async def ingest(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(settings.batch_max, within):
-            now_ms = int(time.time() * 1000)
-            counts: Counter[tuple[bool, str]] = Counter()
-            for event in batch:
-                counts[await _route(event, topic_stream[event.message.topic], now_ms)] += 1
-            await app.producer.flush()  # forwarded before the batch is acked
-            for (valid, label), n in counts.items():  # one metric update per label, not per event
-                (metrics.events_in if valid else metrics.dead_letters).labels(label).inc(n)
-
-    async def _route(event: EventT, stream_name: str, now_ms: int) -> tuple[bool, str]:
-        """Forward or dead-letter one message; returns (valid, type or reason) for the metrics."""
+    async def check(event: EventT, now_ms: int, counts: Counter[tuple[bool, str]]) -> Event | None:
+        """The message's event, or None after dead-lettering it; counts (valid, type or reason)."""
         msg = event.message
         try:
-            valid = decode(msg.value, stream_name, now_ms=now_ms, limits=limits)
+            valid = decode(msg.value, topic_stream[msg.topic], now_ms=now_ms, limits=limits)
         except InvalidEvent as err:
             headers = dead_letter_headers(err.reason, str(err), msg.topic, msg.partition, msg.offset)
             await send(settings.topic_dead_letter, msg.key, msg.value or b"", headers=headers)
-            return False, err.reason
-        # The shop's produce time travels with the event, so freshness is measured from it.
-        await send(settings.topic_events, valid.user_id.encode(), encode_keyed(valid, msg.topic, msg.partition, msg.offset),
-                   timestamp=msg.timestamp)
-        return True, valid.type
+            counts[False, err.reason] += 1
+            return None
+        counts[True, valid.type] += 1
+        return valid
 
-    @app.agent(keyed)
-    async def learn(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(settings.batch_max, within):
-            started = time.perf_counter()
-            items = []
-            for event in batch:
-                valid, lane, offset = decode_keyed(event.message.value)
-                items.append(((f"{event.message.partition}>{lane}", offset), valid))
-            result = service.apply(items)
-            for payload in result.recommendations:
-                await send(settings.topic_recommendations, payload["user_id"].encode(), encode_recommendation(payload))
-            # Lists go out before state is written: a crash in between re-applies the batch and re-sends
-            # them (at-least-once output), never loses them.
-            await app.producer.flush()
-            service.persist(result)
-            _observe(metrics, result, batch, started)
-            metrics.state_events.set(service.events_total)
+    async def learn_batch(items: list[tuple[Position, Event]], batch: Sequence[EventT], started: float) -> None:
+        result = service.apply(items)
+        for payload in result.recommendations:
+            await send(settings.topic_recommendations, payload["user_id"].encode(), encode_recommendation(payload))
+        # Lists (and dead letters) go out before state is written: a crash in between re-applies the
+        # batch and re-sends them (at-least-once output), never loses them.
+        await app.producer.flush()
+        service.persist(result)
+        _observe(metrics, result, batch, started)
+        metrics.state_events.set(service.events_total)
+
+    if settings.input_keys == "user_id":
+        # Producers key by user id, so a user's events already share one partition number on all three
+        # topics, and Faust's assignor gives a worker the same partition numbers of topics that one agent
+        # reads (co-partitioning): apply straight from the input, no second hop. The lanes are the source
+        # topic-partitions.
+        @app.agent(inputs)
+        async def learn_direct(stream: faust.StreamT) -> None:
+            async for batch in stream.take_events(settings.batch_max, within):
+                started = time.perf_counter()
+                now_ms = int(time.time() * 1000)
+                counts: Counter[tuple[bool, str]] = Counter()
+                items = []
+                for event in batch:
+                    valid = await check(event, now_ms, counts)
+                    if valid is not None:
+                        msg = event.message
+                        items.append(((f"{msg.topic}:{msg.partition}", msg.offset), valid))
+                        if msg.key != valid.user_id.encode():
+                            counts[True, _MISKEYED] += 1
+                await learn_batch(items, batch, started)
+                _count(metrics, counts)
+    else:
+        @app.agent(inputs)
+        async def ingest(stream: faust.StreamT) -> None:
+            async for batch in stream.take_events(settings.batch_max, within):
+                now_ms = int(time.time() * 1000)
+                counts: Counter[tuple[bool, str]] = Counter()
+                for event in batch:
+                    if (valid := await check(event, now_ms, counts)) is not None:
+                        msg = event.message
+                        # The shop's produce time travels with the event, so freshness is measured from it.
+                        await send(settings.topic_events, valid.user_id.encode(),
+                                   encode_keyed(valid, msg.topic, msg.partition, msg.offset), timestamp=msg.timestamp)
+                await app.producer.flush()  # forwarded before the batch is acked
+                _count(metrics, counts)
+
+        @app.agent(keyed)
+        async def learn(stream: faust.StreamT) -> None:
+            async for batch in stream.take_events(settings.batch_max, within):
+                started = time.perf_counter()
+                items = []
+                for event in batch:
+                    valid, lane, offset = decode_keyed(event.message.value)
+                    items.append(((f"{event.message.partition}>{lane}", offset), valid))
+                await learn_batch(items, batch, started)
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(sender: faust.App, assigned: set, **_: object) -> None:
-        owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
+        user_topics = set(topic_stream) if settings.input_keys == "user_id" else {settings.topic_events}
+        owned = sorted({tp.partition for tp in assigned if tp.topic in user_topics})
         metrics.assigned_partitions.set(len(owned))
-        log.info("worker %s owns partitions %s of %s", settings.worker_id, owned, settings.topic_events)
+        log.info("worker %s owns partitions %s of %s", settings.worker_id, owned, ", ".join(sorted(user_topics)))
 
     return app
+
+
+def _count(metrics: Metrics, counts: Counter[tuple[bool, str]]) -> None:
+    for (valid, label), n in counts.items():  # one metric update per label, not per event
+        if label == _MISKEYED:
+            metrics.miskeyed.inc(n)
+        else:
+            (metrics.events_in if valid else metrics.dead_letters).labels(label).inc(n)
 
 
 def _observe(metrics: Metrics, result: BatchResult, batch: Sequence[EventT], started: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import faust
 from prometheus_client import start_http_server
@@ -18,8 +19,12 @@ log = logging.getLogger(__name__)
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
-def run_worker(settings: Settings) -> None:
-    """Run one worker until SIGTERM/SIGINT; state is loaded before the worker joins the group."""
+def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = RecService) -> None:
+    """Run one worker until SIGTERM/SIGINT; state is loaded before the worker joins the group.
+
+    ``service_factory`` lets the benchmark put a stand-in behind the very same Faust side
+    (:class:`agents.probes.StubService`).
+    """
     bootstrap = settings.kafka_bootstrap or DEFAULT_BOOTSTRAP
     ensure_topics(settings, bootstrap)
     metrics = Metrics()
@@ -27,7 +32,7 @@ def run_worker(settings: Settings) -> None:
         start_http_server(settings.metrics_port, addr="0.0.0.0", registry=metrics.registry)
     store = RocksStore(settings.state_path)
     try:
-        service = RecService(settings, store)
+        service = service_factory(settings, store)
         log.info("worker %s loaded state: %s", settings.worker_id, service.stats())
         metrics.state_events.set(service.events_total)
         app = create_app(settings, bootstrap, service, metrics)

@@ -17,6 +17,9 @@ class Metrics:
         r = self.registry
         self.events_in = Counter("stream_rec_ingest_events_total", "Valid events received, by type.", ["type"], registry=r)
         self.dead_letters = Counter("stream_rec_ingest_dead_letters_total", "Messages dead-lettered, by reason.", ["reason"], registry=r)
+        self.miskeyed = Counter("stream_rec_ingest_miskeyed_total",
+                                "Events read straight from the input (STREAM_REC_INPUT_KEYS=user_id) whose key is not their user id.",
+                                registry=r)
         self.applied = Counter("stream_rec_learn_events_applied_total", "Events applied to the models.", registry=r)
         self.duplicates = Counter("stream_rec_learn_duplicates_total", "Redelivered events recognised and skipped.", registry=r)
         self.recommendations = Counter("stream_rec_output_recommendations_total", "Recommendation lists published.", registry=r)

@@ -42,6 +42,13 @@ class Settings:
     batch_wait_ms: int = _setting(50, "Longest wait to fill a micro-batch, in milliseconds.")
     max_message_bytes: int = _setting(65536, "Messages larger than this are dead-lettered (reason too_large).")
     max_future_ms: int = _setting(86_400_000, "Events stamped further than this in the future are dead-lettered.")
+    input_keys: str = _setting(
+        "any", "How producers key the input messages. `any`: re-key valid events by user id through topic_events "
+        "(works with any keys, or none). `user_id`: every message is keyed by its user id, so workers apply events "
+        "straight from the input topics, one Faust hop instead of two (much faster).")
+    fetch_max_wait_ms: int = _setting(
+        100, "Longest time the broker may hold a worker's fetch when no data is waiting (Faust fixes it at 1500; a "
+        "broker that always holds fetches that long would add it to every event's freshness).")
     weights: str = _setting("view=1,click=2,add_to_cart=4,purchase=8", "Learning weight per event type.")
     mf_factors: int = _setting(32, "Latent factors of the matrix factorization model.")
     mf_learning_rate: float = _setting(0.05, "SGD learning rate of the matrix factorization model.")
@@ -67,6 +74,8 @@ class Settings:
             "explore": 0.0 <= self.explore <= 1.0,
             "metrics_port": 0 <= self.metrics_port < 65536,
             "worker_id": bool(self.worker_id) and "/" not in self.worker_id,
+            "input_keys": self.input_keys in ("any", "user_id"),
+            "fetch_max_wait_ms": self.fetch_max_wait_ms >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from stream_rec.settings import Settings, settings_table
-from tools import evaluate, replay, tail
+from tools import bench, evaluate, replay, tail
 
 log = logging.getLogger("stream_rec")
 
@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parser(sub)
     tail.add_parser(sub)
     evaluate.add_parser(sub)
+    bench.add_parser(sub)
 
     p = sub.add_parser("state", help="print the counts in a stopped worker's state")
     p.add_argument("--worker-id", help="overrides STREAM_REC_WORKER_ID")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,19 +24,25 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A worker in its own process, with its metrics endpoint on a free port."""
+    """A worker in its own process, with its metrics endpoint on a free port.
 
-    def __init__(self, settings: Settings, *, log_path: str | Path | None = None) -> None:
+    ``module`` runs another entry point with the same settings and metrics (the bench's probes:
+    ``("agents.probes", "noop")``).
+    """
+
+    def __init__(self, settings: Settings, *, log_path: str | Path | None = None,
+                 module: Sequence[str] = ("tools.cli", "worker")) -> None:
         if not settings.metrics_port:
             settings = replace(settings, metrics_port=free_port())
         self.settings = settings
         self.log_path = Path(log_path) if log_path else None
+        self.module = tuple(module)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **settings_env(self.settings)}
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "worker"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", *self.module], env=env,
                                      stdout=out, stderr=subprocess.STDOUT)
         return self
 

@@ -1,0 +1,45 @@
+"""``stream-rec bench`` runs on a tiny configuration against the embedded broker and reports every figure.
+
+No timing assertions: the figures of a tiny run on a shared machine mean nothing, only that they exist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from stream_rec.settings import Settings
+from tools.bench import BenchConfig, format_table, run_bench
+from tools.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = {
+    "ceilings": {"raw_consume", "produce", "noop_faust"},
+    "full_worker": {"full_keyed", "full_rekey", "stub_keyed", "stub_rekey", "full_keyed_over_noop_faust",
+                    "full_keyed_over_raw_consume", "full_rekey_over_noop_faust", "full_rekey_over_raw_consume",
+                    "stub_keyed_over_noop_faust", "stub_rekey_over_noop_faust"},
+    "freshness": {"target_rate", "achieved_rate", "p50", "p95", "p99", "events_measured", "events_unmatched"},
+}
+EXPECTED["freshness_rekey"] = EXPECTED["freshness"]
+
+
+def test_bench_reports_every_figure(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    config = BenchConfig(events=600, users=60, items=50, freshness_s=1.0, bootstrap=broker.bootstrap,
+                         workdir=str(tmp_path / "bench"))
+    report = run_bench(config, Settings(batch_max=200))
+
+    assert {s: set(figures) for s, figures in report["sections"].items()} == EXPECTED
+    for section, figures in report["sections"].items():
+        for name, figure in figures.items():
+            value = figure["value"]
+            assert math.isfinite(value) and value >= 0, f"{section}.{name} = {value}"
+            if figure["unit"] in ("ev/s", "x") or name == "events_measured":
+                assert value > 0, f"{section}.{name} = {value}"
+    assert report["sections"]["freshness"]["events_unmatched"]["value"] == 0
+    json.loads(json.dumps(report))  # what --json writes
+    table = format_table(report)
+    assert all(name in table for figures in EXPECTED.values() for name in figures)
