@@ -58,6 +58,8 @@ class BenchConfig:
     bootstrap: str = ""
     #: Keep the workers' logs and state here (empty: a temporary folder, removed afterwards).
     workdir: str = ""
+    #: Tiny sizes for the model-cost and memory sections too (see :data:`QUICK`).
+    quick: bool = False
 
 
 #: ``--quick``: enough to see every figure, too small for the figures to mean much.
@@ -345,12 +347,54 @@ async def _paced_round_trip(settings: Settings, events: Sequence[dict[str, Any]]
     return latencies, sum(len(q) for q in pending.values()), achieved
 
 
+def model_costs(bench: Bench) -> list[Figure]:
+    """(d) Each model's update cost in micro-batches, and one user's fused top 20 by catalogue size."""
+    from tools import bench_models
+
+    if bench.config.quick:
+        updates = bench_models.update_costs(5_000, 2_000, 1_000)
+        tops = [bench_models.top20_latency(n, n_users=2_000, n_lists=30) for n in (1_000, 5_000)]
+    else:
+        updates = bench_models.update_costs()
+        tops = [bench_models.top20_latency(n) for n in (10_000, 100_000, 1_000_000)]
+    notes = {"mf_rank64_us": "target <= 5"}
+    figures = [Figure(name, value, "us/event", notes.get(name, "learn_many, batches of 500, 100k users x 100k items"))
+               for name, value in updates.items()]
+    targets = {100_000: "target <= 1", 1_000_000: "target <= 5"}
+    for top in tops:
+        n = top["items"]
+        figures.append(Figure(f"top20_{n}_items_mean", top["mean_ms"], "ms", targets.get(n, "full catalogue, no candidate generation")))
+        figures.append(Figure(f"top20_{n}_items_p99", top["p99_ms"], "ms"))
+    return figures
+
+
+def memory(bench: Bench) -> list[Figure]:
+    """(e) RSS and on-disk state after filling a service through ``apply``; restart-to-ready."""
+    from tools import bench_models
+
+    sizes = [(2_000, 1_000, 2)] if bench.config.quick else [(100_000, 100_000, 3), (1_000_000, 100_000, 3)]
+    figures = []
+    for users, items, per_user in sizes:
+        m = bench_models.memory(users, items, per_user)
+        tag = f"{users // 1000}k_users"
+        big = users >= 1_000_000
+        figures += [
+            Figure(f"{tag}_rss_mb", m["fill_rss_mb"], "MB", "target <= 2048" if big else f"{items:,} items, {m['fill_events']:,} events"),
+            Figure(f"{tag}_disk_mb", m["disk_mb"], "MB", "RocksDB folder"),
+            Figure(f"{tag}_restart_to_ready_s", m["restart_to_ready_s"], "s", "target <= 30" if big else "load state, first list"),
+            Figure(f"{tag}_reloaded_rss_mb", m["loaded_rss_mb"], "MB"),
+        ]
+    return figures
+
+
 #: The sections, in run order; each later one may read the figures of the earlier ones.
 SECTIONS: dict[str, Section] = {
     "ceilings": ceilings,
     "full_worker": full_worker,
     "freshness": freshness,
     "freshness_rekey": freshness_rekey,
+    "model_costs": model_costs,
+    "memory": memory,
 }
 
 
@@ -393,7 +437,7 @@ def format_table(report: dict[str, Any]) -> str:
         for f in figures.values():
             value = f["value"]
             shown = "nan" if isinstance(value, float) and math.isnan(value) else (
-                f"{value:,.2f}" if f["unit"] == "x" else f"{value:,.0f}")
+                f"{value:,.2f}" if f["unit"] == "x" or abs(value) < 100 else f"{value:,.0f}")
             rows.append((section, f["name"], shown, f["unit"], f["note"]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [" ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].ljust(widths[3]), r[4]]).rstrip()
@@ -421,7 +465,8 @@ def add_parser(sub: Any) -> None:
 def _cmd_bench(args: Any) -> int:
     sizes = QUICK if args.quick else {"events": args.events, "users": args.users, "items": args.items,
                                       "freshness_s": args.freshness_s}
-    config = BenchConfig(seed=args.seed, bootstrap=args.bootstrap or "", workdir=args.workdir or "", **sizes)
+    config = BenchConfig(seed=args.seed, bootstrap=args.bootstrap or "", workdir=args.workdir or "", quick=args.quick,
+                         **sizes)
     sections = args.sections.split(",") if args.sections else None
     unknown = set(sections or ()) - set(SECTIONS)
     if unknown:

@@ -12,7 +12,6 @@ loads that state as a restarting worker does and reports the time to ready and i
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -149,19 +148,3 @@ def memory(n_users: int, n_items: int = 100_000, events_per_user: int = 3) -> di
     return {"users": n_users, "items": n_items, **{f"fill_{k}": v for k, v in filled.items()},
             "disk_mb": disk / 2**20, "restart_to_ready_s": loaded["restart_to_ready_s"],
             "loaded_rss_mb": loaded["rss_mb"]}
-
-
-def run(quick: bool = False) -> dict[str, Any]:
-    if quick:
-        return {"updates": update_costs(5_000, 2_000, 1_000),
-                "top20": [top20_latency(n, n_users=2_000, n_lists=30) for n in (1_000, 5_000)],
-                "memory": [memory(2_000, 1_000, events_per_user=2)]}
-    return {"updates": update_costs(),
-            "top20": [top20_latency(n) for n in (10_000, 100_000, 1_000_000)],
-            "memory": [memory(n) for n in (100_000, 1_000_000)]}
-
-
-if __name__ == "__main__":
-    import sys
-
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

@@ -25,11 +25,14 @@ EXPECTED = {
     "freshness": {"target_rate", "achieved_rate", "p50", "p95", "p99", "events_measured", "events_unmatched"},
 }
 EXPECTED["freshness_rekey"] = EXPECTED["freshness"]
+EXPECTED["model_costs"] = {"mf_rank32_us", "mf_rank64_us", "mf_rank128_us", "cooc_us", "popularity_us",
+                           *(f"top20_{n}_items_{s}" for n in (1000, 5000) for s in ("mean", "p99"))}
+EXPECTED["memory"] = {"2k_users_rss_mb", "2k_users_disk_mb", "2k_users_restart_to_ready_s", "2k_users_reloaded_rss_mb"}
 
 
 def test_bench_reports_every_figure(broker: EmbeddedBroker, tmp_path: Path) -> None:
     config = BenchConfig(events=600, users=60, items=50, freshness_s=1.0, bootstrap=broker.bootstrap,
-                         workdir=str(tmp_path / "bench"))
+                         workdir=str(tmp_path / "bench"), quick=True)
     report = run_bench(config, Settings(batch_max=200))
 
     assert {s: set(figures) for s, figures in report["sections"].items()} == EXPECTED
