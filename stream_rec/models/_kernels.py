@@ -95,7 +95,8 @@ def heap_offer(hs: np.ndarray, hi: np.ndarray, size: int, cap: int, s: float, i:
 
 #: Above this many candidates per wanted item, a strided sample first estimates the selection threshold.
 _SAMPLE_ABOVE = 3
-_SAMPLE_SIZE = 256
+#: Sample size: about 4 n / k values (so its q-th best passes ~1.5 k items), within these bounds.
+_SAMPLE_MIN, _SAMPLE_MAX = 256, 4096
 
 
 @njit(**JIT)
@@ -125,27 +126,35 @@ def _order_survivors(buf_s: FloatArray, buf_i: IntArray, c: int, k: int, out_s: 
 
 
 @njit(**JIT)
+def _threshold(sample: FloatArray, m: int, sampled: int, n: int, k: int, attempt: int, work: IntArray) -> float:
+    """A score that about ``1.5 k * 4 ** attempt`` of ``n`` candidates reach, estimated from the
+    ``m`` eligible values of a sample of ``sampled``; ``-inf`` (everyone) once the sample runs out."""
+    q = (int(1.5 * k * sampled / n) + 2) * 4**attempt
+    return _qth_best(sample, m, q, work) if q <= m else -np.inf
+
+
+@njit(**JIT)
 def select_dense(vals: np.ndarray, seen: np.ndarray, excluded: np.ndarray, n: int, k: int, buf_s: FloatArray,
                  buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best items ``i < n`` with ``seen[i]`` and not ``excluded[i]`` by ``vals[i]``, best first
     (ties: lower index) into ``out_*``; returns how many. ``buf_*`` need room for ``n`` entries.
 
-    On a large catalogue a strided sample of ~256 values first sets a threshold that about 1.5 k items
-    pass, so only those are sorted; if fewer than ``k`` pass, the pass is redone without it.
+    On a large catalogue a strided sample first sets a threshold that about 1.5 k items pass, so only
+    those are sorted; if fewer than ``k`` pass (an unlucky sample), a 4x lower one is tried, and so on.
     """
-    thr = -np.inf
+    m, sampled = 0, 0
+    sample = np.empty(0)
     if k > 0 and n > _SAMPLE_ABOVE * k:
-        stride = max(1, n // _SAMPLE_SIZE)
-        m, sampled = 0, 0
+        stride = max(1, n // min(max(_SAMPLE_MIN, 4 * n // k), _SAMPLE_MAX))
+        sample = np.empty(n // stride + 1)
         for i in range(0, n, stride):
             sampled += 1
             if _ok(seen, excluded, i):
-                buf_s[m] = vals[i]
+                sample[m] = vals[i]
                 m += 1
-        q = int(1.5 * k * sampled / n) + 2  # the q-th best of the sample: ~1.5 k pass in the whole
-        if q <= m:
-            thr = _qth_best(buf_s, m, q, buf_i)
+    attempt = 0
     while True:
+        thr = _threshold(sample, m, sampled, n, k, attempt, buf_i) if m > 0 else -np.inf
         c = 0
         for i in range(n):
             if vals[i] >= thr and _ok(seen, excluded, i):
@@ -153,7 +162,7 @@ def select_dense(vals: np.ndarray, seen: np.ndarray, excluded: np.ndarray, n: in
                 c += 1
         if c >= k or thr == -np.inf:
             break
-        thr = -np.inf
+        attempt += 1
     return _order_survivors(buf_s, buf_i, c, k, out_s, out_i)
 
 
@@ -161,19 +170,19 @@ def select_dense(vals: np.ndarray, seen: np.ndarray, excluded: np.ndarray, n: in
 def select_sparse(vals: np.ndarray, cand: IntArray, n_cand: int, seen: np.ndarray, excluded: np.ndarray, k: int,
                   buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """:func:`select_dense` over the items ``cand[:n_cand]`` (in any order) instead of ``range(n)``."""
-    thr = -np.inf
+    m, sampled = 0, 0
+    sample = np.empty(0)
     if k > 0 and n_cand > _SAMPLE_ABOVE * k:
-        stride = max(1, n_cand // _SAMPLE_SIZE)
-        m, sampled = 0, 0
+        stride = max(1, n_cand // min(max(_SAMPLE_MIN, 4 * n_cand // k), _SAMPLE_MAX))
+        sample = np.empty(n_cand // stride + 1)
         for c in range(0, n_cand, stride):
             sampled += 1
             if _ok(seen, excluded, cand[c]):
-                buf_s[m] = vals[cand[c]]
+                sample[m] = vals[cand[c]]
                 m += 1
-        q = int(1.5 * k * sampled / n_cand) + 2
-        if q <= m:
-            thr = _qth_best(buf_s, m, q, buf_i)
+    attempt = 0
     while True:
+        thr = _threshold(sample, m, sampled, n_cand, k, attempt, buf_i) if m > 0 else -np.inf
         c = 0
         for e in range(n_cand):
             i = cand[e]
@@ -182,7 +191,7 @@ def select_sparse(vals: np.ndarray, cand: IntArray, n_cand: int, seen: np.ndarra
                 c += 1
         if c >= k or thr == -np.inf:
             break
-        thr = -np.inf
+        attempt += 1
     # Survivors arrive in candidate order: sort by item first so ties go to the lower index.
     by_item = np.argsort(buf_i[:c])
     tmp_s, tmp_i = buf_s[:c][by_item], buf_i[:c][by_item]

@@ -123,10 +123,18 @@ def mf_learn_many(st: MFState, users: IntArray, items: IntArray, weights: FloatA
         mf_learn_one(st, users[e], items[e], weights[e], log, log_n)
 
 
+#: From this many items on, scores come from BLAS (sgemv, ~2.5x the compiled loop at 100k items); below,
+#: the loop wins by skipping the call overhead.
+_BLAS_ABOVE = 16_384
+
+
 @njit(fastmath={"reassoc", "contract"}, **JIT)
 def mf_scores(st: MFState, u: int, n_items: int, out: np.ndarray) -> None:
     """``out[i] = p_u . q_i`` for the first ``n_items`` items (float32, summed in any order)."""
     P, Q = st.P, st.Q
+    if n_items >= _BLAS_ABOVE:
+        np.dot(Q[:n_items], P[u], out[:n_items])
+        return
     d = P.shape[1]
     for i in range(n_items):
         s = np.float32(0.0)
