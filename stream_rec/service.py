@@ -28,7 +28,7 @@ from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import JIT
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_learn_one
-from stream_rec.models.fusion import Fusion, FusionParams, Scratch, fuse
+from stream_rec.models.fusion import Fusion, FusionParams, Scratch, fuse, label
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
 from stream_rec.profiles import Profile, decode_profile, encode_profile
@@ -152,7 +152,9 @@ class RecService:
         self.purchases.add_many(users[bought], items[bought], ts_ms[bought])
         last_event = self._update_profiles(fresh, users, result)
         if lists:
-            result.recommendations = [self._recommendation(u, last_event[u]) for u in last_event]
+            touched = list(last_event)
+            lists = self._rank_many(touched, self.settings.top_n)
+            result.recommendations = [self._recommendation(last_event[u], *ranked) for u, ranked in zip(touched, lists)]
         if changes:
             result.changes = self._changes(last_event)
         else:
@@ -246,22 +248,34 @@ class RecService:
 
     # -- ranking ----------------------------------------------------------------------------------
 
-    def recommend(self, user_id: str, k: int | None = None) -> tuple[list[str], np.ndarray, list[tuple[str, ...]]]:
+    def recommend(self, user_id: str, k: int | None = None) -> tuple[list[str], list[float], list[tuple[str, ...]]]:
         """Top-``k`` item ids, scores and sources for a user (a user never seen gets popular items)."""
         k = self.settings.top_n if k is None else k
-        u = self.users.get(user_id)
-        exclude = self.purchases.items_of(u)
-        idx, scores, sources = self.fusion.recommend(u, k, exclude=exclude, has_history=u in self.profiles,
-                                                     n_items=len(self.items))
-        return self.items.externals(idx.tolist()), scores, sources
+        return self._rank_many([self.users.get(user_id)], k)[0]
 
-    def _recommendation(self, u: int, trigger: Event) -> dict[str, Any]:
-        item_ids, scores, sources = self.recommend(self.users.external(u))
+    def _rank_many(self, users: list[int], k: int) -> list[tuple[list[str], list[float], list[tuple[str, ...]]]]:
+        """The fused top ``k`` of each user index (-1: a stranger), all in one compiled call."""
+        n_items = len(self.items)
+        _, scratch = self.fusion.prepare(k, n_items)
+        idx = np.array(users, dtype=np.int64)
+        has_history = np.array([u in self.profiles for u in users], dtype=bool)
+        out_i = np.empty((len(users), k), dtype=np.int64)
+        out_s, out_m = np.empty((len(users), k)), np.empty((len(users), k), dtype=np.int64)
+        out_n = np.empty(len(users), dtype=np.int64)
+        fusion = self.fusion
+        _rank_many(fusion.mf.state, fusion.cooc.state, fusion.popular.state, self.purchases.state, scratch,
+                   fusion.params(), n_items, k, fusion.n_explore(k), idx, has_history, out_i, out_s, out_m, out_n)
+        externals = self.items.externals
+        return [(externals(out_i[r, :n].tolist()), out_s[r, :n].tolist(), [label(m) for m in out_m[r, :n].tolist()])
+                for r, n in enumerate(out_n.tolist())]
+
+    def _recommendation(self, trigger: Event, item_ids: list[str], scores: list[float],
+                        sources: list[tuple[str, ...]]) -> dict[str, Any]:
         return {
             "v": 1,
             "user_id": trigger.user_id,
             "items": [
-                {"item_id": item, "score": round(float(score), 6), "sources": list(src)}
+                {"item_id": item, "score": round(score, 6), "sources": list(src)}
                 for item, score, src in zip(item_ids, scores, sources)
             ],
             "model_version": self.model_version,
@@ -346,6 +360,19 @@ class RecService:
         """Counts a person or a test can check against the input."""
         return {"users": len(self.users), "items": len(self.items), "events": dict(self.counts),
                 "events_total": self.events_total}
+
+
+@njit(**JIT)
+def _rank_many(mf: MFState, cooc: CoocState, pop: PopularityState, bought: PurchasesState, sc: Scratch,
+               fp: FusionParams, n_items: int, k: int, n_explore: int, users: IntArray, has_history: np.ndarray,
+               out_i: IntArray, out_s: FloatArray, out_m: IntArray, out_n: IntArray) -> None:
+    """Each user's fused list (what a worker publishes), their purchases excluded; see :func:`fuse`."""
+    since = np.iinfo(np.int64).min
+    for r in range(len(users)):
+        u = users[r]
+        purchases_mark(bought, u, sc.excluded, True, since)
+        out_n[r] = fuse(mf, cooc, pop, sc, fp, u, has_history[r], n_items, k, n_explore, out_i[r], out_s[r], out_m[r])
+        purchases_mark(bought, u, sc.excluded, False, since)
 
 
 @njit(**JIT)

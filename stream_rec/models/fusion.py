@@ -218,6 +218,7 @@ class Fusion:
         self._rng_key = np.uint64(stream_key(seed, _TAG_EXPLORE))
         self._rng_counter = np.zeros(1, dtype=np.int64)
         self._scratch = new_scratch(0, 0)
+        self._reserved = 0  # every source has room for this many items
 
     def n_explore(self, k: int) -> int:
         """Exploration slots in a list of ``k``."""
@@ -234,9 +235,11 @@ class Fusion:
         """
         if n_items is None:
             n_items = max(len(self.mf.state.item_seen), len(self.cooc.state.seen), len(self.popular.state.seen))
-        self.mf.reserve(0, n_items)
-        self.cooc.reserve(0, n_items)
-        self.popular.reserve(n_items)
+        if n_items > self._reserved:  # growth is rare: skip three models' checks on every list
+            self.mf.reserve(0, n_items)
+            self.cooc.reserve(0, n_items)
+            self.popular.reserve(n_items)
+            self._reserved = n_items
         depth = max(self.candidates_per_source, k)
         if len(self._scratch.excluded) < n_items or len(self._scratch.ls) < depth:
             self._scratch = new_scratch(max(n_items, 2 * len(self._scratch.excluded)), max(depth, len(self._scratch.ls)))
