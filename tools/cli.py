@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -25,8 +26,12 @@ def _settings_epilog() -> str:
 def _cmd_broker(args: argparse.Namespace) -> int:
     from tools.broker import EmbeddedBroker
 
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the broker the way Ctrl-C does, child process included
+
+    signal.signal(signal.SIGTERM, interrupt)
     broker = EmbeddedBroker(args.port).start()
-    print(f"embedded broker on {broker.bootstrap} (memory only; Ctrl-C stops it)", flush=True)
+    print(f"embedded broker on {broker.bootstrap} (memory only; Ctrl-C or SIGTERM stops it)", flush=True)
     try:
         return broker.wait()
     except KeyboardInterrupt:
