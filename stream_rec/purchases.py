@@ -106,12 +106,8 @@ class Purchases:
     def items_of(self, u: int) -> IntArray:
         return np.array([i for i, _ in self.of(u)], dtype=np.int64)
 
-    def restore(self, u: int, records: list[tuple[int, int]]) -> None:
-        """Load a user's records (as :meth:`of` returned them) into an empty user."""
-        self.restore_many({u: records})
-
     def restore_many(self, records: dict[int, list[tuple[int, int]]]) -> None:
-        """:meth:`restore` for many users at once (a restart)."""
+        """Load users' records (as :meth:`of` returned them) into users without any (a restart)."""
         users, items, ts = [], [], []
         for u, recs in records.items():
             for item, t in reversed(recs):

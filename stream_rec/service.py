@@ -363,16 +363,25 @@ class RecService:
 
 
 @njit(**JIT)
+def _rank_user(mf: MFState, cooc: CoocState, pop: PopularityState, bought: PurchasesState, sc: Scratch,
+               fp: FusionParams, n_items: int, k: int, n_explore: int, u: int, has_history: bool, out_i: IntArray,
+               out_s: FloatArray, out_m: IntArray) -> int:
+    """One user's fused list with their purchases excluded: the ranking every path of the service uses."""
+    since = np.iinfo(np.int64).min
+    purchases_mark(bought, u, sc.excluded, True, since)
+    n = fuse(mf, cooc, pop, sc, fp, u, has_history, n_items, k, n_explore, out_i, out_s, out_m)
+    purchases_mark(bought, u, sc.excluded, False, since)
+    return n
+
+
+@njit(**JIT)
 def _rank_many(mf: MFState, cooc: CoocState, pop: PopularityState, bought: PurchasesState, sc: Scratch,
                fp: FusionParams, n_items: int, k: int, n_explore: int, users: IntArray, has_history: np.ndarray,
                out_i: IntArray, out_s: FloatArray, out_m: IntArray, out_n: IntArray) -> None:
-    """Each user's fused list (what a worker publishes), their purchases excluded; see :func:`fuse`."""
-    since = np.iinfo(np.int64).min
+    """Each user's list (what a worker publishes), in one call: see :func:`_rank_user`."""
     for r in range(len(users)):
-        u = users[r]
-        purchases_mark(bought, u, sc.excluded, True, since)
-        out_n[r] = fuse(mf, cooc, pop, sc, fp, u, has_history[r], n_items, k, n_explore, out_i[r], out_s[r], out_m[r])
-        purchases_mark(bought, u, sc.excluded, False, since)
+        out_n[r] = _rank_user(mf, cooc, pop, bought, sc, fp, n_items, k, n_explore, users[r], has_history[r],
+                              out_i[r], out_s[r], out_m[r])
 
 
 @njit(**JIT)
@@ -385,13 +394,11 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
     rank (the same models, or an empty stand-in for a source the fusion leaves out)."""
     row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
     no_log, no_log_n = np.empty(0, np.int64), np.zeros(1, np.int64)
-    since = np.iinfo(np.int64).min
     for e in range(len(users)):
         u, i, w, t = users[e], items[e], weights[e], ts_ms[e] / 1000.0
         if scored[e]:
-            purchases_mark(bought, u, sc.excluded, True, since)
-            n = fuse(ranked[0], ranked[1], ranked[2], sc, fp, u, bool(mf.user_seen[u]), n_items, k, n_explore, row_i, row_s, row_m)
-            purchases_mark(bought, u, sc.excluded, False, since)
+            n = _rank_user(ranked[0], ranked[1], ranked[2], bought, sc, fp, n_items, k, n_explore, u,
+                           bool(mf.user_seen[u]), row_i, row_s, row_m)
             out[e, :n] = row_i[:n]
         mf_learn_one(mf, u, i, w, no_log, no_log_n)
         cooc_learn_one(cooc, u, i, w, t, no_log, no_log_n)

@@ -37,6 +37,7 @@ from stream_rec.evaluation.baselines import Batch, Competitor, Vocabulary
 from stream_rec.evaluation.metrics import KS, MAIN_K, Accumulator, novelty, ranks_of
 from stream_rec.events import EVENT_TYPES, Event
 from stream_rec.models._arrays import grow
+from stream_rec.purchases import Purchases
 from stream_rec.settings import Settings
 from stream_rec.types import IntArray
 
@@ -152,7 +153,7 @@ class Prequential:
         self.seconds = dict.fromkeys(self.competitors, 0.0)
         self._user_events = np.zeros(0, dtype=np.int64)
         self._item_events = np.zeros(0, dtype=np.int64)
-        self._bought: dict[int, list[int]] = {}
+        self._bought = Purchases()  # for the baselines' exclusions (our service keeps its own)
         self.events = self.scored = 0
 
     def run(self, events: Iterable[Event], progress: Callable[[int], None] | None = None) -> Evaluation:
@@ -217,18 +218,12 @@ class Prequential:
         return self._user_events[users] + before
 
     def _exclusions(self, users: IntArray) -> list[IntArray]:
-        cache: dict[int, IntArray] = {}
-        empty = np.empty(0, dtype=np.int64)
-        for u in set(users.tolist()):
-            bought = self._bought.get(u)
-            cache[u] = np.array(bought, dtype=np.int64) if bought else empty
+        cache = {u: self._bought.items_of(u) for u in set(users.tolist())}
         return [cache[u] for u in users.tolist()]
 
     def _remember_purchases(self, batch: Batch) -> None:
-        for u, i in zip(batch.users[batch.purchase].tolist(), batch.items[batch.purchase].tolist()):
-            bought = self._bought.setdefault(u, [])
-            if i not in bought:
-                bought.append(i)
+        bought = batch.purchase
+        self._bought.add_many(batch.users[bought], batch.items[bought], (batch.ts[bought] * 1000).astype(np.int64))
 
     def _learn_bookkeeping(self, batch: Batch) -> None:
         np.add.at(self._user_events, batch.users, 1)

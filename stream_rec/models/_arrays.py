@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from stream_rec.types import IntArray
+from stream_rec.types import FloatArray, IntArray
 
 #: Smallest capacity a grown array gets, so the first few new ids do not each trigger a copy.
 MIN_CAPACITY = 16
@@ -42,6 +42,31 @@ def grow(arr: npt.NDArray, n_rows: int, fill: float | int | bool = 0) -> npt.NDA
 def as_index(values: npt.ArrayLike) -> IntArray:
     """Coerce ids to a 1-d int64 array (the models' index type)."""
     return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
+def seen_mask(items: IntArray, seen: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Which of ``items`` are in range and marked ``seen`` (a model scores only those).
+
+    >>> import numpy as np
+    >>> seen_mask(np.array([-1, 0, 1, 5]), np.array([True, False])).tolist()
+    [False, True, False, False]
+    """
+    ok = (items >= 0) & (items < len(seen))
+    ok[ok] = seen[items[ok]]
+    return ok
+
+
+def selection_buffers(n: int, k: int, exclude: IntArray | None) -> tuple[int, npt.NDArray[np.bool_], FloatArray,
+                                                                         IntArray, FloatArray, IntArray]:
+    """What a model's ``recommend`` hands its compiled top-k over ``n`` items: ``(k, excluded, buf_s,
+    buf_i, out_s, out_i)`` with ``k`` capped at ``n`` and ``exclude`` (out-of-range ids ignored) marked."""
+    k = max(0, min(k, n))
+    excluded = np.zeros(n, dtype=bool)
+    if exclude is not None and len(exclude):
+        ex = as_index(exclude)
+        excluded[ex[(ex >= 0) & (ex < n)]] = True
+    return (k, excluded, np.empty(max(n, 1)), np.empty(max(n, 1), dtype=np.int64), np.empty(max(k, 1)),
+            np.empty(max(k, 1), dtype=np.int64))
 
 
 class TouchLog:

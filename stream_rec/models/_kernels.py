@@ -134,6 +134,41 @@ def _threshold(sample: FloatArray, m: int, sampled: int, n: int, k: int, attempt
 
 
 @njit(**JIT)
+def _select(vals: np.ndarray, cand: IntArray, n: int, dense: bool, seen: np.ndarray, excluded: np.ndarray, k: int,
+            buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
+    """The selection behind :func:`select_dense` (items ``range(n)``) and :func:`select_sparse` (items
+    ``cand[:n]``, any order): sampled threshold, survivors, then the survivors sorted."""
+    m, sampled = 0, 0
+    sample = np.empty(0)
+    if k > 0 and n > _SAMPLE_ABOVE * k:
+        stride = max(1, n // min(max(_SAMPLE_MIN, 4 * n // k), _SAMPLE_MAX))
+        sample = np.empty(n // stride + 1)
+        for e in range(0, n, stride):
+            sampled += 1
+            i = e if dense else cand[e]
+            if _ok(seen, excluded, i):
+                sample[m] = vals[i]
+                m += 1
+    attempt = 0
+    while True:
+        thr = _threshold(sample, m, sampled, n, k, attempt, buf_i) if m > 0 else -np.inf
+        c = 0
+        for e in range(n):
+            i = e if dense else cand[e]
+            if vals[i] >= thr and _ok(seen, excluded, i):
+                buf_s[c], buf_i[c] = vals[i], i
+                c += 1
+        if c >= k or thr == -np.inf:
+            break
+        attempt += 1
+    if not dense:  # survivors arrive in candidate order: by item first, so ties go to the lower index
+        by_item = np.argsort(buf_i[:c])
+        tmp_s, tmp_i = buf_s[:c][by_item], buf_i[:c][by_item]
+        buf_s[:c], buf_i[:c] = tmp_s, tmp_i
+    return _order_survivors(buf_s, buf_i, c, k, out_s, out_i)
+
+
+@njit(**JIT)
 def select_dense(vals: np.ndarray, seen: np.ndarray, excluded: np.ndarray, n: int, k: int, buf_s: FloatArray,
                  buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best items ``i < n`` with ``seen[i]`` and not ``excluded[i]`` by ``vals[i]``, best first
@@ -142,58 +177,11 @@ def select_dense(vals: np.ndarray, seen: np.ndarray, excluded: np.ndarray, n: in
     On a large catalogue a strided sample first sets a threshold that about 1.5 k items pass, so only
     those are sorted; if fewer than ``k`` pass (an unlucky sample), a 4x lower one is tried, and so on.
     """
-    m, sampled = 0, 0
-    sample = np.empty(0)
-    if k > 0 and n > _SAMPLE_ABOVE * k:
-        stride = max(1, n // min(max(_SAMPLE_MIN, 4 * n // k), _SAMPLE_MAX))
-        sample = np.empty(n // stride + 1)
-        for i in range(0, n, stride):
-            sampled += 1
-            if _ok(seen, excluded, i):
-                sample[m] = vals[i]
-                m += 1
-    attempt = 0
-    while True:
-        thr = _threshold(sample, m, sampled, n, k, attempt, buf_i) if m > 0 else -np.inf
-        c = 0
-        for i in range(n):
-            if vals[i] >= thr and _ok(seen, excluded, i):
-                buf_s[c], buf_i[c] = vals[i], i
-                c += 1
-        if c >= k or thr == -np.inf:
-            break
-        attempt += 1
-    return _order_survivors(buf_s, buf_i, c, k, out_s, out_i)
+    return _select(vals, np.empty(0, np.int64), n, True, seen, excluded, k, buf_s, buf_i, out_s, out_i)
 
 
 @njit(**JIT)
 def select_sparse(vals: np.ndarray, cand: IntArray, n_cand: int, seen: np.ndarray, excluded: np.ndarray, k: int,
                   buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """:func:`select_dense` over the items ``cand[:n_cand]`` (in any order) instead of ``range(n)``."""
-    m, sampled = 0, 0
-    sample = np.empty(0)
-    if k > 0 and n_cand > _SAMPLE_ABOVE * k:
-        stride = max(1, n_cand // min(max(_SAMPLE_MIN, 4 * n_cand // k), _SAMPLE_MAX))
-        sample = np.empty(n_cand // stride + 1)
-        for c in range(0, n_cand, stride):
-            sampled += 1
-            if _ok(seen, excluded, cand[c]):
-                sample[m] = vals[cand[c]]
-                m += 1
-    attempt = 0
-    while True:
-        thr = _threshold(sample, m, sampled, n_cand, k, attempt, buf_i) if m > 0 else -np.inf
-        c = 0
-        for e in range(n_cand):
-            i = cand[e]
-            if vals[i] >= thr and _ok(seen, excluded, i):
-                buf_s[c], buf_i[c] = vals[i], i
-                c += 1
-        if c >= k or thr == -np.inf:
-            break
-        attempt += 1
-    # Survivors arrive in candidate order: sort by item first so ties go to the lower index.
-    by_item = np.argsort(buf_i[:c])
-    tmp_s, tmp_i = buf_s[:c][by_item], buf_i[:c][by_item]
-    buf_s[:c], buf_i[:c] = tmp_s, tmp_i
-    return _order_survivors(buf_s, buf_i, c, k, out_s, out_i)
+    return _select(vals, cand, n_cand, False, seen, excluded, k, buf_s, buf_i, out_s, out_i)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from stream_rec.models._arrays import TouchLog, as_index, grow
+from stream_rec.models._arrays import TouchLog, as_index, grow, seen_mask, selection_buffers
 from stream_rec.models._kernels import INLINE, JIT, select_sparse
 from stream_rec.types import FloatArray, IntArray
 
@@ -343,8 +343,8 @@ class CoOccurrence:
         out = np.zeros(len(items), dtype=np.float64)
         acc, mark, cand = self._scratch_for(len(self._seen))
         n_cand = cooc_candidates(self.state, user, acc, mark, cand)
-        ok = (items >= 0) & (items < len(self._seen))
-        ok[ok] = mark[items[ok]] & self._seen[items[ok]]
+        ok = seen_mask(items, self._seen)
+        ok[ok] = mark[items[ok]]
         out[ok] = acc[items[ok]]
         cooc_release(mark, acc, cand, n_cand)
         return out
@@ -352,14 +352,8 @@ class CoOccurrence:
     def recommend(self, user: int, k: int, exclude: IntArray | None = None) -> tuple[IntArray, FloatArray]:
         """Top-``k`` neighbours of the user's history; empty for a user without history."""
         n = len(self._seen)
-        k = max(0, min(k, n))
-        excluded = np.zeros(n, dtype=bool)
-        if exclude is not None and len(exclude):
-            ex = as_index(exclude)
-            excluded[ex[(ex >= 0) & (ex < n)]] = True
+        k, excluded, buf_s, buf_i, out_s, out_i = selection_buffers(n, k, exclude)
         acc, mark, cand = self._scratch_for(n)
-        buf_s, buf_i = np.empty(max(n, 1)), np.empty(max(n, 1), dtype=np.int64)
-        out_s, out_i = np.empty(max(k, 1)), np.empty(max(k, 1), dtype=np.int64)
         m = cooc_top(self.state, user, k, excluded, acc, mark, cand, buf_s, buf_i, out_s, out_i)
         return out_i[:m].copy(), out_s[:m].copy()
 

@@ -215,7 +215,7 @@ class Fusion:
         self.explore_max_age_s = explore_max_age_s
         self.explore_max_events = explore_max_events
         self.seed = seed
-        self._rng_key = np.uint64(stream_key(seed, _TAG_EXPLORE))
+        self._rng_key = stream_key(seed, _TAG_EXPLORE)
         self._rng_counter = np.zeros(1, dtype=np.int64)
         self._scratch = new_scratch(0, 0)
         self._reserved = 0  # every source has room for this many items

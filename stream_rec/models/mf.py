@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from stream_rec.models._arrays import TouchLog, as_index, grow
+from stream_rec.models._arrays import TouchLog, as_index, grow, seen_mask, selection_buffers
 from stream_rec.models._kernels import INLINE, JIT, select_dense, stream_key, uniform
 from stream_rec.types import FloatArray, Float32Array, IntArray
 
@@ -266,8 +266,7 @@ class ImplicitMF:
         out = np.zeros(len(items), dtype=np.float64)
         if not self._known_user(user):
             return out
-        ok = (items >= 0) & (items < len(self._item_seen))
-        ok[ok] = self._item_seen[items[ok]]
+        ok = seen_mask(items, self._item_seen)
         out[ok] = self._all_scores(user)[items[ok]]
         return out
 
@@ -276,14 +275,8 @@ class ImplicitMF:
         if not self._known_user(user):
             return np.empty(0, np.int64), np.empty(0, np.float64)
         n = len(self._item_seen)
-        k = max(0, min(k, n))
-        excluded = np.zeros(n, dtype=bool)
-        if exclude is not None and len(exclude):
-            ex = as_index(exclude)
-            excluded[ex[(ex >= 0) & (ex < n)]] = True
+        k, excluded, buf_s, buf_i, out_s, out_i = selection_buffers(n, k, exclude)
         self._all_scores(user)
-        buf_s, buf_i = np.empty(max(n, 1)), np.empty(max(n, 1), dtype=np.int64)
-        out_s, out_i = np.empty(max(k, 1)), np.empty(max(k, 1), dtype=np.int64)
         m = mf_top(self.state, user, n, k, excluded, self._scores, buf_s, buf_i, out_s, out_i)
         return out_i[:m].copy(), out_s[:m].copy()
 

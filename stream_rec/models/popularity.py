@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from stream_rec.models._arrays import TouchLog, as_index, grow
+from stream_rec.models._arrays import TouchLog, as_index, grow, seen_mask, selection_buffers
 from stream_rec.models._kernels import INLINE, JIT, select_dense
 from stream_rec.types import FloatArray, IntArray
 
@@ -235,21 +235,14 @@ class DecayedPopularity:
         """Decayed popularity of ``items`` at :attr:`now` (the user is ignored); 0 for unseen items."""
         items = as_index(items)
         out = np.zeros(len(items), dtype=np.float64)
-        ok = (items >= 0) & (items < len(self._seen))
-        ok[ok] = self._seen[items[ok]]
+        ok = seen_mask(items, self._seen)
         out[ok] = self._values_now(items[ok])
         return out
 
     def recommend(self, user: int, k: int, exclude: IntArray | None = None) -> tuple[IntArray, FloatArray]:
         """The ``k`` most popular seen items at :attr:`now`, minus ``exclude`` (ties: lower index first)."""
         n = len(self._seen)
-        k = max(0, min(k, n))
-        excluded = np.zeros(n, dtype=bool)
-        if exclude is not None and len(exclude):
-            ex = as_index(exclude)
-            excluded[ex[(ex >= 0) & (ex < n)]] = True
-        buf_s, buf_i = np.empty(max(n, 1)), np.empty(max(n, 1), dtype=np.int64)
-        out_s, out_i = np.empty(max(k, 1)), np.empty(max(k, 1), dtype=np.int64)
+        k, excluded, buf_s, buf_i, out_s, out_i = selection_buffers(n, k, exclude)
         m = pop_top(self.state, n, k, excluded, buf_s, buf_i, out_s, out_i)
         return out_i[:m].copy(), self._values_now(out_i[:m])
 
