@@ -1,4 +1,4 @@
-"""Compiled building blocks shared by the models: counter-based random numbers and a bounded top-k heap.
+"""Compiled building blocks shared by the models: counter-based random numbers and top-k selection.
 
 Every model's per-event step is a numba function over plain numpy arrays, so the worker's
 micro-batches, ``stream-rec evaluate`` and the tests all run the same compiled code, one event at a
@@ -58,39 +58,21 @@ def _worse(s1: float, i1: int, s2: float, i2: int) -> bool:
 
 
 @njit(**JIT)
-def _sift_down(hs: np.ndarray, hi: np.ndarray, size: int, s: float, i: int) -> None:
-    pos = 0
-    while True:
-        c = 2 * pos + 1
-        if c >= size:
-            break
-        if c + 1 < size and _worse(hs[c + 1], hi[c + 1], hs[c], hi[c]):
-            c += 1
-        if _worse(hs[c], hi[c], s, i):
-            hs[pos], hi[pos] = hs[c], hi[c]
-            pos = c
-        else:
-            break
-    hs[pos], hi[pos] = s, i
-
-
-@njit(**JIT)
-def heap_offer(hs: np.ndarray, hi: np.ndarray, size: int, cap: int, s: float, i: int) -> int:
-    """Offer ``(s, i)`` to a heap holding ``size`` of at most ``cap`` entries; returns the new size."""
-    if size < cap:
-        pos = size
-        while pos > 0:
-            parent = (pos - 1) >> 1
-            if _worse(s, i, hs[parent], hi[parent]):
-                hs[pos], hi[pos] = hs[parent], hi[parent]
-                pos = parent
-            else:
-                break
-        hs[pos], hi[pos] = s, i
-        return size + 1
-    if cap > 0 and _worse(hs[0], hi[0], s, i):
-        _sift_down(hs, hi, size, s, i)
-    return size
+def insert_best(out_s: FloatArray, out_i: IntArray, m: int, k: int, s: float, i: int) -> int:
+    """Insert ``(s, i)`` into the best-first list ``out_*[:m]`` of at most ``k`` entries; returns its new
+    length. An entry not better than the last of a full list is dropped after one comparison."""
+    if m == k:
+        if k == 0 or not _worse(out_s[k - 1], out_i[k - 1], s, i):
+            return m
+        p = k - 1
+    else:
+        p = m
+        m += 1
+    while p > 0 and _worse(out_s[p - 1], out_i[p - 1], s, i):
+        out_s[p], out_i[p] = out_s[p - 1], out_i[p - 1]
+        p -= 1
+    out_s[p], out_i[p] = s, i
+    return m
 
 
 #: Above this many candidates per wanted item, a strided sample first estimates the selection threshold.
@@ -105,67 +87,52 @@ def _ok(seen: np.ndarray, excluded: np.ndarray, i: int) -> bool:
 
 
 @njit(**JIT)
-def _qth_best(vals: FloatArray, m: int, q: int, work: IntArray) -> float:
-    """The ``q``-th largest of ``vals[:m]`` (``q <= m``), with a size-``q`` min-heap: most values are
-    rejected by one comparison with its root. ``vals`` is left as it was; ``work`` is scratch."""
-    hs = np.empty(q)
-    size = 0
-    for r in range(m):
-        size = heap_offer(hs, work, size, q, vals[r], r)
-    return hs[0]
-
-
-@njit(**JIT)
-def _order_survivors(buf_s: FloatArray, buf_i: IntArray, c: int, k: int, out_s: FloatArray, out_i: IntArray) -> int:
-    """Sort the ``c`` survivors (collected in item order) best first, ties to the lower index; keep ``k``."""
-    order = np.argsort(-buf_s[:c], kind="mergesort")  # stable: equal scores stay in item order
-    m = min(k, c)
-    for r in range(m):
-        out_s[r], out_i[r] = buf_s[order[r]], buf_i[order[r]]
-    return m
-
-
-@njit(**JIT)
-def _threshold(sample: FloatArray, m: int, sampled: int, n: int, k: int, attempt: int, work: IntArray) -> float:
-    """A score that about ``1.5 k * 4 ** attempt`` of ``n`` candidates reach, estimated from the
-    ``m`` eligible values of a sample of ``sampled``; ``-inf`` (everyone) once the sample runs out."""
+def _threshold(vals: np.ndarray, cand: IntArray, n: int, dense: bool, seen: np.ndarray, excluded: np.ndarray,
+               k: int, attempt: int) -> float:
+    """A score that about ``1.5 k * 4 ** attempt`` of the ``n`` candidates reach, estimated from a strided
+    sample of about ``4 n / k`` of them; ``-inf`` (everyone) when the sample is too small to tell."""
+    size = min(max(_SAMPLE_MIN, 4 * n // k), _SAMPLE_MAX)
+    stride = max(1, n // size)
+    sampled = (n + stride - 1) // stride
     q = (int(1.5 * k * sampled / n) + 2) * 4**attempt
-    return _qth_best(sample, m, q, work) if q <= m else -np.inf
+    if q > sampled:
+        return -np.inf
+    best_s, best_i = np.empty(q), np.empty(q, np.int64)  # the sample's q best, best first
+    m = 0
+    for e in range(0, n, stride):
+        i = e if dense else cand[e]
+        if _ok(seen, excluded, i):
+            m = insert_best(best_s, best_i, m, q, vals[i], 0)
+    return best_s[q - 1] if m == q else -np.inf
 
 
 @njit(**JIT)
 def _select(vals: np.ndarray, cand: IntArray, n: int, dense: bool, seen: np.ndarray, excluded: np.ndarray, k: int,
             buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The selection behind :func:`select_dense` (items ``range(n)``) and :func:`select_sparse` (items
-    ``cand[:n]``, any order): sampled threshold, survivors, then the survivors sorted."""
-    m, sampled = 0, 0
-    sample = np.empty(0)
-    if k > 0 and n > _SAMPLE_ABOVE * k:
-        stride = max(1, n // min(max(_SAMPLE_MIN, 4 * n // k), _SAMPLE_MAX))
-        sample = np.empty(n // stride + 1)
-        for e in range(0, n, stride):
-            sampled += 1
-            i = e if dense else cand[e]
-            if _ok(seen, excluded, i):
-                sample[m] = vals[i]
-                m += 1
+    ``cand[:n]``, any order): a sampled threshold, the survivors, then the survivors inserted best first.
+
+    The pass over all candidates is branch-free (every candidate is written, the count advances only for
+    a survivor), so its cost does not depend on how well the branch predictor guesses the scores.
+    """
+    if k <= 0:
+        return 0
     attempt = 0
     while True:
-        thr = _threshold(sample, m, sampled, n, k, attempt, buf_i) if m > 0 else -np.inf
+        thr = _threshold(vals, cand, n, dense, seen, excluded, k, attempt) if n > _SAMPLE_ABOVE * k else -np.inf
         c = 0
         for e in range(n):
             i = e if dense else cand[e]
-            if vals[i] >= thr and _ok(seen, excluded, i):
-                buf_s[c], buf_i[c] = vals[i], i
-                c += 1
+            v = vals[i]
+            buf_s[c], buf_i[c] = v, i
+            c += (v >= thr) & seen[i] & (not excluded[i])
         if c >= k or thr == -np.inf:
             break
-        attempt += 1
-    if not dense:  # survivors arrive in candidate order: by item first, so ties go to the lower index
-        by_item = np.argsort(buf_i[:c])
-        tmp_s, tmp_i = buf_s[:c][by_item], buf_i[:c][by_item]
-        buf_s[:c], buf_i[:c] = tmp_s, tmp_i
-    return _order_survivors(buf_s, buf_i, c, k, out_s, out_i)
+        attempt += 1  # an unlucky sample: fewer than k passed
+    m = 0
+    for r in range(c):
+        m = insert_best(out_s, out_i, m, k, buf_s[r], buf_i[r])
+    return m
 
 
 @njit(**JIT)
