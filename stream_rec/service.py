@@ -28,7 +28,7 @@ from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import JIT
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_learn_one
-from stream_rec.models.fusion import Fusion, FusionParams, Scratch, fuse, label
+from stream_rec.models.fusion import SAMPLE_EVERY, Fusion, FusionParams, Scratch, fuse, label, measure_sources
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
 from stream_rec.profiles import Profile, decode_profile, encode_profile
@@ -46,6 +46,7 @@ _HWM = b"hwm/"
 _COUNT = b"count/"
 _ID = b"id/"
 _PROFILE = b"profile/"
+_FUSION = b"fusion/hits"
 
 
 @dataclass
@@ -129,7 +130,7 @@ class RecService:
         self.models = build_models(settings)
         # ``sources`` ranks with a subset of the models (e.g. ("mf",) to judge one alone); all still learn.
         chosen = self.models if sources is None else {name: self.models[name] for name in sources}
-        self.fusion = Fusion(chosen, explore=settings.explore, seed=settings.seed)
+        self.fusion = Fusion(chosen, explore=settings.explore, seed=settings.seed, adapt=settings.fusion_adapt)
         self.model_version = f"{stream_rec.__version__}+{_settings_digest(settings)}"
         self._load()
 
@@ -146,10 +147,8 @@ class RecService:
         if not fresh:
             return result
         users, items, weights, ts_ms, bought = self._arrays(fresh)
-        ts = ts_ms / 1000.0
-        for model in self.models.values():
-            model.learn_many(users, items, weights, ts)
-        self.purchases.add_many(users[bought], items[bought], ts_ms[bought])
+        self._learn(users, items, weights, ts_ms, bought, np.zeros(len(fresh), dtype=bool), self.settings.top_n,
+                    logs=True)
         last_event = self._update_profiles(fresh, users, result)
         if lists:
             touched = list(last_event)
@@ -176,22 +175,38 @@ class RecService:
         if not fresh:
             return out
         users, items, weights, ts_ms, bought = self._arrays(fresh)
+        out[keep] = self._learn(users, items, weights, ts_ms, bought, np.asarray(scored, dtype=bool)[keep], k,
+                                logs=False)
+        self._update_profiles(fresh, users, result)
+        self._forget_changes()
+        return out
+
+    def _learn(self, users: IntArray, items: IntArray, weights: FloatArray, ts_ms: IntArray, bought: np.ndarray,
+               scored: np.ndarray, k: int, *, logs: bool) -> IntArray:
+        """Learn a batch event by event in one compiled call, first ranking the ``scored`` ones (for
+        :meth:`rank_then_learn`); with ``logs`` the changed rows are recorded for persisting."""
         n_users, n_items = len(self.users), len(self.items)
         mf, cooc, pop = (self.models[name] for name in ("mf", "cooc", "popular"))
         mf.reserve(n_users, n_items)
         cooc.reserve(n_users, n_items)
         pop.reserve(n_items)
         self.purchases.reserve(n_users, int(bought.sum()))
-        _, scratch = self.fusion.prepare(k, n_items)
-        rows = np.full((len(fresh), k), -1, dtype=np.int64)
+        top_n = self.settings.top_n
+        _, scratch = self.fusion.prepare(max(k, top_n), n_items)
+        rows = np.full((len(users), k if scored.any() else 0), -1, dtype=np.int64)
+        n = len(users) if logs else 0
+        mf_log = np.empty(n * (1 + mf.n_negatives), dtype=np.int64)
+        cooc_log = np.empty(n * (1 + cooc.history_size), dtype=np.int64)
+        log_n = np.zeros(2, dtype=np.int64)
         ranked = (self.fusion.mf.state, self.fusion.cooc.state, self.fusion.popular.state)
         _rank_then_learn(mf.state, cooc.state, pop.state, ranked, self.purchases.state, scratch, self.fusion.params(),
-                         n_items, k, self.fusion.n_explore(k), users, items, weights, ts_ms, bought,
-                         np.asarray(scored, dtype=bool)[keep], rows)
-        out[keep] = rows
-        self._update_profiles(fresh, users, result)
-        self._forget_changes()
-        return out
+                         n_items, k, self.fusion.n_explore(k), users, items, weights, ts_ms, bought, scored, rows,
+                         mf_log, cooc_log, log_n, top_n, self.fusion.n_explore(top_n))
+        if logs:
+            mf.touch(users=users, items=mf_log[: log_n[0]])
+            cooc.touch(users=users, items=cooc_log[: log_n[1]])
+            pop.touch(items=items)
+        return rows
 
     def _arrays(self, fresh: list[Event]) -> tuple[IntArray, IntArray, FloatArray, IntArray, np.ndarray]:
         """Index arrays of a batch: ``(users, items, weights, ts_ms, is_purchase)``; new ids get indices."""
@@ -304,6 +319,7 @@ class RecService:
         meta: dict[bytes, bytes | None] = {_HWM + lane.encode(): str(self.hwm[lane]).encode() for lane in self._touched_lanes}
         self._touched_lanes.clear()
         meta.update({_COUNT + t.encode(): str(n).encode() for t, n in self.counts.items()})
+        meta[_FUSION] = self.fusion.hits_state()
         return {"meta": meta, "users": users, "items": items}
 
     def _forget_changes(self) -> None:
@@ -320,6 +336,8 @@ class RecService:
                 self.hwm[key[len(_HWM):].decode()] = int(value)
             elif key.startswith(_COUNT):
                 self.counts[key[len(_COUNT):].decode()] = int(value)
+            elif key == _FUSION:
+                self.fusion.set_hits_state(value)
         self._load_family("users", self.users, self.profiles)
         self._load_family("items", self.items, None)
         self._forget_changes()  # rows restored from the store are not changes
@@ -389,19 +407,33 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
                      ranked: tuple[MFState, CoocState, PopularityState], bought: PurchasesState, sc: Scratch,
                      fp: FusionParams, n_items: int, k: int, n_explore: int, users: IntArray, items: IntArray,
                      weights: FloatArray, ts_ms: IntArray, purchase: np.ndarray, scored: np.ndarray,
-                     out: IntArray) -> None:
-    """See :meth:`RecService.rank_then_learn`: ``mf``, ``cooc`` and ``pop`` learn; the ``ranked`` sources
-    rank (the same models, or an empty stand-in for a source the fusion leaves out)."""
+                     out: IntArray, mf_log: IntArray, cooc_log: IntArray, log_n: IntArray, top_n: int,
+                     top_explore: int) -> None:
+    """The learning of every path, event by event: rank the event's user first if ``scored[e]``
+    (:meth:`RecService.rank_then_learn`), measure the sources on every :data:`SAMPLE_EVERY`-th event
+    of a known user (:func:`~stream_rec.models.fusion.measure_sources`), then learn the event.
+
+    ``mf``, ``cooc`` and ``pop`` learn; the ``ranked`` sources rank (the same models, or an empty
+    stand-in for a source the fusion leaves out). The sources are measured on lists of ``top_n`` (the
+    published length, whatever ``k`` this call ranks). Rows the models changed go to ``mf_log`` and
+    ``cooc_log`` while they have room, counted in ``log_n``."""
     row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
-    no_log, no_log_n = np.empty(0, np.int64), np.zeros(1, np.int64)
+    mf_n, cooc_n = log_n[0:1], log_n[1:2]
+    since = np.iinfo(np.int64).min
     for e in range(len(users)):
         u, i, w, t = users[e], items[e], weights[e], ts_ms[e] / 1000.0
         if scored[e]:
             n = _rank_user(ranked[0], ranked[1], ranked[2], bought, sc, fp, n_items, k, n_explore, u,
                            bool(mf.user_seen[u]), row_i, row_s, row_m)
             out[e, :n] = row_i[:n]
-        mf_learn_one(mf, u, i, w, no_log, no_log_n)
-        cooc_learn_one(cooc, u, i, w, t, no_log, no_log_n)
+        if mf.user_seen[u]:
+            fp.events[0] += 1
+            if fp.events[0] % SAMPLE_EVERY == 0:  # measure the sources on this event before learning it
+                purchases_mark(bought, u, sc.excluded, True, since)
+                measure_sources(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, top_n, top_explore)
+                purchases_mark(bought, u, sc.excluded, False, since)
+        mf_learn_one(mf, u, i, w, mf_log, mf_n)
+        cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n)
         pop_learn_one(pop, i, w, t)
         if purchase[e]:
             purchases_add(bought, u, i, ts_ms[e])
@@ -417,6 +449,7 @@ def _from_int_bytes(data: bytes) -> int:
 
 
 def _settings_digest(settings: Settings) -> str:
-    model_fields = ("weights", "mf_factors", "mf_learning_rate", "cooc_history", "popularity_half_life_h", "explore", "seed")
+    model_fields = ("weights", "mf_factors", "mf_learning_rate", "cooc_history", "popularity_half_life_h", "explore",
+                    "fusion_adapt", "seed")
     text = "|".join(f"{name}={getattr(settings, name)}" for name in model_fields)
     return hashlib.sha1(text.encode()).hexdigest()[:8]

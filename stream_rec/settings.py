@@ -54,6 +54,10 @@ class Settings:
     mf_learning_rate: float = _setting(0.05, "SGD learning rate of the matrix factorization model.")
     cooc_history: int = _setting(20, "Recent items per user that a new event co-occurs with.")
     popularity_half_life_h: float = _setting(72.0, "Half-life of time-decayed popularity, in hours.")
+    fusion_adapt: bool = _setting(
+        True, "Choose the fusion weights online: on a sample of live events, every weighting of a fixed grid is "
+        "scored by whether it would have listed the event's item; lists use the best one, for new and for "
+        "returning users apart (false = equal fixed weights).")
     explore: float = _setting(0.1, "Share of list slots given to new, little-seen items (0 = deterministic lists).")
     seed: int = _setting(0, "Seed of every random choice (model init, sampling, exploration).")
     metrics_port: int = _setting(9464, "Prometheus metrics port of a worker (0 = no endpoint).")
@@ -134,7 +138,14 @@ def _env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _convert(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.strip().lower() not in _BOOLEANS:
+            raise ValueError(f"invalid setting {_env_name(name)}={raw!r}: expected true or false")
+        return _BOOLEANS[raw.strip().lower()]
     try:
         return kind(raw)
     except ValueError:

@@ -24,7 +24,7 @@ from typing import Any
 
 from stream_rec.events import Event
 from stream_rec.logs import PRESETS, read_log
-from stream_rec.evaluation.baselines import MODEL_NAMES, Vocabulary, build
+from stream_rec.evaluation.baselines import MODEL_NAMES, ServiceModel, Vocabulary, build
 from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Prequential
 from stream_rec.evaluation.report import table, write_json, write_plots
 from stream_rec.settings import Settings
@@ -119,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
     result.extra["models_order"] = names
     for name, figures in result.models.items():
         log.info("%s: %.0f events/s (%.2fs)", name, figures["events_per_s"] or 0.0, figures["seconds"])
+    fused = competitors.get("fused")
+    if isinstance(fused, ServiceModel):
+        result.extra["fused_weights"] = weights = fused.service.fusion.source_weights()
+        log.info("fused: source weights chosen online at the end: %s", weights)
     print(table(result), flush=True)
     if args.json:
         write_json(result, args.json)

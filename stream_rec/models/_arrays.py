@@ -109,3 +109,17 @@ def _unique(chunks: list[IntArray]) -> IntArray:
     if not chunks:
         return np.empty(0, np.int64)
     return np.unique(np.concatenate(chunks)).astype(np.int64)
+
+
+class TracksTouched:
+    """Mixin of the models: the rows changed since the last :meth:`pop_touched`, for persisting."""
+
+    _touched: TouchLog
+
+    def touch(self, users: npt.ArrayLike | None = None, items: npt.ArrayLike | None = None) -> None:
+        """Record rows changed by compiled code outside :meth:`learn_many` (the service's learning loop)."""
+        self._touched.add(users=users, items=items)
+
+    def pop_touched(self) -> tuple[IntArray, IntArray]:
+        """The sorted unique ``(users, items)`` changed since the last call."""
+        return self._touched.pop()

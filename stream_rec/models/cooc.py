@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from stream_rec.models._arrays import TouchLog, as_index, grow, seen_mask, selection_buffers
+from stream_rec.models._arrays import TouchLog, TracksTouched, as_index, grow, seen_mask, selection_buffers
 from stream_rec.models._kernels import INLINE, JIT, select_sparse
 from stream_rec.types import FloatArray, IntArray
 
@@ -244,7 +244,7 @@ def cooc_top(st: CoocState, u: int, k: int, excluded: np.ndarray, acc: FloatArra
     return m
 
 
-class CoOccurrence:
+class CoOccurrence(TracksTouched):
     """Bounded item-to-item co-occurrence with optional time decay.
 
     Parameters
@@ -435,5 +435,3 @@ class CoOccurrence:
         for item, data in zip(items.tolist(), rows):
             self.set_item_state(item, data)
 
-    def pop_touched(self) -> tuple[IntArray, IntArray]:
-        return self._touched.pop()

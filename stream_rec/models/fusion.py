@@ -5,6 +5,16 @@ they are fused by **weighted reciprocal-rank fusion**: an item ranked ``r`` (0-b
 earns ``weight_s / (RRF_K + r + 1)``, summed over sources. Only ranks matter, and an item several
 sources agree on rises above one that a single source ranks first.
 
+**The weights adapt online.** Every :data:`SAMPLE_EVERY`-th event of a user with history is used, before
+it is learned, to score every weighting of a fixed grid (:data:`WEIGHT_GRID`: each source at 0, 1/16, ... 1/2 or 1
+of its base weight): each source ranks its own list once, and a weighting scores ``1 / log2(rank + 2)``
+when the fusion it would produce lists the event's item at ``rank`` (:func:`measure_sources`). This is full-information
+online learning, every weighting judged on every measured event, so no weighting needs to be tried
+out on users. Hits decay with a half-life of :data:`HITS_HALF_LIFE` measured events and are kept apart
+for new and for returning users; lists use the weighting with the most hits once it beats equal
+weights by a clear margin (:func:`chosen_weighting`). A source at 0 still fills lists the others
+cannot fill. Measuring costs one ranking per source on one event in eight.
+
 The whole ranking of one user is one compiled function, :func:`fuse`: each source's top list, the
 fusion, the exploration draw. The worker calls it once per touched user and ``stream-rec evaluate``
 once per scored event, so both rank with the very same code.
@@ -13,6 +23,7 @@ once per scored event, so both rank with the very same code.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -36,6 +47,26 @@ POPULAR = "popular"
 EXPLORE = "explore"
 #: Bit of the source mask marking an exploration slot.
 EXPLORE_BIT = 3
+#: One event in this many (of users with history) measures the sources' hits before it is learned.
+SAMPLE_EVERY = 8
+#: Measured hits halve over this many measured events of a user segment, so weights follow drift.
+HITS_HALF_LIFE = 2000.0
+#: Users with fewer recent items than this form the "new" segment of the hit statistics.
+NEW_USER_HISTORY = 5
+#: A source weighted 0 by the chosen weighting still ranks, this far behind, to fill short lists.
+_FILL_WEIGHT = 1e-6
+
+
+def _weight_grid() -> FloatArray:
+    """Equal weights first (the choice until another weighting clearly has more hits), then every
+    other combination of 0, 1/16, 1/8, 1/4, 1/2 and 1 per source with at least one source at 1."""
+    levels = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
+    rest = [w for w in itertools.product(levels, repeat=len(SOURCES)) if max(w) == 1.0 and min(w) < 1.0]
+    return np.array([(1.0,) * len(SOURCES), *rest])
+
+
+#: The weightings scored online, as multipliers of each source's base weight (91 of them).
+WEIGHT_GRID = _weight_grid()
 #: Exploration items score this far below each other and below the last exploited item.
 _EXPLORE_STEP = 1e-9
 # Transient marks in the mask array while one list is assembled (cleared before returning).
@@ -76,6 +107,97 @@ class FusionParams(NamedTuple):
     max_events: int  # ...and while it has at most this many events
     rng_key: np.uint64
     rng_counter: IntArray  # (1,): exploration draws so far
+    hits: FloatArray  # (2, len(WEIGHT_GRID)): decayed hits per user segment (new, returning) and weighting
+    adapt: bool  # choose the weighting with the most hits (else the base weights, fixed)
+    events: IntArray  # (1,): events of known users seen by the learning loop (for the sampling)
+
+
+@njit(**JIT)
+def segment(cooc: CoocState, user: int) -> int:
+    """0 for a user with fewer than :data:`NEW_USER_HISTORY` recent items, else 1."""
+    return 0 if user < 0 or user >= len(cooc.hist_len) or cooc.hist_len[user] < NEW_USER_HISTORY else 1
+
+
+@njit(**JIT)
+def source_weight(fp: FusionParams, s: int, seg: int) -> float:
+    """Source ``s``'s fusion weight for users of segment ``seg``: its base weight times the
+    multiplier of the weighting with the most hits (0 for a source not in use)."""
+    w = fp.weights[s]
+    if w <= 0.0 or not fp.adapt:
+        return w
+    return w * max(WEIGHT_GRID[chosen_weighting(fp, seg), s], _FILL_WEIGHT)
+
+
+@njit(**JIT)
+def chosen_weighting(fp: FusionParams, seg: int) -> int:
+    """The row of :data:`WEIGHT_GRID` lists use for segment ``seg``: the one with the most hits, if it
+    beats equal weights (row 0) by more than two standard deviations of a count; else equal weights.
+
+    Of 91 noisy estimates the largest is biased upwards: the margin keeps equal weights unless the
+    evidence for another weighting is clear."""
+    best = 0
+    for c in range(1, len(WEIGHT_GRID)):
+        if fp.hits[seg, c] > fp.hits[seg, best]:
+            best = c
+    return best if fp.hits[seg, best] > fp.hits[seg, 0] + 2.0 * np.sqrt(fp.hits[seg, 0]) else 0
+
+
+@njit(**JIT)
+def _source_list(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, s: int, user: int,
+                 n_items: int, depth: int) -> int:
+    """Source ``s``'s own top ``depth`` for ``user`` (who has history) into ``sc.ls`` / ``sc.li``."""
+    if s == MF:
+        if user >= len(mf.user_seen) or not mf.user_seen[user]:
+            return 0
+        return mf_top(mf, user, n_items, depth, sc.excluded, sc.mf_scores, sc.buf_s, sc.buf_i, sc.ls, sc.li)
+    if s == COOC:
+        return cooc_top(cooc, user, depth, sc.excluded, sc.acc, sc.mark, sc.cand, sc.buf_s, sc.buf_i, sc.ls, sc.li)
+    return pop_top(pop, n_items, depth, sc.excluded, sc.buf_s, sc.buf_i, sc.ls, sc.li)
+
+
+@njit(**JIT)
+def measure_sources(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
+                    item: int, n_items: int, k: int, n_explore: int) -> None:
+    """Score every weighting of :data:`WEIGHT_GRID` on the event ``(user, item)``: a hit when the
+    fusion it produces would list ``item`` among the ``k - n_explore`` exploited slots.
+
+    Called before the event is learned, with ``sc.excluded`` holding the user's exclusions, exactly as
+    ranking sees them. Each source ranks once; a weighting's fusion is then a weighted sum per item.
+    """
+    if not fp.adapt:
+        return
+    seg = segment(cooc, user)
+    n_union = 0
+    terms = np.zeros((3, 3 * max(fp.depth, k)))  # per source, per union item: 1 / (RRF_K + rank + 1)
+    for s in range(3):
+        if fp.weights[s] <= 0.0:
+            continue
+        m = _source_list(mf, cooc, pop, sc, s, user, n_items, max(fp.depth, k) if s == POPULAR_BIT else fp.depth)
+        for r in range(m):
+            it = sc.li[r]
+            if sc.mask[it] == 0:
+                sc.union[n_union] = it
+                n_union += 1
+                sc.mask[it] = n_union  # the item's place in the union, plus one
+            terms[s, sc.mask[it] - 1] = 1.0 / (RRF_K + r + 1.0)
+    target = sc.mask[item] - 1 if item < len(sc.mask) else -1
+    for c in range(n_union):
+        sc.mask[sc.union[c]] = 0
+    decay = 0.5 ** (1.0 / HITS_HALF_LIFE)
+    slots = k - n_explore
+    for g in range(len(WEIGHT_GRID)):
+        hit = 0.0
+        if target >= 0:
+            w0 = fp.weights[0] * max(WEIGHT_GRID[g, 0], _FILL_WEIGHT)
+            w1 = fp.weights[1] * max(WEIGHT_GRID[g, 1], _FILL_WEIGHT)
+            w2 = fp.weights[2] * max(WEIGHT_GRID[g, 2], _FILL_WEIGHT)
+            mine = w0 * terms[0, target] + w1 * terms[1, target] + w2 * terms[2, target]
+            above = 0
+            for x in range(n_union):
+                f = w0 * terms[0, x] + w1 * terms[1, x] + w2 * terms[2, x]
+                above += (f > mine) | ((f == mine) & (sc.union[x] < item))
+            hit = 1.0 / np.log2(above + 2.0) if above < slots else 0.0
+        fp.hits[seg, g] = fp.hits[seg, g] * decay + hit
 
 
 @njit(**JIT)
@@ -88,18 +210,12 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
     (ties: lower index); then up to ``n_explore`` new items drawn at random, scored just below.
     """
     n_union = 0
+    seg = segment(cooc, user) if user >= 0 else 0
     for s in range(3):
-        w = fp.weights[s]
-        if w <= 0.0 or (s != POPULAR_BIT and (user < 0 or not has_history)):
+        if fp.weights[s] <= 0.0 or (s != POPULAR_BIT and (user < 0 or not has_history)):
             continue
-        if s == MF:
-            if user >= len(mf.user_seen) or not mf.user_seen[user]:
-                continue
-            m = mf_top(mf, user, n_items, fp.depth, sc.excluded, sc.mf_scores, sc.buf_s, sc.buf_i, sc.ls, sc.li)
-        elif s == COOC:
-            m = cooc_top(cooc, user, fp.depth, sc.excluded, sc.acc, sc.mark, sc.cand, sc.buf_s, sc.buf_i, sc.ls, sc.li)
-        else:
-            m = pop_top(pop, n_items, max(fp.depth, k), sc.excluded, sc.buf_s, sc.buf_i, sc.ls, sc.li)
+        w = source_weight(fp, s, seg)
+        m = _source_list(mf, cooc, pop, sc, s, user, n_items, max(fp.depth, k) if s == POPULAR_BIT else fp.depth)
         for r in range(m):
             it = sc.li[r]
             if sc.mask[it] == 0:
@@ -179,6 +295,8 @@ class Fusion:
         Seeds the exploration draws; with ``explore=0`` the output is fully deterministic.
     explore_max_events
         An item stops being an exploration candidate after this many events.
+    adapt
+        Choose the weighting online (see the module docstring); ``False`` keeps ``weights`` fixed.
 
     Examples
     --------
@@ -200,6 +318,7 @@ class Fusion:
         explore_max_age_s: float = 86400.0,
         seed: int = 0,
         explore_max_events: int = 50,
+        adapt: bool = True,
     ) -> None:
         unknown = set(sources) - set(SOURCES)
         if unknown:
@@ -217,6 +336,10 @@ class Fusion:
         self.seed = seed
         self._rng_key = stream_key(seed, _TAG_EXPLORE)
         self._rng_counter = np.zeros(1, dtype=np.int64)
+        self.adapt = adapt
+        #: Decayed hits per user segment (new, returning) and weighting of :data:`WEIGHT_GRID`.
+        self.hits = np.zeros((2, len(WEIGHT_GRID)))
+        self._events = np.zeros(1, dtype=np.int64)
         self._scratch = new_scratch(0, 0)
         self._reserved = 0  # every source has room for this many items
 
@@ -226,7 +349,26 @@ class Fusion:
 
     def params(self) -> FusionParams:
         return FusionParams(self.weights, self.candidates_per_source, self.explore_max_age_s,
-                            self.explore_max_events, self._rng_key, self._rng_counter)
+                            self.explore_max_events, self._rng_key, self._rng_counter, self.hits,
+                            bool(self.adapt), self._events)
+
+    def hits_state(self) -> bytes:
+        """The adaptive weights' statistics, to persist: hits then the sampling counter."""
+        return self.hits.astype("<f8").tobytes() + int(self._events[0]).to_bytes(8, "big")
+
+    def set_hits_state(self, data: bytes) -> None:
+        size = self.hits.size * 8
+        if len(data) != size + 8:
+            raise ValueError(f"fusion statistics of {len(data)} bytes, expected {size + 8}")
+        self.hits[:] = np.frombuffer(data[:size], dtype="<f8").reshape(self.hits.shape)
+        self._events[0] = int.from_bytes(data[size:], "big")
+
+    def source_weights(self) -> dict[str, dict[str, float]]:
+        """The current weight of each source in use, for new and for returning users."""
+        fp = self.params()
+        return {seg_name: {name: round(float(source_weight(fp, s, seg)), 4) for s, name in enumerate(SOURCES)
+                           if self.weights[s] > 0}
+                for seg, seg_name in enumerate(("new", "returning"))}
 
     def prepare(self, k: int, n_items: int | None = None) -> tuple[int, Scratch]:
         """Size every source and the scratch to the catalogue: ``(n_items, scratch)`` for :func:`fuse`.

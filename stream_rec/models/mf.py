@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from stream_rec.models._arrays import TouchLog, as_index, grow, seen_mask, selection_buffers
+from stream_rec.models._arrays import TouchLog, TracksTouched, as_index, grow, seen_mask, selection_buffers
 from stream_rec.models._kernels import INLINE, JIT, select_dense, stream_key, uniform
 from stream_rec.types import FloatArray, Float32Array, IntArray
 
@@ -151,7 +151,7 @@ def mf_top(st: MFState, u: int, n_items: int, k: int, excluded: np.ndarray, scor
     return select_dense(scores, st.item_seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
 
 
-class ImplicitMF:
+class ImplicitMF(TracksTouched):
     """Incremental SGD matrix factorisation for implicit feedback (ISGD).
 
     Parameters
@@ -315,5 +315,3 @@ class ImplicitMF:
             self.Q[items] = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(items), self.n_factors)
             self._item_seen[items] = True
 
-    def pop_touched(self) -> tuple[IntArray, IntArray]:
-        return self._touched.pop()

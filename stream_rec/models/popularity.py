@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from stream_rec.models._arrays import TouchLog, as_index, grow, seen_mask, selection_buffers
+from stream_rec.models._arrays import TouchLog, TracksTouched, as_index, grow, seen_mask, selection_buffers
 from stream_rec.models._kernels import INLINE, JIT, select_dense
 from stream_rec.types import FloatArray, IntArray
 
@@ -140,7 +140,7 @@ def pop_is_new(st: PopularityState, i: int, max_age_s: float, max_events: int) -
     return st.seen[i] and st.first[i] >= st.clock[0] - max_age_s and st.count[i] <= max_events
 
 
-class DecayedPopularity:
+class DecayedPopularity(TracksTouched):
     """Exponentially time-decayed popularity per item.
 
     Parameters
@@ -305,6 +305,3 @@ class DecayedPopularity:
         self._rerank = True
         self._clock[0] = max(self.now, float(rec["last_ts"].max()))
 
-    def pop_touched(self) -> tuple[IntArray, IntArray]:
-        """``(users, items)`` touched since the last call; users is always empty (no user state)."""
-        return self._touched.pop()

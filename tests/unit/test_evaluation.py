@@ -206,6 +206,34 @@ def test_cooccurrence_finds_the_planted_pairs_and_popularity_cannot() -> None:
     assert hr["batch-knn"] > 2 * hr["popularity"]  # the retrained kNN sees the pairs too, a bit late
 
 
+def _chains_stream(n_users: int = 400, n_chains: int = 40, length: int = 12) -> list[Event]:
+    """Every user clicks through one of ``n_chains`` item chains in order: the items that co-occur
+    with a user's history are the answer; every item is about as popular as any other."""
+    rng = np.random.default_rng(0)
+    events = []
+    for u in range(n_users):
+        chain = int(rng.integers(n_chains))
+        events += [Event(f"u{u}", f"c{chain}-{step}", "click", 1000 * (u * length + step)) for step in range(length)]
+    return events
+
+
+def test_adaptive_fusion_learns_to_follow_the_source_that_hits() -> None:
+    """Equal-weight fusion lets popularity's and MF's misses crowd co-occurrence's hits out; measured
+    online, the fusion chooses co-occurrence for returning users and recovers nearly all its hits."""
+    hr, weights = {}, {}
+    for adapt in (False, True):
+        vocab, settings = Vocabulary.empty(), Settings(fusion_adapt=adapt, explore=0.0)
+        run = Prequential(build(["fused", "cooc"], vocab, settings), vocab, settings)
+        result = run.run(_chains_stream())
+        hr[adapt], hr["cooc"] = result.models["fused"]["hr@10"], result.models["cooc"]["hr@10"]
+        weights[adapt] = run.competitors["fused"].service.fusion.source_weights()  # type: ignore[attr-defined]
+    assert hr["cooc"] > 0.8 and hr[False] < 0.7 * hr["cooc"]
+    assert hr[True] > 0.95 * hr["cooc"] and hr[True] > hr[False] + 0.2
+    assert weights[False]["returning"] == {"mf": 1.0, "cooc": 1.0, "popular": 1.0}
+    assert weights[True]["returning"]["cooc"] == 1.0
+    assert weights[True]["returning"]["mf"] < 0.5 and weights[True]["returning"]["popular"] < 0.5
+
+
 def test_river_ranking_mirror_equals_predict_one() -> None:
     model = RiverMF("river", river_biased_mf(seed=1, n_factors=4), n_negatives=1, seed=1)
     users, items = np.array([0, 1, 0, 2, 1, 0] * 5), np.array([0, 1, 2, 1, 3, 4] * 5)
@@ -258,6 +286,8 @@ def test_evaluate_command_writes_table_json_and_plots(tmp_path: Path, capsys: py
     assert "HR@10" in stdout and "events/s" in stdout
     assert all(any(line.startswith(name) for line in stdout.splitlines()) for name in ("fused", "popularity", "batch-knn"))
     report = json.loads(out_json.read_text())
+    assert set(report["fused_weights"]) == {"new", "returning"}
+    assert all(set(w) == {"mf", "cooc", "popular"} for w in report["fused_weights"].values())
     assert set(report["models"]) == {"fused", "popularity", "batch-knn"}
     assert report["events"] == 400 and report["scored"] + report["unscored_new_users"] == 400
     assert sorted(p.name for p in plots.iterdir()) == ["figures.png", "hr10_over_time.png"]
