@@ -39,7 +39,13 @@ class IdIndex:
         return idx
 
     def add_many(self, keys: Iterable[str]) -> list[int]:
-        return [self.add(key) for key in keys]
+        keys = keys if isinstance(keys, list) else list(keys)
+        found = [self._index.get(key) for key in keys]  # one C-level pass for the ids already known
+        if None in found:
+            for n, idx in enumerate(found):
+                if idx is None:
+                    found[n] = self.add(keys[n])
+        return found  # type: ignore[return-value]
 
     def external(self, idx: int) -> str:
         return self._ids[idx]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,7 +178,7 @@ class RecService:
         users, items, weights, ts_ms, bought = self._arrays(fresh)
         out[keep] = self._learn(users, items, weights, ts_ms, bought, np.asarray(scored, dtype=bool)[keep], k,
                                 logs=False)
-        self._update_profiles(fresh, users, result)
+        self._update_profiles(fresh, users, result, triggers=False)
         self._forget_changes()
         return out
 
@@ -210,11 +211,12 @@ class RecService:
 
     def _arrays(self, fresh: list[Event]) -> tuple[IntArray, IntArray, FloatArray, IntArray, np.ndarray]:
         """Index arrays of a batch: ``(users, items, weights, ts_ms, is_purchase)``; new ids get indices."""
-        users = np.array(self.users.add_many(e.user_id for e in fresh), dtype=np.int64)
-        items = np.array(self.items.add_many(e.item_id for e in fresh), dtype=np.int64)
-        weights = np.array([self.weights[e.type] for e in fresh], dtype=np.float64)
+        users = np.array(self.users.add_many([e.user_id for e in fresh]), dtype=np.int64)
+        items = np.array(self.items.add_many([e.item_id for e in fresh]), dtype=np.int64)
+        types = [e.type for e in fresh]
+        weights = np.array([self.weights[t] for t in types], dtype=np.float64)
         ts_ms = np.array([e.ts_ms for e in fresh], dtype=np.int64)
-        bought = np.array([e.type == "purchase" for e in fresh], dtype=bool)
+        bought = np.array([t == "purchase" for t in types], dtype=bool)
         return users, items, weights, ts_ms, bought
 
     def persist(self, result: BatchResult) -> None:
@@ -245,20 +247,29 @@ class RecService:
         result.applied = len(fresh)
         return fresh, keep
 
-    def _update_profiles(self, fresh: list[Event], users: IntArray, result: BatchResult) -> dict[int, Event]:
-        last_event: dict[int, Event] = {}
-        for event, u in zip(fresh, users.tolist()):
-            profile = self.profiles.get(u)
+    def _update_profiles(self, fresh: list[Event], users: IntArray, result: BatchResult, *,
+                         triggers: bool = True) -> dict[int, Event]:
+        """Count the batch into profiles and totals; with ``triggers``, each touched user's latest event."""
+        user_list = users.tolist()
+        profiles = self.profiles
+        for u, n in Counter(user_list).items():
+            profile = profiles.get(u)
             if profile is None:
-                profile = self.profiles[u] = Profile()
-            profile.n_events += 1
+                profile = profiles[u] = Profile()
+            profile.n_events += n
+        for event, u in zip(fresh, user_list):
             if event.event_id is not None:
-                profile.remember(event.event_id)
-            self.counts[event.type] += 1
-            result.applied_by_type[event.type] = result.applied_by_type.get(event.type, 0) + 1
-            # Events of one user from different topics arrive in no set order: the trigger is the latest.
-            if u not in last_event or event.ts_ms >= last_event[u].ts_ms:
-                last_event[u] = event
+                profiles[u].remember(event.event_id)
+        by_type = Counter(event.type for event in fresh)
+        for name, n in by_type.items():
+            self.counts[name] += n
+            result.applied_by_type[name] = result.applied_by_type.get(name, 0) + n
+        last_event: dict[int, Event] = {}
+        if triggers:
+            for event, u in zip(fresh, user_list):
+                # Events of one user from different topics arrive in no set order: the trigger is the latest.
+                if u not in last_event or event.ts_ms >= last_event[u].ts_ms:
+                    last_event[u] = event
         return last_event
 
     # -- ranking ----------------------------------------------------------------------------------

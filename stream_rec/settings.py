@@ -52,7 +52,7 @@ class Settings:
     weights: str = _setting("view=1,click=2,add_to_cart=4,purchase=8", "Learning weight per event type.")
     mf_factors: int = _setting(32, "Latent factors of the matrix factorization model.")
     mf_learning_rate: float = _setting(0.05, "SGD learning rate of the matrix factorization model.")
-    cooc_history: int = _setting(20, "Recent items per user that a new event co-occurs with.")
+    cooc_history: int = _setting(10, "Recent items per user that a new event co-occurs with.")
     popularity_half_life_h: float = _setting(72.0, "Half-life of time-decayed popularity, in hours.")
     fusion_adapt: bool = _setting(
         True, "Choose the fusion weights online: on a sample of live events, every weighting of a fixed grid is "

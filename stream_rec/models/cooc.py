@@ -275,7 +275,7 @@ class CoOccurrence(TracksTouched):
 
     def __init__(
         self,
-        history_size: int = 20,
+        history_size: int = 10,
         max_neighbors: int = 200,
         half_life_s: float | None = None,
         session_gap_s: float = 1800.0,
