@@ -131,7 +131,8 @@ class RecService:
         self.models = build_models(settings)
         # ``sources`` ranks with a subset of the models (e.g. ("mf",) to judge one alone); all still learn.
         chosen = self.models if sources is None else {name: self.models[name] for name in sources}
-        self.fusion = Fusion(chosen, explore=settings.explore, seed=settings.seed, adapt=settings.fusion_adapt)
+        self.fusion = Fusion(chosen, explore=settings.explore, seed=settings.seed, adapt=settings.fusion_adapt,
+                             rebuy_after_s=settings.rebuy_after_days * 86400.0)
         self.model_version = f"{stream_rec.__version__}+{_settings_digest(settings)}"
         self._load()
 
@@ -290,7 +291,8 @@ class RecService:
         out_n = np.empty(len(users), dtype=np.int64)
         fusion = self.fusion
         _rank_many(fusion.mf.state, fusion.cooc.state, fusion.popular.state, self.purchases.state, scratch,
-                   fusion.params(), n_items, k, fusion.n_explore(k), idx, has_history, out_i, out_s, out_m, out_n)
+                   fusion.params(), n_items, k, fusion.n_explore(k), idx, has_history, out_i, out_s, out_m, out_n,
+                   self.models["popular"].now)
         externals = self.items.externals
         return [(externals(out_i[r, :n].tolist()), out_s[r, :n].tolist(), [label(m) for m in out_m[r, :n].tolist()])
                 for r, n in enumerate(out_n.tolist())]
@@ -392,11 +394,20 @@ class RecService:
 
 
 @njit(**JIT)
+def _excluded_since(fp: FusionParams, now_s: float) -> int:
+    """Purchases at or after this time (ms) are excluded from lists: all of them without a rebuy window."""
+    if fp.rebuy_after_s <= 0.0:
+        return np.iinfo(np.int64).min
+    return int(np.floor((now_s - fp.rebuy_after_s) * 1000.0)) + 1
+
+
+@njit(**JIT)
 def _rank_user(mf: MFState, cooc: CoocState, pop: PopularityState, bought: PurchasesState, sc: Scratch,
                fp: FusionParams, n_items: int, k: int, n_explore: int, u: int, has_history: bool, out_i: IntArray,
-               out_s: FloatArray, out_m: IntArray) -> int:
-    """One user's fused list with their purchases excluded: the ranking every path of the service uses."""
-    since = np.iinfo(np.int64).min
+               out_s: FloatArray, out_m: IntArray, now_s: float) -> int:
+    """One user's fused list without the items they bought (within the rebuy window before ``now_s``):
+    the ranking every path of the service uses."""
+    since = _excluded_since(fp, now_s)
     purchases_mark(bought, u, sc.excluded, True, since)
     n = fuse(mf, cooc, pop, sc, fp, u, has_history, n_items, k, n_explore, out_i, out_s, out_m)
     purchases_mark(bought, u, sc.excluded, False, since)
@@ -406,11 +417,11 @@ def _rank_user(mf: MFState, cooc: CoocState, pop: PopularityState, bought: Purch
 @njit(**JIT)
 def _rank_many(mf: MFState, cooc: CoocState, pop: PopularityState, bought: PurchasesState, sc: Scratch,
                fp: FusionParams, n_items: int, k: int, n_explore: int, users: IntArray, has_history: np.ndarray,
-               out_i: IntArray, out_s: FloatArray, out_m: IntArray, out_n: IntArray) -> None:
+               out_i: IntArray, out_s: FloatArray, out_m: IntArray, out_n: IntArray, now_s: float) -> None:
     """Each user's list (what a worker publishes), in one call: see :func:`_rank_user`."""
     for r in range(len(users)):
         out_n[r] = _rank_user(mf, cooc, pop, bought, sc, fp, n_items, k, n_explore, users[r], has_history[r],
-                              out_i[r], out_s[r], out_m[r])
+                              out_i[r], out_s[r], out_m[r], now_s)
 
 
 @njit(**JIT)
@@ -430,16 +441,17 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
     ``cooc_log`` while they have room, counted in ``log_n``."""
     row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
     mf_n, cooc_n = log_n[0:1], log_n[1:2]
-    since = np.iinfo(np.int64).min
     for e in range(len(users)):
         u, i, w, t = users[e], items[e], weights[e], ts_ms[e] / 1000.0
+        now = pop.clock[0]  # the latest event learned: what the worker's clock says after a batch
         if scored[e]:
             n = _rank_user(ranked[0], ranked[1], ranked[2], bought, sc, fp, n_items, k, n_explore, u,
-                           bool(mf.user_seen[u]), row_i, row_s, row_m)
+                           bool(mf.user_seen[u]), row_i, row_s, row_m, now)
             out[e, :n] = row_i[:n]
         if mf.user_seen[u]:
             fp.events[0] += 1
             if fp.events[0] % SAMPLE_EVERY == 0:  # measure the sources on this event before learning it
+                since = _excluded_since(fp, now)
                 purchases_mark(bought, u, sc.excluded, True, since)
                 measure_sources(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, top_n, top_explore)
                 purchases_mark(bought, u, sc.excluded, False, since)
@@ -461,6 +473,6 @@ def _from_int_bytes(data: bytes) -> int:
 
 def _settings_digest(settings: Settings) -> str:
     model_fields = ("weights", "mf_factors", "mf_learning_rate", "cooc_history", "popularity_half_life_h", "explore",
-                    "fusion_adapt", "seed")
+                    "fusion_adapt", "rebuy_after_days", "seed")
     text = "|".join(f"{name}={getattr(settings, name)}" for name in model_fields)
     return hashlib.sha1(text.encode()).hexdigest()[:8]

@@ -58,6 +58,9 @@ class Settings:
         True, "Choose the fusion weights online: on a sample of live events, every weighting of a fixed grid is "
         "scored by whether it would have listed the event's item; lists use the best one, for new and for "
         "returning users apart (false = equal fixed weights).")
+    rebuy_after_days: float = _setting(
+        0.0, "Days after a purchase before the bought item may be recommended to that user again (0 = never; set it "
+        "for consumables that people buy again).")
     explore: float = _setting(0.1, "Share of list slots given to new, little-seen items (0 = deterministic lists).")
     seed: int = _setting(0, "Seed of every random choice (model init, sampling, exploration).")
     metrics_port: int = _setting(9464, "Prometheus metrics port of a worker (0 = no endpoint).")
@@ -76,6 +79,7 @@ class Settings:
             "cooc_history": self.cooc_history >= 1,
             "popularity_half_life_h": self.popularity_half_life_h > 0,
             "explore": 0.0 <= self.explore <= 1.0,
+            "rebuy_after_days": self.rebuy_after_days >= 0.0,
             "metrics_port": 0 <= self.metrics_port < 65536,
             "worker_id": bool(self.worker_id) and "/" not in self.worker_id,
             "input_keys": self.input_keys in ("any", "user_id"),

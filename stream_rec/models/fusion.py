@@ -110,6 +110,7 @@ class FusionParams(NamedTuple):
     hits: FloatArray  # (2, len(WEIGHT_GRID)): decayed hits per user segment (new, returning) and weighting
     adapt: bool  # choose the weighting with the most hits (else the base weights, fixed)
     events: IntArray  # (1,): events of known users seen by the learning loop (for the sampling)
+    rebuy_after_s: float  # a bought item may come back this long after the purchase (0: never)
 
 
 @njit(**JIT)
@@ -297,6 +298,9 @@ class Fusion:
         An item stops being an exploration candidate after this many events.
     adapt
         Choose the weighting online (see the module docstring); ``False`` keeps ``weights`` fixed.
+    rebuy_after_s
+        The service excludes a user's purchases from their lists for this long (0: for ever); the
+        fusion carries the setting to the compiled ranking.
 
     Examples
     --------
@@ -319,6 +323,7 @@ class Fusion:
         seed: int = 0,
         explore_max_events: int = 50,
         adapt: bool = True,
+        rebuy_after_s: float = 0.0,
     ) -> None:
         unknown = set(sources) - set(SOURCES)
         if unknown:
@@ -337,6 +342,7 @@ class Fusion:
         self._rng_key = stream_key(seed, _TAG_EXPLORE)
         self._rng_counter = np.zeros(1, dtype=np.int64)
         self.adapt = adapt
+        self.rebuy_after_s = rebuy_after_s
         #: Decayed hits per user segment (new, returning) and weighting of :data:`WEIGHT_GRID`.
         self.hits = np.zeros((2, len(WEIGHT_GRID)))
         self._events = np.zeros(1, dtype=np.int64)
@@ -350,7 +356,7 @@ class Fusion:
     def params(self) -> FusionParams:
         return FusionParams(self.weights, self.candidates_per_source, self.explore_max_age_s,
                             self.explore_max_events, self._rng_key, self._rng_counter, self.hits,
-                            bool(self.adapt), self._events)
+                            bool(self.adapt), self._events, float(self.rebuy_after_s))
 
     def hits_state(self) -> bytes:
         """The adaptive weights' statistics, to persist: hits then the sampling counter."""

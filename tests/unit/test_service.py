@@ -105,6 +105,29 @@ def test_bought_items_never_come_back(events: list[Event]) -> None:
             assert len(rec["items"]) == SETTINGS.top_n
 
 
+def test_a_rebuy_window_lets_a_bought_item_come_back_after_it_and_not_before() -> None:
+    day = 86_400_000
+    service = RecService(replace(SETTINGS, top_n=3, rebuy_after_days=2.0), MemoryStore())
+    never = RecService(replace(SETTINGS, top_n=3), MemoryStore())
+    history = [Event("u", "soap", "purchase", 0), Event("v", "soap", "purchase", 1000),
+               Event("w", "soap", "purchase", 2000), Event("v", "towel", "view", 3000)]
+    for svc in (service, never):
+        svc.apply([(("lane", n), e) for n, e in enumerate(history)])
+    assert "soap" not in service.recommend("u")[0]
+    # Time passes (the clock is the latest event): a day later soap is still excluded, three days later not.
+    for when, expected in ((day, False), (3 * day, True)):
+        later = Event("w", "towel", "view", when)
+        for svc in (service, never):
+            svc.apply([(("lane", when), later)])
+        assert ("soap" in service.recommend("u")[0]) is expected, when
+        assert "soap" not in never.recommend("u")[0]  # without a window: never again
+    # The evaluation path applies the same window.
+    offline = RecService(replace(SETTINGS, top_n=3, rebuy_after_days=2.0), MemoryStore())
+    replay = history + [Event("w", "towel", "view", 3 * day), Event("u", "towel", "view", 3 * day + 1)]
+    lists = offline.rank_then_learn([(("lane", n), e) for n, e in enumerate(replay)], np.ones(len(replay), bool), 3)
+    assert offline.items.get("soap") in lists[-1].tolist()
+
+
 def test_unknown_user_gets_popular_items(events: list[Event]) -> None:
     service = RecService(SETTINGS, MemoryStore())
     _feed(service, events, batch=500)
