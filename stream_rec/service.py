@@ -28,8 +28,9 @@ from stream_rec.events import EVENT_TYPES, Event
 from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import JIT
 from stream_rec.models.base import OnlineModel
-from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_learn_one
-from stream_rec.models.fusion import SAMPLE_EVERY, Fusion, FusionParams, Scratch, fuse, label, measure_sources
+from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
+from stream_rec.models.fusion import (COOC, EXPLORE_BIT, MF, SAMPLE_EVERY, Fusion, FusionParams, Scratch, fuse, label,
+                                      measure_sources)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
 from stream_rec.profiles import Profile, decode_profile, encode_profile
@@ -149,8 +150,7 @@ class RecService:
         if not fresh:
             return result
         users, items, weights, ts_ms, bought = self._arrays(fresh)
-        self._learn(users, items, weights, ts_ms, bought, np.zeros(len(fresh), dtype=bool), self.settings.top_n,
-                    logs=True)
+        self._learn(users, items, weights, ts_ms, bought, np.zeros(len(fresh), dtype=bool), 0, logs=True)
         last_event = self._update_profiles(fresh, users, result)
         if lists:
             touched = list(last_event)
@@ -195,7 +195,7 @@ class RecService:
         self.purchases.reserve(n_users, int(bought.sum()))
         top_n = self.settings.top_n
         _, scratch = self.fusion.prepare(max(k, top_n), n_items)
-        rows = np.full((len(users), k if scored.any() else 0), -1, dtype=np.int64)
+        rows = np.full((len(users), k), -1, dtype=np.int64)
         n = len(users) if logs else 0
         mf_log = np.empty(n * (1 + mf.n_negatives), dtype=np.int64)
         cooc_log = np.empty(n * (1 + cooc.history_size), dtype=np.int64)
@@ -278,33 +278,44 @@ class RecService:
     def recommend(self, user_id: str, k: int | None = None) -> tuple[list[str], list[float], list[tuple[str, ...]]]:
         """Top-``k`` item ids, scores and sources for a user (a user never seen gets popular items)."""
         k = self.settings.top_n if k is None else k
-        return self._rank_many([self.users.get(user_id)], k)[0]
+        return self._rank_many([self.users.get(user_id)], k)[0][:3]
 
-    def _rank_many(self, users: list[int], k: int) -> list[tuple[list[str], list[float], list[tuple[str, ...]]]]:
-        """The fused top ``k`` of each user index (-1: a stranger), all in one compiled call."""
+    def explain(self, user_id: str, k: int | None = None) -> list[dict[str, str]]:
+        """Why each item of :meth:`recommend`'s list is there (the ``because`` of a published list)."""
+        k = self.settings.top_n if k is None else k
+        return self._rank_many([self.users.get(user_id)], k)[0][3]
+
+    def _rank_many(self, users: list[int], k: int) -> list[tuple[list[str], list[float], list[tuple[str, ...]],
+                                                                 list[dict[str, str]]]]:
+        """The fused top ``k`` of each user index (-1: a stranger), all in one compiled call:
+        ``(item ids, scores, sources, because)`` per user."""
         n_items = len(self.items)
         _, scratch = self.fusion.prepare(k, n_items)
         idx = np.array(users, dtype=np.int64)
         has_history = np.array([u in self.profiles for u in users], dtype=bool)
-        out_i = np.empty((len(users), k), dtype=np.int64)
+        out_i, out_a = np.empty((len(users), k), dtype=np.int64), np.empty((len(users), k), dtype=np.int64)
         out_s, out_m = np.empty((len(users), k)), np.empty((len(users), k), dtype=np.int64)
         out_n = np.empty(len(users), dtype=np.int64)
         fusion = self.fusion
         _rank_many(fusion.mf.state, fusion.cooc.state, fusion.popular.state, self.purchases.state, scratch,
                    fusion.params(), n_items, k, fusion.n_explore(k), idx, has_history, out_i, out_s, out_m, out_n,
-                   self.models["popular"].now)
+                   out_a, self.models["popular"].now)
         externals = self.items.externals
-        return [(externals(out_i[r, :n].tolist()), out_s[r, :n].tolist(), [label(m) for m in out_m[r, :n].tolist()])
-                for r, n in enumerate(out_n.tolist())]
+        lists = []
+        for r, n in enumerate(out_n.tolist()):
+            masks = out_m[r, :n].tolist()
+            because = [_because(m, a, externals) for m, a in zip(masks, out_a[r, :n].tolist())]
+            lists.append((externals(out_i[r, :n].tolist()), out_s[r, :n].tolist(), [label(m) for m in masks], because))
+        return lists
 
     def _recommendation(self, trigger: Event, item_ids: list[str], scores: list[float],
-                        sources: list[tuple[str, ...]]) -> dict[str, Any]:
+                        sources: list[tuple[str, ...]], because: list[dict[str, str]]) -> dict[str, Any]:
         return {
             "v": 1,
             "user_id": trigger.user_id,
             "items": [
-                {"item_id": item, "score": round(score, 6), "sources": list(src)}
-                for item, score, src in zip(item_ids, scores, sources)
+                {"item_id": item, "score": round(score, 6), "sources": list(src), "because": why}
+                for item, score, src, why in zip(item_ids, scores, sources, because)
             ],
             "model_version": self.model_version,
             "trigger": {"event_id": trigger.event_id, "type": trigger.type, "ts": trigger.ts_ms},
@@ -393,6 +404,19 @@ class RecService:
                 "events_total": self.events_total}
 
 
+def _because(mask: int, anchor: int, externals: Any) -> dict[str, str]:
+    """An item's reason, the most specific one its sources give: an exploration slot is ``new``; an
+    item co-occurrence put forward goes ``with_item`` (the history item it was most often seen with);
+    else ``similar_users`` (matrix factorisation) or ``popular``."""
+    if mask >> EXPLORE_BIT & 1:
+        return {"kind": "new"}
+    if anchor >= 0:
+        return {"kind": "with_item", "item_id": externals([anchor])[0]}
+    if mask >> MF & 1:
+        return {"kind": "similar_users"}
+    return {"kind": "popular"}
+
+
 @njit(**JIT)
 def _excluded_since(fp: FusionParams, now_s: float) -> int:
     """Purchases at or after this time (ms) are excluded from lists: all of them without a rebuy window."""
@@ -417,11 +441,17 @@ def _rank_user(mf: MFState, cooc: CoocState, pop: PopularityState, bought: Purch
 @njit(**JIT)
 def _rank_many(mf: MFState, cooc: CoocState, pop: PopularityState, bought: PurchasesState, sc: Scratch,
                fp: FusionParams, n_items: int, k: int, n_explore: int, users: IntArray, has_history: np.ndarray,
-               out_i: IntArray, out_s: FloatArray, out_m: IntArray, out_n: IntArray, now_s: float) -> None:
-    """Each user's list (what a worker publishes), in one call: see :func:`_rank_user`."""
+               out_i: IntArray, out_s: FloatArray, out_m: IntArray, out_n: IntArray, out_a: IntArray,
+               now_s: float) -> None:
+    """Each user's list (what a worker publishes), in one call: see :func:`_rank_user`. ``out_a`` gets,
+    for each item co-occurrence put forward, the history item it goes with (else -1)."""
     for r in range(len(users)):
-        out_n[r] = _rank_user(mf, cooc, pop, bought, sc, fp, n_items, k, n_explore, users[r], has_history[r],
-                              out_i[r], out_s[r], out_m[r], now_s)
+        n = out_n[r] = _rank_user(mf, cooc, pop, bought, sc, fp, n_items, k, n_explore, users[r], has_history[r],
+                                  out_i[r], out_s[r], out_m[r], now_s)
+        cooc_anchors(cooc, users[r], out_i[r], n, sc.mask, out_a[r])
+        for c in range(n):
+            if not out_m[r, c] >> COOC & 1:
+                out_a[r, c] = -1  # explained by another source (co-occurrence did not propose it)
 
 
 @njit(**JIT)

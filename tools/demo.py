@@ -119,5 +119,14 @@ def _print_examples(events: list[dict[str, Any]], lists: dict[str, dict[str, Any
     buyers = [u for u in lists if any(e["type"] == "purchase" for e in by_user[u])][:n_users]
     for user in buyers:
         recent = ", ".join(f"{e['type']} {e['item_id']}" for e in by_user[user][-4:])
-        top = ", ".join(f"{i['item_id']} ({'+'.join(i['sources'])})" for i in lists[user]["items"][:8])
+        top = ", ".join(f"{i['item_id']} ({_reason(i)})" for i in lists[user]["items"][:8])
         print(f"\n{user}: last events: {recent}\n  recommended: {top}")
+
+
+def _reason(item: dict[str, Any]) -> str:
+    """A list entry's ``because`` as a shop would word it."""
+    why = item.get("because", {})
+    kind = why.get("kind")
+    if kind == "with_item":
+        return f"goes with {why['item_id']}"
+    return {"similar_users": "people like you", "popular": "popular now", "new": "new in"}.get(kind, "+".join(item["sources"]))

@@ -105,15 +105,21 @@ def _prune(st: CoocState, i: int, limit: int) -> None:
 
 
 @njit(**INLINE)
+def _place(st: CoocState, i: int, j: int) -> int:
+    """1 + the entry of ``j`` in row ``i``, or 0 if absent. ``j`` is in a row at most once, so a
+    branch-free sum finds it in one vectorised pass (an early exit would mispredict once per pair)."""
+    row = st.nbr[i]
+    at = 0
+    for e in range(st.nlen[i]):
+        at += (row[e] == j) * (e + 1)
+    return at
+
+
+@njit(**INLINE)
 def _add_pair(st: CoocState, i: int, j: int, amount: float, limit: int) -> None:
     """``C[i, j] += amount`` (raw units of row ``i``), pruning the row when it overflows."""
     n = st.nlen[i]
-    row = st.nbr[i]
-    # ``j`` is in the row at most once: a branch-free sum finds it in one vectorised pass, where
-    # an early-exit loop would stall on a mispredicted branch per pair.
-    at = 0
-    for e in range(n):
-        at += (row[e] == j) * (e + 1)
+    at = _place(st, i, j)
     if at > 0:
         st.cnt[i, at - 1] += amount
         return
@@ -186,6 +192,39 @@ def cooc_learn_many(st: CoocState, users: IntArray, items: IntArray, weights: Fl
 def _inv_norm(st: CoocState, x: int) -> float:
     n = st.total[x] * st.mass[x]
     return 1.0 / np.sqrt(n) if n > 0.0 else 0.0
+
+
+@njit(**JIT)
+def cooc_anchors(st: CoocState, u: int, items: IntArray, n: int, slot: IntArray, out: IntArray) -> None:
+    """For each of ``items[:n]``, the item of ``u``'s history that contributes most to its score (the
+    list's "with" item) into ``out[:n]``; -1 where none does. Ties go to the more recent history item.
+
+    One pass over each history row, whatever ``n``: ``slot`` (one entry per item, all zero between
+    calls) marks the wanted items. The terms are those :func:`cooc_candidates` sums.
+    """
+    best = np.zeros(n)
+    for c in range(n):
+        out[c] = -1
+        slot[items[c]] = c + 1
+    if 0 <= u < len(st.hist_len):
+        hl = st.params[0]
+        nbr, cnt, nlen, row_ts = st.nbr, st.cnt, st.nlen, st.row_ts
+        coef = 1.0
+        for r in range(st.hist_len[u] - 1, -1, -1):
+            h = st.hist_item[u, r]
+            c = coef * st.mass[h] * _inv_norm(st, h)
+            coef *= RECENCY
+            for e in range(nlen[h]):
+                j = nbr[h, e]
+                p = slot[j] - 1
+                if p >= 0:
+                    weight = cnt[h, e] * c
+                    if hl > 0.0:
+                        weight *= 2.0 ** min(max((row_ts[h] - row_ts[j]) / (2.0 * hl), -1000.0), 1000.0)
+                    if weight > best[p]:
+                        best[p], out[p] = weight, h
+    for c in range(n):
+        slot[items[c]] = 0
 
 
 @njit(**JIT)

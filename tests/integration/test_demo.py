@@ -29,3 +29,4 @@ def test_demo_streams_events_and_prints_recommendations_and_a_summary() -> None:
     assert lists and int(lists.group(1)) >= int(lists.group(2)) > 100
     assert re.search(r"throughput\s+[\d,]+ events/s", out)
     assert out.count("recommended:") == 3
+    assert "goes with " in out  # every entry says why it is there; co-occurrence names the item

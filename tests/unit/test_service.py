@@ -149,6 +149,31 @@ def test_list_message_carries_what_the_schema_promises() -> None:
     assert by_user["u1"]["trigger"] == {"event_id": "e2", "type": "click", "ts": 2000}
     assert by_user["u1"]["v"] == 1 and by_user["u1"]["model_version"].startswith("0.1.0+")
     assert "i1" not in [i["item_id"] for i in by_user["u2"]["items"]]
+    assert all(set(i) == {"item_id", "score", "sources", "because"} for r in by_user.values() for i in r["items"])
+
+
+def test_every_item_carries_the_reason_its_sources_give(events: list[Event]) -> None:
+    service = RecService(replace(SETTINGS, explore=0.2), MemoryStore())
+    _feed(service, events, batch=500)
+    history: dict[str, set[str]] = {}
+    for e in events:
+        history.setdefault(e.user_id, set()).add(e.item_id)
+    kinds: dict[str, int] = {}
+    for user in sorted(history):
+        ids, _, sources = service.recommend(user)
+        because = service.explain(user)
+        assert len(because) == len(ids) == SETTINGS.top_n
+        for item, src, why in zip(ids, sources, because):
+            kinds[why["kind"]] = kinds.get(why["kind"], 0) + 1
+            if src == ("explore",):
+                assert why == {"kind": "new"}
+            elif "cooc" in src:  # the anchor is an item the user interacted with, never the item itself
+                assert why["kind"] == "with_item" and why["item_id"] in history[user] and why["item_id"] != item
+            elif "mf" in src:
+                assert why == {"kind": "similar_users"}
+            else:
+                assert src == ("popular",) and why == {"kind": "popular"}
+    assert kinds["with_item"] > 0 and kinds["new"] > 0 and kinds["similar_users"] + kinds.get("popular", 0) > 0
 
 
 def test_offline_mode_learns_the_same_without_lists_or_changes(events: list[Event]) -> None:
