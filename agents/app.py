@@ -14,6 +14,10 @@ How events reach the service depends on ``STREAM_REC_INPUT_KEYS``.
 ``user_id`` (producers key every message by its user id): one agent, ``learn_direct``, on the three input
 topics does both jobs: decode, dead-letter, apply, publish, persist. No internal topic: each event passes
 through Faust once instead of twice and is never re-sent.
+
+In both modes the task ``follow_availability`` reads the whole items topic outside the consumer group
+(every worker needs every withdrawn item) and hands the messages to the service; lists computed after a
+withdrawal leave the item out.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from collections import Counter
 from collections.abc import Sequence
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.types import EventT
 
-from stream_rec.events import Event, InvalidEvent, Limits, decode
+from stream_rec.events import Availability, Event, InvalidEvent, Limits, decode, decode_availability
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, Position, RecService
 from stream_rec.settings import Settings
@@ -174,6 +179,33 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                     valid, lane, offset = decode_keyed(event.message.value)
                     items.append(((f"{event.message.partition}>{lane}", offset), valid))
                 await learn_batch(items, batch, started)
+
+    @app.task
+    async def follow_availability() -> None:
+        """Every worker reads the whole items topic, outside the consumer group: any user may be shown
+        any item, so every worker must know every withdrawn one. The topic is read from its start at each
+        start-up (its latest message per item wins), so nothing about it needs persisting."""
+        consumer = AIOKafkaConsumer(settings.topic_items, bootstrap_servers=bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            while True:
+                fetched = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                updates: list[Availability] = []
+                for messages in fetched.values():
+                    for msg in messages:
+                        try:
+                            updates.append(decode_availability(msg.value, limits=limits))
+                        except InvalidEvent as err:
+                            headers = dead_letter_headers(err.reason, str(err), msg.topic, msg.partition, msg.offset)
+                            await send(settings.topic_dead_letter, msg.key, msg.value or b"", headers=headers)
+                            metrics.dead_letters.labels(err.reason).inc()
+                if updates:
+                    service.set_availability(updates)
+                    metrics.availability.inc(len(updates))
+                    metrics.unavailable.set(len(service.unavailable))
+        finally:
+            await consumer.stop()
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(sender: faust.App, assigned: set, **_: object) -> None:

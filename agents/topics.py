@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def all_topics(settings: Settings) -> list[str]:
-    return [*settings.input_topics().values(), settings.topic_events, settings.topic_recommendations,
-            settings.topic_dead_letter]
+    return [*settings.input_topics().values(), settings.topic_items, settings.topic_events,
+            settings.topic_recommendations, settings.topic_dead_letter]
 
 
 class BrokerUnreachable(RuntimeError):

@@ -131,6 +131,30 @@ def decode(raw: bytes | None, stream: str | None = None, *, now_ms: int, limits:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """An item-availability message: ``{"item_id": "sku-1", "available": false}`` (``ts`` optional)."""
+
+    item_id: str
+    available: bool
+
+
+def decode_availability(raw: bytes | None, *, limits: Limits = Limits()) -> Availability:
+    """A message of the items topic, or :class:`InvalidEvent` naming the field (same reasons as events).
+
+    >>> decode_availability(b'{"item_id": "sku-1", "available": false}')
+    Availability(item_id='sku-1', available=False)
+    """
+    obj = _parse(raw, limits.max_bytes)
+    item_id = _required_str(obj, "item_id")
+    if "available" not in obj:
+        raise InvalidEvent("missing_field", "field 'available' is required")
+    available = obj["available"]
+    if not isinstance(available, bool):
+        raise InvalidEvent("bad_field", f"field 'available' must be true or false, got {type(available).__name__}")
+    return Availability(item_id, available)
+
+
 def _reject_constant(name: str) -> float:
     # json.loads accepts the non-standard literals NaN and Infinity unless told otherwise.
     raise InvalidEvent("non_finite", f"the message contains {name}, which is not a finite number")

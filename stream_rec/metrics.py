@@ -20,6 +20,9 @@ class Metrics:
         self.miskeyed = Counter("stream_rec_ingest_miskeyed_total",
                                 "Events read straight from the input (STREAM_REC_INPUT_KEYS=user_id) whose key is not their user id.",
                                 registry=r)
+        self.availability = Counter("stream_rec_ingest_availability_total",
+                                    "Item-availability messages applied (every worker reads them all).", registry=r)
+        self.unavailable = Gauge("stream_rec_state_unavailable_items", "Items currently marked unavailable.", registry=r)
         self.applied = Counter("stream_rec_learn_events_applied_total", "Events applied to the models.", registry=r)
         self.duplicates = Counter("stream_rec_learn_duplicates_total", "Redelivered events recognised and skipped.", registry=r)
         self.recommendations = Counter("stream_rec_output_recommendations_total", "Recommendation lists published.", registry=r)

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 import stream_rec
-from stream_rec.events import EVENT_TYPES, Event
+from stream_rec.events import EVENT_TYPES, Availability, Event
 from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import JIT
 from stream_rec.models.base import OnlineModel
@@ -126,6 +126,7 @@ class RecService:
         self.items = IdIndex()
         self.profiles: dict[int, Profile] = {}
         self.purchases = Purchases()
+        self._unavailable: set[int] = set()
         self.hwm: dict[str, int] = {}
         self._touched_lanes: set[str] = set()
         self.counts: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
@@ -209,6 +210,27 @@ class RecService:
             cooc.touch(users=users, items=cooc_log[: log_n[1]])
             pop.touch(items=items)
         return rows
+
+    def set_availability(self, updates: Iterable[Availability]) -> int:
+        """Apply item-availability messages in order: an unavailable item leaves every list until it is
+        available again. Returns how many items changed state."""
+        changed = 0
+        for update in updates:
+            item = self.items.add(update.item_id)  # an item may be withdrawn before its first event
+            if update.available == (item in self._unavailable):
+                changed += 1
+                if update.available:
+                    self._unavailable.discard(item)
+                else:
+                    self._unavailable.add(item)
+        if changed:
+            self.fusion.blocked = np.array(sorted(self._unavailable), dtype=np.int64)
+        return changed
+
+    @property
+    def unavailable(self) -> list[str]:
+        """Item ids currently marked unavailable."""
+        return self.items.externals(sorted(self._unavailable))
 
     def _arrays(self, fresh: list[Event]) -> tuple[IntArray, IntArray, FloatArray, IntArray, np.ndarray]:
         """Index arrays of a batch: ``(users, items, weights, ts_ms, is_purchase)``; new ids get indices."""
@@ -432,10 +454,18 @@ def _rank_user(mf: MFState, cooc: CoocState, pop: PopularityState, bought: Purch
     """One user's fused list without the items they bought (within the rebuy window before ``now_s``):
     the ranking every path of the service uses."""
     since = _excluded_since(fp, now_s)
-    purchases_mark(bought, u, sc.excluded, True, since)
+    _mark_excluded(bought, u, sc, fp, since, True)
     n = fuse(mf, cooc, pop, sc, fp, u, has_history, n_items, k, n_explore, out_i, out_s, out_m)
-    purchases_mark(bought, u, sc.excluded, False, since)
+    _mark_excluded(bought, u, sc, fp, since, False)
     return n
+
+
+@njit(**JIT)
+def _mark_excluded(bought: PurchasesState, u: int, sc: Scratch, fp: FusionParams, since: int, value: bool) -> None:
+    """Set (or clear) ``sc.excluded`` for what ``u`` may not be shown: recent purchases, unavailable items."""
+    purchases_mark(bought, u, sc.excluded, value, since)
+    for b in fp.blocked:
+        sc.excluded[b] = value
 
 
 @njit(**JIT)
@@ -482,9 +512,9 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
             fp.events[0] += 1
             if fp.events[0] % SAMPLE_EVERY == 0:  # measure the sources on this event before learning it
                 since = _excluded_since(fp, now)
-                purchases_mark(bought, u, sc.excluded, True, since)
+                _mark_excluded(bought, u, sc, fp, since, True)
                 measure_sources(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, top_n, top_explore)
-                purchases_mark(bought, u, sc.excluded, False, since)
+                _mark_excluded(bought, u, sc, fp, since, False)
         mf_learn_one(mf, u, i, w, mf_log, mf_n)
         cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n)
         pop_learn_one(pop, i, w, t)

@@ -33,6 +33,9 @@ class Settings:
     topic_browse: str = _setting("stream-rec.browse", "Input topic for view events.")
     topic_click: str = _setting("stream-rec.click", "Input topic for click and add_to_cart events.")
     topic_purchase: str = _setting("stream-rec.purchase", "Input topic for purchase events.")
+    topic_items: str = _setting(
+        "stream-rec.items", "Input topic for item availability, `{\"item_id\": ..., \"available\": false}`; every "
+        "worker reads all of it from the start (keep it compacted).")
     topic_events: str = _setting("stream-rec.events-by-user", "Internal topic: valid events re-keyed by user id.")
     topic_recommendations: str = _setting("stream-rec.recommendations", "Output topic: refreshed top-N per user, keyed by user id.")
     topic_dead_letter: str = _setting("stream-rec.dead-letter", "Rejected messages, untouched, with the reason in headers.")

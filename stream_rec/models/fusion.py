@@ -111,6 +111,7 @@ class FusionParams(NamedTuple):
     adapt: bool  # choose the weighting with the most hits (else the base weights, fixed)
     events: IntArray  # (1,): events of known users seen by the learning loop (for the sampling)
     rebuy_after_s: float  # a bought item may come back this long after the purchase (0: never)
+    blocked: IntArray  # items no list may hold (marked unavailable)
 
 
 @njit(**JIT)
@@ -343,6 +344,8 @@ class Fusion:
         self._rng_counter = np.zeros(1, dtype=np.int64)
         self.adapt = adapt
         self.rebuy_after_s = rebuy_after_s
+        #: Items no list may hold (marked unavailable), sorted.
+        self.blocked = np.zeros(0, dtype=np.int64)
         #: Decayed hits per user segment (new, returning) and weighting of :data:`WEIGHT_GRID`.
         self.hits = np.zeros((2, len(WEIGHT_GRID)))
         self._events = np.zeros(1, dtype=np.int64)
@@ -356,7 +359,7 @@ class Fusion:
     def params(self) -> FusionParams:
         return FusionParams(self.weights, self.candidates_per_source, self.explore_max_age_s,
                             self.explore_max_events, self._rng_key, self._rng_counter, self.hits,
-                            bool(self.adapt), self._events, float(self.rebuy_after_s))
+                            bool(self.adapt), self._events, float(self.rebuy_after_s), self.blocked)
 
     def hits_state(self) -> bytes:
         """The adaptive weights' statistics, to persist: hits then the sampling counter."""

@@ -30,6 +30,7 @@ def settings(broker: EmbeddedBroker, tmp_path: Path, request: pytest.FixtureRequ
     """Settings with this test's own topics, consumer group and state folder."""
     prefix = f"t{next(_run)}-{request.node.name[:40].replace('[', '-').replace(']', '')}"
     topics = {name: f"{prefix}.{getattr(Settings, name)}" for name in
-              ("topic_browse", "topic_click", "topic_purchase", "topic_events", "topic_recommendations", "topic_dead_letter")}
+              ("topic_browse", "topic_click", "topic_purchase", "topic_items", "topic_events", "topic_recommendations",
+               "topic_dead_letter")}
     return replace(Settings(), kafka_bootstrap=broker.bootstrap, app_id=prefix, data_dir=str(tmp_path / "data"),
                    metrics_port=0, explore=0.0, batch_max=500, **topics)

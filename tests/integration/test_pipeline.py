@@ -51,6 +51,43 @@ def test_events_on_all_three_topics_lead_to_fitting_recommendations(settings: Se
     assert state_of(settings).stats()["events"] == type_counts(history + buyer)
 
 
+def test_an_item_withdrawn_on_the_items_topic_leaves_the_lists_until_it_is_back(settings: Settings, tmp_path: Path) -> None:
+    history = bought_together()
+    worker = start_worker(settings, tmp_path)
+    try:
+        producer = make_producer(settings.kafka_bootstrap)
+        assert produce_events(producer, history, settings) == len(history)
+        producer.send(settings.topic_items, key=b"memory-card", value=b'{"item_id": "memory-card", "available": false}')
+        producer.send(settings.topic_items, key=b"x", value=b'{"item_id": "x", "available": "soon"}')  # dead-lettered
+        producer.flush()
+        worker.wait_for(STATE_EVENTS, len(history), timeout_s=90)
+        worker.wait_for("stream_rec_ingest_availability_total", 1, timeout_s=30)
+        buyer = [event("buyer-1", "camera", "purchase", T0 + 10_000_000)]
+        assert produce_events(producer, buyer, settings) == 1
+        worker.wait_for(STATE_EVENTS, len(history) + 1, timeout_s=60)
+        producer.send(settings.topic_items, key=b"memory-card", value=b'{"item_id": "memory-card", "available": true}')
+        producer.flush()
+        worker.wait_for("stream_rec_ingest_availability_total", 2, timeout_s=30)
+        later = [event("buyer-2", "camera", "purchase", T0 + 10_001_000)]
+        assert produce_events(producer, later, settings) == 1
+        worker.wait_for(STATE_EVENTS, len(history) + 2, timeout_s=60)
+        producer.close()
+        metrics = worker.metrics()
+        lists = latest_lists(settings)
+        dead = list(read_topic(settings.kafka_bootstrap, settings.topic_dead_letter, idle_ms=1500))
+    finally:
+        assert worker.stop() == 0
+
+    withdrawn = [i["item_id"] for i in lists["buyer-1"]["items"]]
+    back = [i["item_id"] for i in lists["buyer-2"]["items"]]
+    # Nine items: the camera (bought) is never shown; memory-card only once it is back.
+    assert len(withdrawn) == 7 and len(back) == 8
+    assert "memory-card" not in withdrawn, withdrawn  # the best answer, but withdrawn at the time
+    assert "memory-card" in back[:3], back  # available again: it comes back where it belongs
+    assert metrics["stream_rec_state_unavailable_items"] == 0
+    assert [dict(m.headers)["stream_rec.reason"] for m in dead] == [b"bad_field"]
+
+
 def test_malformed_messages_are_dead_lettered_and_valid_ones_around_them_processed(settings: Settings, tmp_path: Path) -> None:
     bad = malformed_messages(settings)
     valid = bought_together(10)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stream_rec.events import REASONS, Event, InvalidEvent, Limits, decode, stream_of
+from stream_rec.events import REASONS, Availability, Event, InvalidEvent, Limits, decode, decode_availability, stream_of
 from stream_rec.settings import Settings
 from tools.demo import malformed_messages
 
@@ -74,3 +74,21 @@ def test_size_limit_is_configurable() -> None:
 def test_stream_none_accepts_any_type_and_streams_map_types() -> None:
     assert _decode({"user_id": "u", "item_id": "i", "type": "purchase", "ts": 1}, None).type == "purchase"
     assert [stream_of(t) for t in ("view", "click", "add_to_cart", "purchase")] == ["browse", "click", "click", "purchase"]
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"item_id": "sku-1"}', "missing_field"),
+    (b'{"available": false}', "missing_field"),
+    (b'{"item_id": "sku-1", "available": "no"}', "bad_field"),
+    (b'{"item_id": "", "available": false}', "bad_field"),
+    (b'[1]', "not_object"),
+    (b'', "empty"),
+])
+def test_availability_messages_are_checked_like_events(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidEvent) as err:
+        decode_availability(raw)
+    assert err.value.reason == reason
+
+
+def test_availability_message_round_trip() -> None:
+    assert decode_availability(b'{"item_id": "sku-1", "available": true, "ts": 5}') == Availability("sku-1", True)

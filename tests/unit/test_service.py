@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from stream_rec.events import Event, decode
+from stream_rec.events import Availability, Event, decode
 from stream_rec.service import RecService
 from stream_rec.settings import Settings
 from stream_rec.state import MemoryStore, RocksStore
@@ -126,6 +126,25 @@ def test_a_rebuy_window_lets_a_bought_item_come_back_after_it_and_not_before() -
     replay = history + [Event("w", "towel", "view", 3 * day), Event("u", "towel", "view", 3 * day + 1)]
     lists = offline.rank_then_learn([(("lane", n), e) for n, e in enumerate(replay)], np.ones(len(replay), bool), 3)
     assert offline.items.get("soap") in lists[-1].tolist()
+
+
+def test_an_unavailable_item_leaves_every_list_until_it_is_available_again(events: list[Event]) -> None:
+    service = RecService(replace(SETTINGS, explore=0.3), MemoryStore())
+    _feed(service, events, batch=500)
+    users = sorted({e.user_id for e in events})
+    counts: dict[str, int] = {}
+    for user in users:
+        for item in service.recommend(user)[0]:
+            counts[item] = counts.get(item, 0) + 1
+    gone = sorted(counts, key=counts.get, reverse=True)[:3]  # the items most lists hold
+    assert service.set_availability([Availability(i, False) for i in gone] + [Availability("never-seen", False)]) == 4
+    assert service.unavailable == sorted(gone + ["never-seen"], key=service.items.get)
+    lists = {u: service.recommend(u)[0] for u in users} | {"stranger": service.recommend("stranger")[0]}
+    assert all(len(ids) == SETTINGS.top_n and not set(ids) & set(gone) for ids in lists.values())
+    result = service.apply([(("lane", len(events) + n), Event(u, gone[0], "view", 10**13)) for n, u in enumerate(users[:5])])
+    assert all(not {i["item_id"] for i in r["items"]} & set(gone) for r in result.recommendations)
+    assert service.set_availability([Availability(gone[0], True), Availability(gone[0], True)]) == 1
+    assert any(gone[0] in service.recommend(u)[0] for u in users)
 
 
 def test_unknown_user_gets_popular_items(events: list[Event]) -> None:
