@@ -29,7 +29,7 @@ from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import JIT
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
-from stream_rec.models.fusion import (COOC, EXPLORE_BIT, MF, SAMPLE_EVERY, Fusion, FusionParams, Scratch, fuse, label,
+from stream_rec.models.fusion import (COOC, EXPLORE_BIT, MF, RECENT, SAMPLE_EVERY, Fusion, FusionParams, Scratch, fuse, label,
                                       measure_sources)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
@@ -132,7 +132,9 @@ class RecService:
         self.counts: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.models = build_models(settings)
         # ``sources`` ranks with a subset of the models (e.g. ("mf",) to judge one alone); all still learn.
-        chosen = self.models if sources is None else {name: self.models[name] for name in sources}
+        # "recent" ranks the co-occurrence model's per-user history (the items a user just looked at).
+        available = {**self.models, "recent": self.models["cooc"]}
+        chosen = available if sources is None else {name: available[name] for name in sources}
         self.fusion = Fusion(chosen, explore=settings.explore, seed=settings.seed, adapt=settings.fusion_adapt,
                              rebuy_after_s=settings.rebuy_after_days * 86400.0)
         self.model_version = f"{stream_rec.__version__}+{_settings_digest(settings)}"
@@ -382,8 +384,8 @@ class RecService:
                 self.hwm[key[len(_HWM):].decode()] = int(value)
             elif key.startswith(_COUNT):
                 self.counts[key[len(_COUNT):].decode()] = int(value)
-            elif key == _FUSION:
-                self.fusion.set_hits_state(value)
+            elif key == _FUSION and not self.fusion.set_hits_state(value):
+                log.warning("the stored fusion statistics belong to another version: weights start equal again")
         self._load_family("users", self.users, self.profiles)
         self._load_family("items", self.items, None)
         self._forget_changes()  # rows restored from the store are not changes
@@ -429,13 +431,16 @@ class RecService:
 def _because(mask: int, anchor: int, externals: Any) -> dict[str, str]:
     """An item's reason, the most specific one its sources give: an exploration slot is ``new``; an
     item co-occurrence put forward goes ``with_item`` (the history item it was most often seen with);
-    else ``similar_users`` (matrix factorisation) or ``popular``."""
+    else ``similar_users`` (matrix factorisation), ``recently_viewed`` (the user's own recent items) or
+    ``popular``."""
     if mask >> EXPLORE_BIT & 1:
         return {"kind": "new"}
     if anchor >= 0:
         return {"kind": "with_item", "item_id": externals([anchor])[0]}
     if mask >> MF & 1:
         return {"kind": "similar_users"}
+    if mask >> RECENT & 1:
+        return {"kind": "recently_viewed"}
     return {"kind": "popular"}
 
 

@@ -412,7 +412,7 @@ def _prune_rows(S: sp.csr_matrix, keep: int) -> sp.csr_matrix:
 # ------------------------------------------------------------------------------- registry
 
 #: Every competitor name, in the order tables and plots list them.
-MODEL_NAMES = ("fused", "mf", "cooc", "popularity", "decayed-popularity", "river-biasedmf", "river-funkmf", "batch-knn")
+MODEL_NAMES = ("fused", "mf", "cooc", "recent", "popularity", "decayed-popularity", "river-biasedmf", "river-funkmf", "batch-knn")
 
 
 def build(names: Sequence[str], vocab: Vocabulary, settings: Settings, *, refit_every: int = 10_000) -> dict[str, Competitor]:
@@ -424,6 +424,7 @@ def build(names: Sequence[str], vocab: Vocabulary, settings: Settings, *, refit_
         "fused": lambda: ServiceModel("fused", settings, vocab),
         "mf": lambda: ServiceModel("mf", settings, vocab, sources=("mf",)),
         "cooc": lambda: ServiceModel("cooc", settings, vocab, sources=("cooc",)),
+        "recent": lambda: ServiceModel("recent", settings, vocab, sources=("recent",)),
         "popularity": Popularity,
         "decayed-popularity": lambda: DecayedPopularityModel(settings),
         "river-biasedmf": lambda: RiverMF("river-biasedmf", river_biased_mf(settings.seed), seed=settings.seed),

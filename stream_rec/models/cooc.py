@@ -274,6 +274,23 @@ def cooc_release(mark: np.ndarray, acc: FloatArray, cand: IntArray, n_cand: int)
 
 
 @njit(**JIT)
+def cooc_recent(st: CoocState, u: int, k: int, excluded: np.ndarray, out_s: FloatArray, out_i: IntArray) -> int:
+    """The ``k`` most recent items of ``u``'s history that are not ``excluded``, newest first (scores:
+    their time). People come back to what they just looked at: the funnel view -> cart -> purchase
+    runs over the same item."""
+    m = 0
+    if 0 <= u < len(st.hist_len):
+        for r in range(st.hist_len[u] - 1, -1, -1):
+            if m == k:
+                break
+            i = st.hist_item[u, r]
+            if not excluded[i]:
+                out_s[m], out_i[m] = st.hist_ts[u, r], i
+                m += 1
+    return m
+
+
+@njit(**JIT)
 def cooc_top(st: CoocState, u: int, k: int, excluded: np.ndarray, acc: FloatArray, mark: np.ndarray,
              cand: IntArray, buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best neighbours of ``u``'s history that are seen and not ``excluded``, best first."""

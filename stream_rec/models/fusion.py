@@ -32,7 +32,7 @@ from numba import njit
 
 from stream_rec.models._arrays import as_index
 from stream_rec.models._kernels import JIT, select_sparse, stream_key, uniform
-from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_top
+from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_recent, cooc_top
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_is_new, pop_top
 from stream_rec.types import FloatArray, IntArray
@@ -40,13 +40,14 @@ from stream_rec.types import FloatArray, IntArray
 #: The customary RRF constant (Cormack et al. 2009): damps the gap between the very top ranks.
 RRF_K = 60.0
 #: The sources, in the order of their bit in a list's source mask (and of names in its labels).
-SOURCES = ("mf", "cooc", "popular")
-MF, COOC, POPULAR_BIT = 0, 1, 2
+SOURCES = ("mf", "cooc", "popular", "recent")
+MF, COOC, POPULAR_BIT, RECENT = 0, 1, 2, 3
+N_SOURCES = len(SOURCES)
 #: Name of the source used for users without history, for filling short lists and for exploration.
 POPULAR = "popular"
 EXPLORE = "explore"
 #: Bit of the source mask marking an exploration slot.
-EXPLORE_BIT = 3
+EXPLORE_BIT = 4
 #: One event in this many (of users with history) measures the sources' hits before it is learned.
 SAMPLE_EVERY = 8
 #: Measured hits halve over this many measured events of a user segment, so weights follow drift.
@@ -59,13 +60,13 @@ _FILL_WEIGHT = 1e-6
 
 def _weight_grid() -> FloatArray:
     """Equal weights first (the choice until another weighting clearly has more hits), then every
-    other combination of 0, 1/16, 1/8, 1/4, 1/2 and 1 per source with at least one source at 1."""
-    levels = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
+    other combination of 0, 1/16, 1/4 and 1 per source with at least one source at 1."""
+    levels = (0.0, 0.0625, 0.25, 1.0)
     rest = [w for w in itertools.product(levels, repeat=len(SOURCES)) if max(w) == 1.0 and min(w) < 1.0]
     return np.array([(1.0,) * len(SOURCES), *rest])
 
 
-#: The weightings scored online, as multipliers of each source's base weight (91 of them).
+#: The weightings scored online, as multipliers of each source's base weight (175 of them).
 WEIGHT_GRID = _weight_grid()
 #: Exploration items score this far below each other and below the last exploited item.
 _EXPLORE_STEP = 1e-9
@@ -154,6 +155,8 @@ def _source_list(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch
         return mf_top(mf, user, n_items, depth, sc.excluded, sc.mf_scores, sc.buf_s, sc.buf_i, sc.ls, sc.li)
     if s == COOC:
         return cooc_top(cooc, user, depth, sc.excluded, sc.acc, sc.mark, sc.cand, sc.buf_s, sc.buf_i, sc.ls, sc.li)
+    if s == RECENT:
+        return cooc_recent(cooc, user, depth, sc.excluded, sc.ls, sc.li)
     return pop_top(pop, n_items, depth, sc.excluded, sc.buf_s, sc.buf_i, sc.ls, sc.li)
 
 
@@ -170,8 +173,9 @@ def measure_sources(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scra
         return
     seg = segment(cooc, user)
     n_union = 0
-    terms = np.zeros((3, 3 * max(fp.depth, k)))  # per source, per union item: 1 / (RRF_K + rank + 1)
-    for s in range(3):
+    # Per source, per union item: 1 / (RRF_K + rank + 1).
+    terms = np.zeros((N_SOURCES, N_SOURCES * max(fp.depth, k) + cooc.hist_item.shape[1]))
+    for s in range(N_SOURCES):
         if fp.weights[s] <= 0.0:
             continue
         m = _source_list(mf, cooc, pop, sc, s, user, n_items, max(fp.depth, k) if s == POPULAR_BIT else fp.depth)
@@ -187,18 +191,19 @@ def measure_sources(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scra
         sc.mask[sc.union[c]] = 0
     decay = 0.5 ** (1.0 / HITS_HALF_LIFE)
     slots = k - n_explore
+    if target < 0:  # no weighting can list it
+        for g in range(len(WEIGHT_GRID)):
+            fp.hits[seg, g] *= decay
+        return
+    grid = np.maximum(WEIGHT_GRID, _FILL_WEIGHT) * fp.weights.reshape(1, -1)
+    fused = grid @ np.ascontiguousarray(terms[:, :n_union])  # every weighting's fused scores of the union
     for g in range(len(WEIGHT_GRID)):
-        hit = 0.0
-        if target >= 0:
-            w0 = fp.weights[0] * max(WEIGHT_GRID[g, 0], _FILL_WEIGHT)
-            w1 = fp.weights[1] * max(WEIGHT_GRID[g, 1], _FILL_WEIGHT)
-            w2 = fp.weights[2] * max(WEIGHT_GRID[g, 2], _FILL_WEIGHT)
-            mine = w0 * terms[0, target] + w1 * terms[1, target] + w2 * terms[2, target]
-            above = 0
-            for x in range(n_union):
-                f = w0 * terms[0, x] + w1 * terms[1, x] + w2 * terms[2, x]
-                above += (f > mine) | ((f == mine) & (sc.union[x] < item))
-            hit = 1.0 / np.log2(above + 2.0) if above < slots else 0.0
+        mine = fused[g, target]
+        above = 0
+        for x in range(n_union):
+            f = fused[g, x]
+            above += (f > mine) | ((f == mine) & (sc.union[x] < item))
+        hit = 1.0 / np.log2(above + 2.0) if above < slots else 0.0
         fp.hits[seg, g] = fp.hits[seg, g] * decay + hit
 
 
@@ -213,7 +218,7 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
     """
     n_union = 0
     seg = segment(cooc, user) if user >= 0 else 0
-    for s in range(3):
+    for s in range(N_SOURCES):
         if fp.weights[s] <= 0.0 or (s != POPULAR_BIT and (user < 0 or not has_history)):
             continue
         w = source_weight(fp, s, seg)
@@ -262,7 +267,7 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
     for r in range(n_pool):  # explore slots nobody could fill went back to exploitation
         it = sc.li[r]
         if n_out < k - n_picked and (sc.mask[it] & _PICKED) == 0:
-            out_i[n_out], out_s[n_out], out_m[n_out] = it, sc.ls[r], sc.mask[it] & 7
+            out_i[n_out], out_s[n_out], out_m[n_out] = it, sc.ls[r], sc.mask[it] & ((1 << N_SOURCES) - 1)
             n_out += 1
     base = out_s[n_out - 1] if n_out > 0 else 0.0
     for r in range(n_picked):
@@ -282,8 +287,9 @@ class Fusion:
     Parameters
     ----------
     sources
-        Named models among ``"mf"`` (:class:`ImplicitMF`), ``"cooc"`` (:class:`CoOccurrence`) and
-        ``"popular"`` (:class:`DecayedPopularity`). ``"popular"`` serves users without history, fills
+        Named models among ``"mf"`` (:class:`ImplicitMF`), ``"cooc"`` (:class:`CoOccurrence`),
+        ``"popular"`` (:class:`DecayedPopularity`) and ``"recent"`` (a :class:`CoOccurrence`, whose
+        per-user history it ranks newest first). ``"popular"`` serves users without history, fills
         short lists and supplies exploration candidates; a source left out takes no part.
     weights
         Per-source weight in the fusion (default 1.0 each; 0 disables a source).
@@ -331,7 +337,9 @@ class Fusion:
             raise ValueError(f"unknown source {sorted(unknown)[0]!r} (expected some of {', '.join(SOURCES)})")
         # A source left out is an empty stand-in with weight 0, so the compiled code has one shape.
         self.mf: ImplicitMF = sources.get("mf") or ImplicitMF(n_factors=1)  # type: ignore[assignment]
-        self.cooc: CoOccurrence = sources.get("cooc") or CoOccurrence(history_size=1, max_neighbors=1)  # type: ignore[assignment]
+        # "recent" reads the co-occurrence model's per-user history.
+        self.cooc: CoOccurrence = (sources.get("cooc") or sources.get("recent")  # type: ignore[assignment]
+                                   or CoOccurrence(history_size=1, max_neighbors=1))
         self.popular: DecayedPopularity = sources.get("popular") or DecayedPopularity()  # type: ignore[assignment]
         chosen = {name: 1.0 for name in sources} | dict(weights or {})
         self.weights = np.array([chosen.get(name, 0.0) if name in sources else 0.0 for name in SOURCES])
@@ -365,12 +373,15 @@ class Fusion:
         """The adaptive weights' statistics, to persist: hits then the sampling counter."""
         return self.hits.astype("<f8").tobytes() + int(self._events[0]).to_bytes(8, "big")
 
-    def set_hits_state(self, data: bytes) -> None:
+    def set_hits_state(self, data: bytes) -> bool:
+        """Restore :meth:`hits_state`; ``False`` (and equal weights again) if it was written for another
+        grid of weightings, by another version: the statistics are rebuilt from live events."""
         size = self.hits.size * 8
         if len(data) != size + 8:
-            raise ValueError(f"fusion statistics of {len(data)} bytes, expected {size + 8}")
+            return False
         self.hits[:] = np.frombuffer(data[:size], dtype="<f8").reshape(self.hits.shape)
         self._events[0] = int.from_bytes(data[size:], "big")
+        return True
 
     def source_weights(self) -> dict[str, dict[str, float]]:
         """The current weight of each source in use, for new and for returning users."""

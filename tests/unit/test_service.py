@@ -190,6 +190,8 @@ def test_every_item_carries_the_reason_its_sources_give(events: list[Event]) -> 
                 assert why["kind"] == "with_item" and why["item_id"] in history[user] and why["item_id"] != item
             elif "mf" in src:
                 assert why == {"kind": "similar_users"}
+            elif "recent" in src:  # the user's own recent item, not bought (else it would be excluded)
+                assert why == {"kind": "recently_viewed"} and item in history[user]
             else:
                 assert src == ("popular",) and why == {"kind": "popular"}
     assert kinds["with_item"] > 0 and kinds["new"] > 0 and kinds["similar_users"] + kinds.get("popular", 0) > 0
