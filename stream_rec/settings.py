@@ -141,6 +141,11 @@ class Settings:
         return {"browse": self.topic_browse, "click": self.topic_click, "purchase": self.topic_purchase}
 
 
+#: Every topic setting: a demo, a bench run or a test gives each its own prefixed copy.
+TOPIC_FIELDS = ("topic_browse", "topic_click", "topic_purchase", "topic_items", "topic_events",
+                "topic_recommendations", "topic_dead_letter")
+
+
 def _env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 

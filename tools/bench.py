@@ -29,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from agents.topics import ensure_topics
-from stream_rec.settings import Settings
+from stream_rec.settings import TOPIC_FIELDS, Settings
 from stream_rec.synth import ShopConfig, SyntheticShop
 from tools.broker import EmbeddedBroker
 from tools.produce import topic_for
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 APPLIED = "stream_rec_learn_events_applied_total"
 ASSIGNED = "stream_rec_worker_assigned_partitions"
-_TOPIC_FIELDS = ("topic_browse", "topic_click", "topic_purchase", "topic_events", "topic_recommendations", "topic_dead_letter")
 #: The share of a backlog over which a sustained rate is measured: start-up and the tail are left out.
 _WINDOW = (0.1, 0.9)
 _POLL_S = 0.25
@@ -91,7 +90,7 @@ class Bench:
         """Settings with their own consumer group, topics and state folder; ``inputs`` shares its input topics."""
         self._runs += 1
         run_id = f"{self.settings.app_id}-{self._runs}-{label}"
-        topics = {name: f"{run_id}.{getattr(Settings, name)}" for name in _TOPIC_FIELDS}
+        topics = {name: f"{run_id}.{getattr(Settings, name)}" for name in TOPIC_FIELDS}
         if inputs is not None:
             topics.update({name: getattr(inputs, name) for name in ("topic_browse", "topic_click", "topic_purchase")})
         settings = replace(self.settings, app_id=run_id, data_dir=str(self.workdir / run_id), metrics_port=0,

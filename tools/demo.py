@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from stream_rec.service import warm_up
-from stream_rec.settings import Settings
+from stream_rec.settings import TOPIC_FIELDS, Settings
 from stream_rec.synth import ShopConfig, SyntheticShop
 from tools.broker import EmbeddedBroker
 from tools.produce import make_producer, produce_events, read_topic
@@ -99,8 +99,7 @@ def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, s
 
 def _demo_settings(settings: Settings, run_id: str, bootstrap: str, workdir: str) -> Settings:
     # Fresh topics and group per run, so a demo against a real cluster never mixes with an earlier one.
-    topics = {name: f"{run_id}.{getattr(settings, name)}" for name in
-              ("topic_browse", "topic_click", "topic_purchase", "topic_events", "topic_recommendations", "topic_dead_letter")}
+    topics = {name: f"{run_id}.{getattr(settings, name)}" for name in TOPIC_FIELDS}
     return replace(settings, kafka_bootstrap=bootstrap, app_id=run_id, data_dir=workdir, metrics_port=0, **topics)
 
 

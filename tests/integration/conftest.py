@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream_rec.service import warm_up
-from stream_rec.settings import Settings
+from stream_rec.settings import TOPIC_FIELDS, Settings
 from tools.broker import EmbeddedBroker
 
 _run = itertools.count()
@@ -29,8 +29,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 def settings(broker: EmbeddedBroker, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """Settings with this test's own topics, consumer group and state folder."""
     prefix = f"t{next(_run)}-{request.node.name[:40].replace('[', '-').replace(']', '')}"
-    topics = {name: f"{prefix}.{getattr(Settings, name)}" for name in
-              ("topic_browse", "topic_click", "topic_purchase", "topic_items", "topic_events", "topic_recommendations",
-               "topic_dead_letter")}
+    topics = {name: f"{prefix}.{getattr(Settings, name)}" for name in TOPIC_FIELDS}
     return replace(Settings(), kafka_bootstrap=broker.bootstrap, app_id=prefix, data_dir=str(tmp_path / "data"),
                    metrics_port=0, explore=0.0, batch_max=500, **topics)
