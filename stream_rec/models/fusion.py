@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from stream_rec.models._arrays import as_index
+from stream_rec.models._arrays import as_index, grow
 from stream_rec.models._kernels import JIT, select_sparse, stream_key, uniform
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_recent, cooc_top
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
@@ -68,6 +68,9 @@ def _weight_grid() -> FloatArray:
 
 #: The weightings scored online, as multipliers of each source's base weight (175 of them).
 WEIGHT_GRID = _weight_grid()
+#: An exploration candidate must earn an event per this many exploration slots it was shown in: an
+#: item shown and ignored that often stops being explored.
+SHOWS_PER_EVENT = 20
 #: Exploration items score this far below each other and below the last exploited item.
 _EXPLORE_STEP = 1e-9
 # Transient marks in the mask array while one list is assembled (cleared before returning).
@@ -113,6 +116,7 @@ class FusionParams(NamedTuple):
     events: IntArray  # (1,): events of known users seen by the learning loop (for the sampling)
     rebuy_after_s: float  # a bought item may come back this long after the purchase (0: never)
     blocked: IntArray  # items no list may hold (marked unavailable)
+    shown: IntArray  # per item: exploration slots it was shown in
 
 
 @njit(**JIT)
@@ -252,7 +256,8 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
             if pop_is_new(pop, i, fp.max_age_s, fp.max_events):
                 pop.fresh[kept] = i
                 kept += 1
-                if not sc.excluded[i] and (sc.mask[i] & _TAKEN) == 0:
+                ignored = fp.shown[i] >= SHOWS_PER_EVENT * pop.count[i]
+                if not sc.excluded[i] and (sc.mask[i] & _TAKEN) == 0 and not ignored:
                     sc.fresh[n_fresh] = i
                     n_fresh += 1
         pop.sizes[1] = kept
@@ -262,6 +267,7 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
             fp.rng_counter[0] += 1
             sc.fresh[r], sc.fresh[j] = sc.fresh[j], sc.fresh[r]
             sc.mask[sc.fresh[r]] |= _PICKED
+            fp.shown[sc.fresh[r]] += 1
 
     n_out = 0
     for r in range(n_pool):  # explore slots nobody could fill went back to exploitation
@@ -296,7 +302,9 @@ class Fusion:
     candidates_per_source
         Depth read from each source (``"popular"`` is read at least ``k`` deep so lists fill up).
     explore
-        Fraction of the ``k`` slots (``round(explore * k)``) given to new, rarely seen items.
+        Fraction of the ``k`` slots (``round(explore * k)``) given to new, rarely seen items. An item
+        shown in exploration slots :data:`SHOWS_PER_EVENT` times per event it earned stops being
+        explored (shown and ignored); one that earns events goes on.
     explore_max_age_s
         An item counts as new for this long after its first event.
     seed
@@ -354,6 +362,8 @@ class Fusion:
         self.rebuy_after_s = rebuy_after_s
         #: Items no list may hold (marked unavailable), sorted.
         self.blocked = np.zeros(0, dtype=np.int64)
+        #: Exploration slots each item was shown in (kept in memory: a restart forgets them).
+        self.shown = np.zeros(0, dtype=np.int64)
         #: Decayed hits per user segment (new, returning) and weighting of :data:`WEIGHT_GRID`.
         self.hits = np.zeros((2, len(WEIGHT_GRID)))
         self._events = np.zeros(1, dtype=np.int64)
@@ -367,7 +377,7 @@ class Fusion:
     def params(self) -> FusionParams:
         return FusionParams(self.weights, self.candidates_per_source, self.explore_max_age_s,
                             self.explore_max_events, self._rng_key, self._rng_counter, self.hits,
-                            bool(self.adapt), self._events, float(self.rebuy_after_s), self.blocked)
+                            bool(self.adapt), self._events, float(self.rebuy_after_s), self.blocked, self.shown)
 
     def hits_state(self) -> bytes:
         """The adaptive weights' statistics, to persist: hits then the sampling counter."""
@@ -401,6 +411,7 @@ class Fusion:
             self.mf.reserve(0, n_items)
             self.cooc.reserve(0, n_items)
             self.popular.reserve(n_items)
+            self.shown = grow(self.shown, n_items)
             self._reserved = n_items
         depth = max(self.candidates_per_source, k)
         if len(self._scratch.excluded) < n_items or len(self._scratch.ls) < depth:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stream_rec.models.cooc import CoOccurrence
-from stream_rec.models.fusion import Fusion
+from stream_rec.models.fusion import SHOWS_PER_EVENT, Fusion
 from stream_rec.models.mf import ImplicitMF
 from stream_rec.models.popularity import DecayedPopularity
 
@@ -108,3 +108,21 @@ def test_weights_favour_a_source(sources: dict) -> None:
     fusion = Fusion(sources, weights={"mf": 0.0, "cooc": 0.0, "popular": 1.0}, explore=0.0)
     items, _, _ = fusion.recommend(4, 10)
     np.testing.assert_array_equal(items, sources["popular"].recommend(4, 10)[0])
+
+
+def test_an_explored_item_shown_and_ignored_stops_being_explored_one_with_events_goes_on() -> None:
+    pop = DecayedPopularity(half_life_s=DAY)
+    pop.learn_many(np.zeros(60), np.arange(60) % 10, np.ones(60), np.linspace(0.0, DAY, 60))  # old items 0-9
+    pop.learn_many(np.zeros(2), np.array([20, 21]), np.ones(2), np.array([DAY + 1, DAY + 2]))  # two new ones
+    fusion = Fusion({"popular": pop}, explore=0.5, explore_max_age_s=DAY / 2, explore_max_events=10, seed=1)
+    shown = {20: 0, 21: 0}
+    for _ in range(SHOWS_PER_EVENT + 5):
+        items, _, labels = fusion.recommend(-1, 4)
+        for item, label in zip(items.tolist(), labels):
+            if label == ("explore",):
+                shown[item] += 1
+    assert shown == {20: SHOWS_PER_EVENT, 21: SHOWS_PER_EVENT}  # both explored until ignored too often
+    assert ("explore",) not in fusion.recommend(-1, 4)[2]
+    pop.learn_many(np.zeros(1), np.array([21]), np.ones(1), np.array([DAY + 3]))  # someone clicked item 21
+    items, _, labels = fusion.recommend(-1, 4)
+    assert [i for i, label in zip(items.tolist(), labels) if label == ("explore",)] == [21]
