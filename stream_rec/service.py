@@ -429,18 +429,18 @@ class RecService:
 
 
 def _because(mask: int, anchor: int, externals: Any) -> dict[str, str]:
-    """An item's reason, the most specific one its sources give: an exploration slot is ``new``; an
-    item co-occurrence put forward goes ``with_item`` (the history item it was most often seen with);
-    else ``similar_users`` (matrix factorisation), ``recently_viewed`` (the user's own recent items) or
+    """An item's reason, the most specific one its sources give: an exploration slot is ``new``; the
+    user's own recent item is ``recently_viewed``; an item co-occurrence put forward goes ``with_item``
+    (the history item it was most often seen with); else ``similar_users`` (matrix factorisation) or
     ``popular``."""
     if mask >> EXPLORE_BIT & 1:
         return {"kind": "new"}
+    if mask >> RECENT & 1:
+        return {"kind": "recently_viewed"}
     if anchor >= 0:
         return {"kind": "with_item", "item_id": externals([anchor])[0]}
     if mask >> MF & 1:
         return {"kind": "similar_users"}
-    if mask >> RECENT & 1:
-        return {"kind": "recently_viewed"}
     return {"kind": "popular"}
 
 

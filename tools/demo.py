@@ -128,4 +128,6 @@ def _reason(item: dict[str, Any]) -> str:
     kind = why.get("kind")
     if kind == "with_item":
         return f"goes with {why['item_id']}"
-    return {"similar_users": "people like you", "popular": "popular now", "new": "new in"}.get(kind, "+".join(item["sources"]))
+    names = {"recently_viewed": "you looked at it", "similar_users": "people like you", "popular": "popular now",
+             "new": "new in"}
+    return names.get(kind, "+".join(item["sources"]))

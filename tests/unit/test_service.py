@@ -186,12 +186,12 @@ def test_every_item_carries_the_reason_its_sources_give(events: list[Event]) -> 
             kinds[why["kind"]] = kinds.get(why["kind"], 0) + 1
             if src == ("explore",):
                 assert why == {"kind": "new"}
+            elif "recent" in src:  # the user's own recent item, not bought (else it would be excluded)
+                assert why == {"kind": "recently_viewed"} and item in history[user]
             elif "cooc" in src:  # the anchor is an item the user interacted with, never the item itself
                 assert why["kind"] == "with_item" and why["item_id"] in history[user] and why["item_id"] != item
             elif "mf" in src:
                 assert why == {"kind": "similar_users"}
-            elif "recent" in src:  # the user's own recent item, not bought (else it would be excluded)
-                assert why == {"kind": "recently_viewed"} and item in history[user]
             else:
                 assert src == ("popular",) and why == {"kind": "popular"}
     assert kinds["with_item"] > 0 and kinds["new"] > 0 and kinds["similar_users"] + kinds.get("popular", 0) > 0
