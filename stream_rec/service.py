@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -328,7 +328,7 @@ class RecService:
         lists = []
         for r, n in enumerate(out_n.tolist()):
             masks = out_m[r, :n].tolist()
-            because = [_because(m, a, externals) for m, a in zip(masks, out_a[r, :n].tolist())]
+            because = [_because(m, a, self.items.external) for m, a in zip(masks, out_a[r, :n].tolist())]
             lists.append((externals(out_i[r, :n].tolist()), out_s[r, :n].tolist(), [label(m) for m in masks], because))
         return lists
 
@@ -428,7 +428,7 @@ class RecService:
                 "events_total": self.events_total}
 
 
-def _because(mask: int, anchor: int, externals: Any) -> dict[str, str]:
+def _because(mask: int, anchor: int, external: Callable[[int], str]) -> dict[str, str]:
     """An item's reason, the most specific one its sources give: an exploration slot is ``new``; the
     user's own recent item is ``recently_viewed``; an item co-occurrence put forward goes ``with_item``
     (the history item it was most often seen with); else ``similar_users`` (matrix factorisation) or
@@ -438,7 +438,7 @@ def _because(mask: int, anchor: int, externals: Any) -> dict[str, str]:
     if mask >> RECENT & 1:
         return {"kind": "recently_viewed"}
     if anchor >= 0:
-        return {"kind": "with_item", "item_id": externals([anchor])[0]}
+        return {"kind": "with_item", "item_id": external(anchor)}
     if mask >> MF & 1:
         return {"kind": "similar_users"}
     return {"kind": "popular"}

@@ -95,13 +95,15 @@ class Scratch(NamedTuple):
     buf_i: IntArray
     ls: FloatArray  # one source's list, depth-sized
     li: IntArray
+    ranks: IntArray  # (sources, sources x depth): see :func:`_gather`
 
 
 def new_scratch(n_items: int, depth: int) -> Scratch:
     n, d = max(n_items, 1), max(depth, 1)
     return Scratch(np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n),
                    np.zeros(n, bool), np.zeros(n + 1, np.int64), np.zeros(n, np.float32), np.zeros(n, np.int64),
-                   np.zeros(n), np.zeros(n, np.int64), np.zeros(d), np.zeros(d, np.int64))
+                   np.zeros(n), np.zeros(n, np.int64), np.zeros(d), np.zeros(d, np.int64),
+                   np.zeros((N_SOURCES, N_SOURCES * d), np.int64))
 
 
 class FusionParams(NamedTuple):
@@ -126,13 +128,13 @@ def segment(cooc: CoocState, user: int) -> int:
 
 
 @njit(**JIT)
-def source_weight(fp: FusionParams, s: int, seg: int) -> float:
-    """Source ``s``'s fusion weight for users of segment ``seg``: its base weight times the
-    multiplier of the weighting with the most hits (0 for a source not in use)."""
+def source_weight(fp: FusionParams, s: int, row: int) -> float:
+    """Source ``s``'s fusion weight under row ``row`` of :data:`WEIGHT_GRID` (see
+    :func:`chosen_weighting`): its base weight times the row's multiplier (0 for a source not in use)."""
     w = fp.weights[s]
     if w <= 0.0 or not fp.adapt:
         return w
-    return w * max(WEIGHT_GRID[chosen_weighting(fp, seg), s], _FILL_WEIGHT)
+    return w * max(WEIGHT_GRID[row, s], _FILL_WEIGHT)
 
 
 @njit(**JIT)
@@ -165,22 +167,18 @@ def _source_list(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch
 
 
 @njit(**JIT)
-def measure_sources(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
-                    item: int, n_items: int, k: int, n_explore: int) -> None:
-    """Score every weighting of :data:`WEIGHT_GRID` on the event ``(user, item)``: a hit when the
-    fusion it produces would list ``item`` among the ``k - n_explore`` exploited slots.
+def _gather(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
+            has_history: bool, n_items: int, k: int) -> int:
+    """Each source in use ranks its own list for ``user``; their union goes to ``sc.union`` (returns its
+    size) and ``sc.ranks[s, x]`` gets ``1 +`` the rank source ``s`` gave union item ``x`` (0: not listed).
 
-    Called before the event is learned, with ``sc.excluded`` holding the user's exclusions, exactly as
-    ranking sees them. Each source ranks once; a weighting's fusion is then a weighted sum per item.
+    What :func:`fuse` and :func:`measure_sources` both start from; they clear ``sc.ranks[:, :size]``
+    when done (:func:`_clear_ranks`). ``sc.mask`` is left all-zero.
     """
-    if not fp.adapt:
-        return
-    seg = segment(cooc, user)
+    ranks = sc.ranks
     n_union = 0
-    # Per source, per union item: 1 / (RRF_K + rank + 1).
-    terms = np.zeros((N_SOURCES, N_SOURCES * max(fp.depth, k) + cooc.hist_item.shape[1]))
     for s in range(N_SOURCES):
-        if fp.weights[s] <= 0.0:
+        if fp.weights[s] <= 0.0 or (s != POPULAR_BIT and (user < 0 or not has_history)):
             continue
         m = _source_list(mf, cooc, pop, sc, s, user, n_items, max(fp.depth, k) if s == POPULAR_BIT else fp.depth)
         for r in range(m):
@@ -189,18 +187,50 @@ def measure_sources(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scra
                 sc.union[n_union] = it
                 n_union += 1
                 sc.mask[it] = n_union  # the item's place in the union, plus one
-            terms[s, sc.mask[it] - 1] = 1.0 / (RRF_K + r + 1.0)
-    target = sc.mask[item] - 1 if item < len(sc.mask) else -1
+            ranks[s, sc.mask[it] - 1] = r + 1
     for c in range(n_union):
         sc.mask[sc.union[c]] = 0
+    return n_union
+
+
+@njit(**JIT)
+def _clear_ranks(sc: Scratch, n_union: int) -> None:
+    for s in range(N_SOURCES):
+        sc.ranks[s, :n_union] = 0
+
+
+@njit(**JIT)
+def measure_sources(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
+                    item: int, n_items: int, k: int, n_explore: int) -> None:
+    """Score every weighting of :data:`WEIGHT_GRID` on the event ``(user, item)``: ``1 / log2(rank + 2)``
+    when the fusion it produces would list ``item`` at ``rank`` among the ``k - n_explore`` exploited slots.
+
+    Called before the event is learned, for a user with history, with ``sc.excluded`` holding the
+    user's exclusions, exactly as ranking sees them. Each source ranks once (:func:`_gather`); every
+    weighting's fusion of the union is then one matrix product.
+    """
+    if not fp.adapt:
+        return
+    seg = segment(cooc, user)
+    n_union = _gather(mf, cooc, pop, sc, fp, user, True, n_items, k)
+    terms = np.zeros((N_SOURCES, n_union))  # 1 / (RRF_K + rank + 1), 0 where a source did not list the item
+    for s in range(N_SOURCES):
+        for x in range(n_union):
+            if sc.ranks[s, x] > 0:
+                terms[s, x] = 1.0 / (RRF_K + sc.ranks[s, x])
+    _clear_ranks(sc, n_union)
+    target = -1
+    for x in range(n_union):
+        if sc.union[x] == item:
+            target = x
     decay = 0.5 ** (1.0 / HITS_HALF_LIFE)
-    slots = k - n_explore
     if target < 0:  # no weighting can list it
         for g in range(len(WEIGHT_GRID)):
             fp.hits[seg, g] *= decay
         return
     grid = np.maximum(WEIGHT_GRID, _FILL_WEIGHT) * fp.weights.reshape(1, -1)
-    fused = grid @ np.ascontiguousarray(terms[:, :n_union])  # every weighting's fused scores of the union
+    fused = grid @ terms  # every weighting's fused scores of the union
+    slots = k - n_explore
     for g in range(len(WEIGHT_GRID)):
         mine = fused[g, target]
         above = 0
@@ -220,21 +250,20 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
     ``sc.excluded`` must hold the user's excluded items. Exploitation comes first, by fused score
     (ties: lower index); then up to ``n_explore`` new items drawn at random, scored just below.
     """
-    n_union = 0
-    seg = segment(cooc, user) if user >= 0 else 0
+    n_union = _gather(mf, cooc, pop, sc, fp, user, has_history, n_items, k)
+    ranks = sc.ranks
+    row = chosen_weighting(fp, segment(cooc, user)) if fp.adapt else 0
+    w = np.empty(N_SOURCES)
     for s in range(N_SOURCES):
-        if fp.weights[s] <= 0.0 or (s != POPULAR_BIT and (user < 0 or not has_history)):
-            continue
-        w = source_weight(fp, s, seg)
-        m = _source_list(mf, cooc, pop, sc, s, user, n_items, max(fp.depth, k) if s == POPULAR_BIT else fp.depth)
-        for r in range(m):
-            it = sc.li[r]
-            if sc.mask[it] == 0:
-                sc.union[n_union] = it
-                n_union += 1
-                sc.fused[it] = 0.0
-            sc.fused[it] += w / (RRF_K + r + 1.0)
-            sc.mask[it] |= 1 << s
+        w[s] = source_weight(fp, s, row)
+    for x in range(n_union):
+        it, fused, mask = sc.union[x], 0.0, 0
+        for s in range(N_SOURCES):
+            if ranks[s, x] > 0:
+                fused += w[s] / (RRF_K + ranks[s, x])
+                mask |= 1 << s
+        sc.fused[it], sc.mask[it] = fused, mask
+    _clear_ranks(sc, n_union)
 
     # The k best of the union, best first, into ls / li.
     for c in range(n_union):
@@ -396,7 +425,8 @@ class Fusion:
     def source_weights(self) -> dict[str, dict[str, float]]:
         """The current weight of each source in use, for new and for returning users."""
         fp = self.params()
-        return {seg_name: {name: round(float(source_weight(fp, s, seg)), 4) for s, name in enumerate(SOURCES)
+        rows = [chosen_weighting(fp, seg) if self.adapt else 0 for seg in range(2)]
+        return {seg_name: {name: round(float(source_weight(fp, s, rows[seg])), 4) for s, name in enumerate(SOURCES)
                            if self.weights[s] > 0}
                 for seg, seg_name in enumerate(("new", "returning"))}
 
