@@ -29,14 +29,18 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the broker the way Ctrl-C does, child process included
 
+    broker = EmbeddedBroker(args.port)
+    # Everything after the handler is installed runs inside the try: a SIGTERM that lands anywhere
+    # (even between the banner and the wait, as a fast supervisor's can) still stops the child.
     signal.signal(signal.SIGTERM, interrupt)
-    broker = EmbeddedBroker(args.port).start()
-    print(f"embedded broker on {broker.bootstrap} (memory only; Ctrl-C or SIGTERM stops it)", flush=True)
     try:
+        broker.start()
+        print(f"embedded broker on {broker.bootstrap} (memory only; Ctrl-C or SIGTERM stops it)", flush=True)
         return broker.wait()
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
         broker.stop()
 
 
