@@ -26,11 +26,11 @@ from numba import njit
 import stream_rec
 from stream_rec.events import EVENT_TYPES, Availability, Event
 from stream_rec.ids import IdIndex
-from stream_rec.models._kernels import JIT
+from stream_rec.models._kernels import INLINE, JIT
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
-from stream_rec.models.fusion import (COOC, EXPLORE_BIT, MF, RECENT, SAMPLE_EVERY, Fusion, FusionParams, Scratch, fuse, label,
-                                      measure_sources)
+from stream_rec.models.fusion import (COOC, EXPLORE_BIT, MF, RECENT, SAMPLE_EVERY, Fusion, FusionParams, Scratch, fuse, fuse_and_measure,
+                                      label, measure_sources)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
 from stream_rec.profiles import Profile, decode_profile, encode_profile
@@ -444,7 +444,7 @@ def _because(mask: int, anchor: int, external: Callable[[int], str]) -> dict[str
     return {"kind": "popular"}
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _excluded_since(fp: FusionParams, now_s: float) -> int:
     """Purchases at or after this time (ms) are excluded from lists: all of them without a rebuy window."""
     if fp.rebuy_after_s <= 0.0:
@@ -465,7 +465,7 @@ def _rank_user(mf: MFState, cooc: CoocState, pop: PopularityState, bought: Purch
     return n
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _mark_excluded(bought: PurchasesState, u: int, sc: Scratch, fp: FusionParams, since: int, value: bool) -> None:
     """Set (or clear) ``sc.excluded`` for what ``u`` may not be shown: recent purchases, unavailable items."""
     purchases_mark(bought, u, sc.excluded, value, since)
@@ -509,13 +509,24 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
     for e in range(len(users)):
         u, i, w, t = users[e], items[e], weights[e], ts_ms[e] / 1000.0
         now = pop.clock[0]  # the latest event learned: what the worker's clock says after a batch
-        if scored[e]:
-            n = _rank_user(ranked[0], ranked[1], ranked[2], bought, sc, fp, n_items, k, n_explore, u,
-                           bool(mf.user_seen[u]), row_i, row_s, row_m, now)
-            out[e, :n] = row_i[:n]
-        if mf.user_seen[u]:
+        known = bool(mf.user_seen[u])
+        measure = False
+        if known:
             fp.events[0] += 1
-            if fp.events[0] % SAMPLE_EVERY == 0:  # measure the sources on this event before learning it
+            measure = fp.events[0] % SAMPLE_EVERY == 0  # measure the sources on this event before learning it
+        if scored[e] and measure and k == top_n:  # the ranking and the measuring need the same lists
+            since = _excluded_since(fp, now)
+            _mark_excluded(bought, u, sc, fp, since, True)
+            n = fuse_and_measure(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, k, n_explore, row_i, row_s,
+                                 row_m)
+            _mark_excluded(bought, u, sc, fp, since, False)
+            out[e, :n] = row_i[:n]
+        else:
+            if scored[e]:
+                n = _rank_user(ranked[0], ranked[1], ranked[2], bought, sc, fp, n_items, k, n_explore, u, known,
+                               row_i, row_s, row_m, now)
+                out[e, :n] = row_i[:n]
+            if measure:
                 since = _excluded_since(fp, now)
                 _mark_excluded(bought, u, sc, fp, since, True)
                 measure_sources(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, top_n, top_explore)

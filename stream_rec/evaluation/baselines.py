@@ -32,6 +32,7 @@ The competitors:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -165,7 +166,9 @@ class ServiceModel(Competitor):
     """Our service, ranking with the worker's compiled ranking and learning with its compiled steps.
 
     ``sources=None`` ranks with the fused sources (the worker's lists); ``("mf",)`` or ``("cooc",)``
-    rank with one source while all still learn. The service excludes what each user bought itself.
+    rank with one source while all still learn, in that source's own order (the adaptive fusion is
+    off: its learned scorer could re-rank even a single list). The service excludes what each user
+    bought itself.
     Each chunk goes through :meth:`RecService.rank_then_learn`: strictly one event at a time.
     """
 
@@ -174,6 +177,8 @@ class ServiceModel(Competitor):
     def __init__(self, name: str, settings: Settings, vocab: Vocabulary, sources: Sequence[str] | None = None) -> None:
         self.name = name
         self.vocab = vocab
+        if sources is not None:
+            settings = dataclasses.replace(settings, fusion_adapt=False)
         self.service = RecService(settings, MemoryStore(), sources=sources)
         self._offset = 0
         self._to_vocab = np.zeros(0, dtype=np.int64)  # service item index -> vocabulary item index

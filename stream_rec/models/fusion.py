@@ -1,19 +1,25 @@
 """Blend the sources into one ranked list, with a few exploration slots.
 
 Scores of different sources live on unrelated scales (dot products, cosine sums, decayed counts), so
-they are fused by **weighted reciprocal-rank fusion**: an item ranked ``r`` (0-based) by source ``s``
-earns ``weight_s / (RRF_K + r + 1)``, summed over sources. Only ranks matter, and an item several
-sources agree on rises above one that a single source ranks first.
+fusion works on ranks. Two kinds of policy turn the sources' ranks into one order:
 
-**The weights adapt online.** Every :data:`SAMPLE_EVERY`-th event of a user with history is used, before
-it is learned, to score every weighting of a fixed grid (:data:`WEIGHT_GRID`: each source at 0, 1/16, ... 1/2 or 1
-of its base weight): each source ranks its own list once, and a weighting scores ``1 / log2(rank + 2)``
-when the fusion it would produce lists the event's item at ``rank`` (:func:`measure_sources`). This is full-information
-online learning, every weighting judged on every measured event, so no weighting needs to be tried
-out on users. Hits decay with a half-life of :data:`HITS_HALF_LIFE` measured events and are kept apart
-for new and for returning users; lists use the weighting with the most hits once it beats equal
-weights by a clear margin (:func:`chosen_weighting`). A source at 0 still fills lists the others
-cannot fill. Measuring costs one ranking per source on one event in four.
+* **weighted reciprocal-rank fusion**: an item ranked ``r`` (1-based) by source ``s`` earns
+  ``weight_s / (RRF_K + r)``, summed over sources, so an item several sources agree on rises above
+  one a single source ranks first; :data:`WEIGHT_GRID` holds 175 weightings (each source at 0, 1/16,
+  1/4 or 1 of its base weight);
+* **the learned scorer** (:data:`LEARNED`): ``bonus_s - slope_s * log(r)`` summed over the sources that
+  list the item, its parameters learned online by a softmax (top-1) likelihood step on every measured
+  event (:func:`_learn_scorer`). It can say what no weighting can, e.g. "the user's own recent item
+  first, whatever its rank elsewhere".
+
+**The choice adapts online.** Every :data:`SAMPLE_EVERY`-th event of a user with history is used, before
+it is learned, to score every policy: each source ranks its own list once, and a policy scores
+``1 / log2(rank + 2)`` when the order it would produce lists the event's item at ``rank``
+(:func:`measure_sources`). This is full-information online learning, every policy judged on every
+measured event, so none needs to be tried out on users. Hits decay with a half-life of
+:data:`HITS_HALF_LIFE` measured events and are kept apart for new and for returning users; lists use
+the policy with the most hits once it beats equal weights by a clear margin (:func:`chosen_weighting`).
+A source weighted 0 still fills lists the others cannot fill.
 
 The whole ranking of one user is one compiled function, :func:`fuse`: each source's top list, the
 fusion, the exploration draw. The worker calls it once per touched user and ``stream-rec evaluate``
@@ -31,14 +37,15 @@ import numpy as np
 from numba import njit
 
 from stream_rec.models._arrays import as_index, grow
-from stream_rec.models._kernels import JIT, select_sparse, stream_key, uniform
+from stream_rec.models._kernels import INLINE, JIT, select_sparse, stream_key, uniform
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_recent, cooc_top
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_is_new, pop_top
 from stream_rec.types import FloatArray, IntArray
 
-#: The customary RRF constant (Cormack et al. 2009): damps the gap between the very top ranks.
-RRF_K = 60.0
+#: RRF constant. The customary 60 (Cormack et al. 2009) suits long document lists; our lists are 30 deep
+#: and their top ranks matter: 10 was better than 30 and 60 on MovieLens-100K and the synthetic shop.
+RRF_K = 10.0
 #: The sources, in the order of their bit in a list's source mask (and of names in its labels).
 SOURCES = ("mf", "cooc", "popular", "recent")
 MF, COOC, POPULAR_BIT, RECENT = 0, 1, 2, 3
@@ -54,6 +61,13 @@ SAMPLE_EVERY = 4
 HITS_HALF_LIFE = 2000.0
 #: Users with fewer recent items than this form the "new" segment of the hit statistics.
 NEW_USER_HISTORY = 5
+#: The learned scorer (the last policy, :data:`LEARNED`) gives an item that source ``s`` lists at rank
+#: ``r`` (1-based) ``bonus_s - slope_s * log(r)``, summed over sources; it starts from these values.
+LEARNED_SLOPE, LEARNED_BONUS = 1.0, 4.0
+#: Its step size (RMSProp: each step moves a parameter by about this much) and the decay of the
+#: squared-gradient average, so it keeps following drift.
+LEARN_RATE = 0.01
+LEARN_G2_DECAY = 0.999
 #: A source weighted 0 by the chosen weighting still ranks, this far behind, to fill short lists.
 _FILL_WEIGHT = 1e-6
 
@@ -68,6 +82,9 @@ def _weight_grid() -> FloatArray:
 
 #: The weightings scored online, as multipliers of each source's base weight (175 of them).
 WEIGHT_GRID = _weight_grid()
+#: The policy after the grid's rows: the learned scorer. Hits are kept for every policy.
+LEARNED = len(WEIGHT_GRID)
+N_POLICIES = LEARNED + 1
 #: An exploration candidate must earn an event per this many exploration slots it was shown in: an
 #: item shown and ignored that often stops being explored.
 SHOWS_PER_EVENT = 20
@@ -96,6 +113,13 @@ class Scratch(NamedTuple):
     ls: FloatArray  # one source's list, depth-sized
     li: IntArray
     ranks: IntArray  # (sources, sources x depth): see :func:`_gather`
+    terms: FloatArray  # (sources, sources x depth): :func:`measure_gathered`'s RRF terms
+    grid: FloatArray  # (sources, len(WEIGHT_GRID)): every weighting's source weights
+    grid_mine: FloatArray  # (len(WEIGHT_GRID),): the measured item's fused score under each weighting
+    grid_above: IntArray  # (len(WEIGHT_GRID),): union items ranked above it under each weighting
+    w: FloatArray  # (sources,): the chosen weighting's source weights
+    learned: FloatArray  # (sources x depth,): the learned scorer's score of each union item
+    grad: FloatArray  # (2 x sources,): its gradient on one event
 
 
 def new_scratch(n_items: int, depth: int) -> Scratch:
@@ -103,7 +127,10 @@ def new_scratch(n_items: int, depth: int) -> Scratch:
     return Scratch(np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n),
                    np.zeros(n, bool), np.zeros(n + 1, np.int64), np.zeros(n, np.float32), np.zeros(n, np.int64),
                    np.zeros(n), np.zeros(n, np.int64), np.zeros(d), np.zeros(d, np.int64),
-                   np.zeros((N_SOURCES, N_SOURCES * d), np.int64))
+                   np.zeros((N_SOURCES, N_SOURCES * d), np.int64), np.zeros((N_SOURCES, N_SOURCES * d)),
+                   np.zeros((N_SOURCES, len(WEIGHT_GRID))), np.zeros(len(WEIGHT_GRID)),
+                   np.zeros(len(WEIGHT_GRID), np.int64), np.zeros(N_SOURCES),
+                   np.zeros(N_SOURCES * d), np.zeros(2 * N_SOURCES))
 
 
 class FusionParams(NamedTuple):
@@ -113,45 +140,60 @@ class FusionParams(NamedTuple):
     max_events: int  # ...and while it has at most this many events
     rng_key: np.uint64
     rng_counter: IntArray  # (1,): exploration draws so far
-    hits: FloatArray  # (2, len(WEIGHT_GRID)): decayed hits per user segment (new, returning) and weighting
-    adapt: bool  # choose the weighting with the most hits (else the base weights, fixed)
+    hits: FloatArray  # (2, N_POLICIES): decayed hits per user segment (new, returning) and policy
+    adapt: bool  # choose the policy with the most hits (else the base weights, fixed)
     events: IntArray  # (1,): events of known users seen by the learning loop (for the sampling)
     rebuy_after_s: float  # a bought item may come back this long after the purchase (0: never)
     blocked: IntArray  # items no list may hold (marked unavailable)
     shown: IntArray  # per item: exploration slots it was shown in
+    theta: FloatArray  # (2, 2 x sources): the learned scorer per segment, (slope, bonus) per source
+    theta_g2: FloatArray  # (2, 2 x sources): running mean of its squared gradients (RMSProp)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def segment(cooc: CoocState, user: int) -> int:
     """0 for a user with fewer than :data:`NEW_USER_HISTORY` recent items, else 1."""
     return 0 if user < 0 or user >= len(cooc.hist_len) or cooc.hist_len[user] < NEW_USER_HISTORY else 1
 
 
-@njit(**JIT)
+@njit(**INLINE)
+def learned_score(fp: FusionParams, ranks: IntArray, seg: int, x: int) -> float:
+    """The learned scorer's score of union item ``x``: ``bonus_s - slope_s * log(rank)`` over the sources
+    in use that list it."""
+    v = 0.0
+    for s in range(N_SOURCES):
+        r = ranks[s, x]
+        if r > 0 and fp.weights[s] > 0.0:
+            v += fp.theta[seg, 2 * s + 1] - fp.theta[seg, 2 * s] * np.log(r)
+    return v
+
+
+@njit(**INLINE)
 def source_weight(fp: FusionParams, s: int, row: int) -> float:
     """Source ``s``'s fusion weight under row ``row`` of :data:`WEIGHT_GRID` (see
     :func:`chosen_weighting`): its base weight times the row's multiplier (0 for a source not in use)."""
     w = fp.weights[s]
-    if w <= 0.0 or not fp.adapt:
+    if w <= 0.0 or not fp.adapt or row >= len(WEIGHT_GRID):
         return w
     return w * max(WEIGHT_GRID[row, s], _FILL_WEIGHT)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def chosen_weighting(fp: FusionParams, seg: int) -> int:
-    """The row of :data:`WEIGHT_GRID` lists use for segment ``seg``: the one with the most hits, if it
-    beats equal weights (row 0) by more than one standard deviation of a count; else equal weights.
+    """The policy lists use for segment ``seg`` (a row of :data:`WEIGHT_GRID`, or :data:`LEARNED`): the
+    one with the most hits, if it beats equal weights (row 0) by more than one standard deviation of a
+    count; else equal weights.
 
-    Of 175 noisy estimates the largest is biased upwards: the margin keeps equal weights unless the
-    evidence for another weighting is clear."""
+    Of 176 noisy estimates the largest is biased upwards: the margin keeps equal weights unless the
+    evidence for another policy is clear."""
     best = 0
-    for c in range(1, len(WEIGHT_GRID)):
+    for c in range(1, N_POLICIES):
         if fp.hits[seg, c] > fp.hits[seg, best]:
             best = c
     return best if fp.hits[seg, best] > fp.hits[seg, 0] + np.sqrt(fp.hits[seg, 0]) else 0
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _source_list(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, s: int, user: int,
                  n_items: int, depth: int) -> int:
     """Source ``s``'s own top ``depth`` for ``user`` (who has history) into ``sc.ls`` / ``sc.li``."""
@@ -166,7 +208,7 @@ def _source_list(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch
     return pop_top(pop, n_items, depth, sc.excluded, sc.buf_s, sc.buf_i, sc.ls, sc.li)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _gather(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
             has_history: bool, n_items: int, k: int) -> int:
     """Each source in use ranks its own list for ``user``; their union goes to ``sc.union`` (returns its
@@ -193,7 +235,7 @@ def _gather(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp:
     return n_union
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _clear_ranks(sc: Scratch, n_union: int) -> None:
     for s in range(N_SOURCES):
         sc.ranks[s, :n_union] = 0
@@ -206,39 +248,97 @@ def measure_sources(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scra
     when the fusion it produces would list ``item`` at ``rank`` among the ``k - n_explore`` exploited slots.
 
     Called before the event is learned, for a user with history, with ``sc.excluded`` holding the
-    user's exclusions, exactly as ranking sees them. Each source ranks once (:func:`_gather`); every
-    weighting's fusion of the union is then one matrix product.
+    user's exclusions, exactly as ranking sees them. Each source ranks once (:func:`_gather`); see
+    :func:`measure_gathered` for the rest.
+    """
+    if not fp.adapt:
+        return
+    n_union = _gather(mf, cooc, pop, sc, fp, user, True, n_items, k)
+    measure_gathered(cooc, sc, fp, user, item, n_union, k, n_explore)
+    _clear_ranks(sc, n_union)
+
+
+@njit(**JIT)
+def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, item: int, n_union: int, k: int,
+                     n_explore: int) -> None:
+    """:func:`measure_sources` on lists already gathered (``sc.union``, ``sc.ranks``), left as they are;
+    then one learning step of the learned scorer on the event.
+
+    Every weighting's fused score of every union item is a sum of at most four products, so the whole
+    grid costs ``len(WEIGHT_GRID) * n_union`` multiply-adds: no matrix library call, no allocation.
     """
     if not fp.adapt:
         return
     seg = segment(cooc, user)
-    n_union = _gather(mf, cooc, pop, sc, fp, user, True, n_items, k)
-    terms = np.zeros((N_SOURCES, n_union))  # 1 / (RRF_K + rank + 1), 0 where a source did not list the item
-    for s in range(N_SOURCES):
-        for x in range(n_union):
-            if sc.ranks[s, x] > 0:
-                terms[s, x] = 1.0 / (RRF_K + sc.ranks[s, x])
-    _clear_ranks(sc, n_union)
+    decay = 0.5 ** (1.0 / HITS_HALF_LIFE)
     target = -1
     for x in range(n_union):
         if sc.union[x] == item:
             target = x
-    decay = 0.5 ** (1.0 / HITS_HALF_LIFE)
-    if target < 0:  # no weighting can list it
-        for g in range(len(WEIGHT_GRID)):
+    if target < 0:  # no policy can list it
+        for g in range(N_POLICIES):
             fp.hits[seg, g] *= decay
         return
-    grid = np.maximum(WEIGHT_GRID, _FILL_WEIGHT) * fp.weights.reshape(1, -1)
-    fused = grid @ terms  # every weighting's fused scores of the union
-    slots = k - n_explore
-    for g in range(len(WEIGHT_GRID)):
-        mine = fused[g, target]
-        above = 0
+    terms = sc.terms  # (sources, union): 1 / (RRF_K + rank + 1), 0 where a source did not list the item
+    for s in range(N_SOURCES):
         for x in range(n_union):
-            f = fused[g, x]
-            above += (f > mine) | ((f == mine) & (sc.union[x] < item))
-        hit = 1.0 / np.log2(above + 2.0) if above < slots else 0.0
+            r = sc.ranks[s, x]
+            terms[s, x] = 1.0 / (RRF_K + r) if r > 0 else 0.0
+    grid, mine, above = sc.grid, sc.grid_mine, sc.grid_above
+    n_grid = len(WEIGHT_GRID)
+    for g in range(n_grid):
+        for s in range(N_SOURCES):
+            grid[s, g] = max(WEIGHT_GRID[g, s], _FILL_WEIGHT) * fp.weights[s]
+    for g in range(n_grid):
+        mine[g] = (grid[0, g] * terms[0, target] + grid[1, g] * terms[1, target]
+                   + grid[2, g] * terms[2, target] + grid[3, g] * terms[3, target])
+        above[g] = 0
+    learned = sc.learned
+    for x in range(n_union):
+        learned[x] = learned_score(fp, sc.ranks, seg, x)
+    above_learned = 0
+    for x in range(n_union):
+        t0, t1, t2, t3 = terms[0, x], terms[1, x], terms[2, x], terms[3, x]
+        before = sc.union[x] < item  # wins a tie
+        for g in range(n_grid):  # innermost over the grid: vectorised, branch-free
+            f = grid[0, g] * t0 + grid[1, g] * t1 + grid[2, g] * t2 + grid[3, g] * t3
+            above[g] += (f > mine[g]) | ((f == mine[g]) & before)
+        above_learned += (learned[x] > learned[target]) | ((learned[x] == learned[target]) & before)
+    slots = k - n_explore
+    for g in range(n_grid):
+        hit = 1.0 / np.log2(above[g] + 2.0) if above[g] < slots else 0.0
         fp.hits[seg, g] = fp.hits[seg, g] * decay + hit
+    hit = 1.0 / np.log2(above_learned + 2.0) if above_learned < slots else 0.0
+    fp.hits[seg, LEARNED] = fp.hits[seg, LEARNED] * decay + hit
+    _learn_scorer(sc, fp, seg, n_union, target)
+
+
+@njit(**JIT)
+def _learn_scorer(sc: Scratch, fp: FusionParams, seg: int, n_union: int, target: int) -> None:
+    """One RMSProp step of the learned scorer on an event whose item is union item ``target``: raise the
+    log-likelihood of the softmax over the union's scores (``sc.learned``) picking ``target``."""
+    top = -np.inf
+    for x in range(n_union):
+        top = max(top, sc.learned[x])
+    z = 0.0
+    for x in range(n_union):
+        z += np.exp(sc.learned[x] - top)
+    grad = sc.grad
+    grad[:] = 0.0
+    for x in range(n_union):
+        # d log p(target) / d score_x = [x is target] - p(x)
+        d = (1.0 if x == target else 0.0) - np.exp(sc.learned[x] - top) / z
+        for s in range(N_SOURCES):
+            r = sc.ranks[s, x]
+            if r > 0:
+                grad[2 * s] -= np.log(r) * d
+                grad[2 * s + 1] += d
+    for c in range(2 * N_SOURCES):
+        if fp.weights[c // 2] <= 0.0:
+            continue
+        g = grad[c]
+        fp.theta_g2[seg, c] = LEARN_G2_DECAY * fp.theta_g2[seg, c] + (1.0 - LEARN_G2_DECAY) * g * g
+        fp.theta[seg, c] += LEARN_RATE * g / (np.sqrt(fp.theta_g2[seg, c]) + 1e-12)
 
 
 @njit(**JIT)
@@ -251,19 +351,43 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
     (ties: lower index); then up to ``n_explore`` new items drawn at random, scored just below.
     """
     n_union = _gather(mf, cooc, pop, sc, fp, user, has_history, n_items, k)
+    n = fuse_gathered(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
+    _clear_ranks(sc, n_union)
+    return n
+
+
+@njit(**JIT)
+def fuse_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
+                     item: int, n_items: int, k: int, n_explore: int, out_i: IntArray, out_s: FloatArray,
+                     out_m: IntArray) -> int:
+    """:func:`fuse` then :func:`measure_sources` on the same event of a user with history, the sources
+    ranked once for both (they rank the same lists when ``k`` is the measured list length)."""
+    n_union = _gather(mf, cooc, pop, sc, fp, user, True, n_items, k)
+    n = fuse_gathered(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
+    measure_gathered(cooc, sc, fp, user, item, n_union, k, n_explore)
+    _clear_ranks(sc, n_union)
+    return n
+
+
+@njit(**JIT)
+def fuse_gathered(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int, n_union: int,
+                  k: int, n_explore: int, out_i: IntArray, out_s: FloatArray, out_m: IntArray) -> int:
+    """:func:`fuse` on lists already gathered (``sc.union``, ``sc.ranks``, left as they are)."""
     ranks = sc.ranks
     row = chosen_weighting(fp, segment(cooc, user)) if fp.adapt else 0
-    w = np.empty(N_SOURCES)
+    w = sc.w  # RRF weights (unused by the learned policy)
     for s in range(N_SOURCES):
         w[s] = source_weight(fp, s, row)
+    seg = segment(cooc, user)
     for x in range(n_union):
         it, fused, mask = sc.union[x], 0.0, 0
         for s in range(N_SOURCES):
             if ranks[s, x] > 0:
                 fused += w[s] / (RRF_K + ranks[s, x])
                 mask |= 1 << s
+        if row == LEARNED:
+            fused = learned_score(fp, ranks, seg, x)
         sc.fused[it], sc.mask[it] = fused, mask
-    _clear_ranks(sc, n_union)
 
     # The k best of the union, best first, into ls / li.
     for c in range(n_union):
@@ -393,9 +517,12 @@ class Fusion:
         self.blocked = np.zeros(0, dtype=np.int64)
         #: Exploration slots each item was shown in (kept in memory: a restart forgets them).
         self.shown = np.zeros(0, dtype=np.int64)
-        #: Decayed hits per user segment (new, returning) and weighting of :data:`WEIGHT_GRID`.
-        self.hits = np.zeros((2, len(WEIGHT_GRID)))
+        #: Decayed hits per user segment (new, returning) and policy (:data:`WEIGHT_GRID`, :data:`LEARNED`).
+        self.hits = np.zeros((2, N_POLICIES))
         self._events = np.zeros(1, dtype=np.int64)
+        #: The learned scorer per segment: (slope, bonus) per source, and its squared-gradient averages.
+        self.theta = np.tile(np.array([LEARNED_SLOPE, LEARNED_BONUS] * N_SOURCES), (2, 1))
+        self.theta_g2 = np.zeros((2, 2 * N_SOURCES))
         self._scratch = new_scratch(0, 0)
         self._reserved = 0  # every source has room for this many items
 
@@ -406,29 +533,43 @@ class Fusion:
     def params(self) -> FusionParams:
         return FusionParams(self.weights, self.candidates_per_source, self.explore_max_age_s,
                             self.explore_max_events, self._rng_key, self._rng_counter, self.hits,
-                            bool(self.adapt), self._events, float(self.rebuy_after_s), self.blocked, self.shown)
+                            bool(self.adapt), self._events, float(self.rebuy_after_s), self.blocked, self.shown,
+                            self.theta, self.theta_g2)
 
     def hits_state(self) -> bytes:
-        """The adaptive weights' statistics, to persist: hits then the sampling counter."""
-        return self.hits.astype("<f8").tobytes() + int(self._events[0]).to_bytes(8, "big")
+        """The adaptive fusion's state, to persist: hits, the learned scorer, then the sampling counter."""
+        arrays = (self.hits, self.theta, self.theta_g2)
+        return b"".join(a.astype("<f8").tobytes() for a in arrays) + int(self._events[0]).to_bytes(8, "big")
 
     def set_hits_state(self, data: bytes) -> bool:
         """Restore :meth:`hits_state`; ``False`` (and equal weights again) if it was written for another
-        grid of weightings, by another version: the statistics are rebuilt from live events."""
-        size = self.hits.size * 8
-        if len(data) != size + 8:
+        set of policies, by another version: the statistics are rebuilt from live events."""
+        arrays = (self.hits, self.theta, self.theta_g2)
+        if len(data) != sum(a.size for a in arrays) * 8 + 8:
             return False
-        self.hits[:] = np.frombuffer(data[:size], dtype="<f8").reshape(self.hits.shape)
-        self._events[0] = int.from_bytes(data[size:], "big")
+        at = 0
+        for a in arrays:
+            a[:] = np.frombuffer(data[at : at + a.size * 8], dtype="<f8").reshape(a.shape)
+            at += a.size * 8
+        self._events[0] = int.from_bytes(data[at:], "big")
         return True
 
-    def source_weights(self) -> dict[str, dict[str, float]]:
-        """The current weight of each source in use, for new and for returning users."""
+    def source_weights(self) -> dict[str, dict[str, object]]:
+        """The policy lists use now, for new and for returning users: ``{"policy": "rrf", "weights":
+        {source: weight}}`` or ``{"policy": "learned", "slope": {...}, "bonus": {...}}``."""
         fp = self.params()
-        rows = [chosen_weighting(fp, seg) if self.adapt else 0 for seg in range(2)]
-        return {seg_name: {name: round(float(source_weight(fp, s, rows[seg])), 4) for s, name in enumerate(SOURCES)
-                           if self.weights[s] > 0}
-                for seg, seg_name in enumerate(("new", "returning"))}
+        out: dict[str, dict[str, object]] = {}
+        for seg, seg_name in enumerate(("new", "returning")):
+            row = chosen_weighting(fp, seg) if self.adapt else 0
+            used = [(s, name) for s, name in enumerate(SOURCES) if self.weights[s] > 0]
+            if row == LEARNED:
+                out[seg_name] = {"policy": "learned",
+                                 "slope": {name: round(float(self.theta[seg, 2 * s]), 4) for s, name in used},
+                                 "bonus": {name: round(float(self.theta[seg, 2 * s + 1]), 4) for s, name in used}}
+            else:
+                out[seg_name] = {"policy": "rrf",
+                                 "weights": {name: round(float(source_weight(fp, s, row)), 4) for s, name in used}}
+        return out
 
     def prepare(self, k: int, n_items: int | None = None) -> tuple[int, Scratch]:
         """Size every source and the scratch to the catalogue: ``(n_items, scratch)`` for :func:`fuse`.

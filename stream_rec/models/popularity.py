@@ -109,7 +109,7 @@ def pop_learn_many(st: PopularityState, items: IntArray, weights: FloatArray, ts
         pop_learn_one(st, items[e], weights[e], ts[e])
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def pop_top(st: PopularityState, n_items: int, k: int, excluded: np.ndarray, buf_s: FloatArray, buf_i: IntArray,
             out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best seen items not ``excluded`` by rank key into ``out_*``, best first; returns the count.

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from stream_rec.models.mf import NEGATIVE_POOL, ImplicitMF
+from stream_rec.models.mf import ImplicitMF
 
 
 @lru_cache(maxsize=None)  # trained once per seed; tests only read the model
@@ -73,9 +73,9 @@ def test_state_is_little_endian_float32_rows() -> None:
     np.testing.assert_array_equal(np.frombuffer(model.item_state(12), "<f4"), model.Q[12])
 
 
-def test_batch_equivalence_holds_across_the_negative_pool_wraparound() -> None:
+def test_batch_equivalence_holds_whatever_the_chunking() -> None:
     rng = np.random.default_rng(3)
-    n = NEGATIVE_POOL + 500
+    n = 9000
     users, items = rng.integers(0, 300, n), rng.integers(0, 200, n)
     whole, chunked = ImplicitMF(n_factors=4), ImplicitMF(n_factors=4)
     whole.learn_many(users, items, np.ones(n), np.zeros(n))
@@ -83,3 +83,35 @@ def test_batch_equivalence_holds_across_the_negative_pool_wraparound() -> None:
         chunked.learn_many(users[a : a + 1000], items[a : a + 1000], np.ones(1000)[: n - a], np.zeros(1000)[: n - a])
     np.testing.assert_array_equal(whole.P[:300], chunked.P[:300])
     np.testing.assert_array_equal(whole.Q[:200], chunked.Q[:200])
+
+
+def test_the_all_items_term_keeps_its_gram_matrix_exact() -> None:
+    """``G = sum q q^T`` is updated in place as rows change; it must equal the sum recomputed from Q,
+    after learning and after a restart from the persisted rows."""
+    rng = np.random.default_rng(5)
+    model = ImplicitMF(n_factors=6, n_negatives=3)
+    model.learn_many(rng.integers(0, 50, 4000), rng.integers(0, 80, 4000), rng.choice([1.0, 8.0], 4000), np.zeros(4000))
+    seen = model.Q[model.state.item_seen].astype(np.float64)
+    np.testing.assert_allclose(model.state.gram, seen.T @ seen, rtol=1e-9, atol=1e-9)
+    restored = ImplicitMF(n_factors=6, n_negatives=3)
+    items = np.flatnonzero(model.state.item_seen)
+    restored.load_item_rows(items, [model.item_state(int(i)) for i in items])
+    np.testing.assert_allclose(restored.state.gram, model.state.gram, rtol=1e-6, atol=1e-6)
+
+
+def test_one_event_is_the_all_items_step_then_the_positive_step() -> None:
+    """The event's update in closed form: ``p <- p - lr * all_items * G p`` (every item's score towards
+    0 at once), then the pointwise step towards 1 on the event's item, computed here with numpy."""
+    rng = np.random.default_rng(11)
+    model = ImplicitMF(n_factors=5, n_negatives=0, all_items=0.3, learning_rate=0.05, l2=0.01, seed=2)
+    model.learn_many(rng.integers(0, 30, 500), rng.integers(0, 40, 500), np.ones(500), np.zeros(500))
+    u, i, w = 7, 12, 4.0
+    p, q = model.P[u].astype(np.float64), model.Q[i].astype(np.float64)
+    seen = model.Q[model.state.item_seen].astype(np.float64)
+    p = p - 0.05 * 0.3 * (seen.T @ seen) @ p
+    err = (1.0 - p @ q) * 0.05 * w
+    shrink = 1.0 - 0.05 * 0.01
+    expected_p, expected_q = shrink * p + err * q, shrink * q + err * p
+    model.learn_many(np.array([u]), np.array([i]), np.array([w]), np.zeros(1))
+    np.testing.assert_allclose(model.P[u], expected_p, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.Q[i], expected_q, rtol=1e-4, atol=1e-6)
