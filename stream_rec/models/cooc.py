@@ -60,6 +60,7 @@ class CoocState(NamedTuple):
     mass: FloatArray
     row_ts: FloatArray
     seen: np.ndarray  # bool
+    damp: FloatArray  # per item, (total * mass) ** -CANDIDATE_DAMPING (0 for no weight): kept current
     params: FloatArray  # half_life_s (0 = none), session_gap_s, max_neighbors
 
 
@@ -70,6 +71,14 @@ def _renormalise(st: CoocState, i: int) -> None:
         st.cnt[i, e] *= m
     st.total[i] *= m
     st.mass[i] = 1.0
+
+
+@njit(**INLINE)
+def _refresh_damp(st: CoocState, i: int) -> None:
+    """Recompute ``damp[i]`` after row ``i``'s total or multiplier changed (one power per change, not one
+    per candidate per ranking)."""
+    n = st.total[i] * st.mass[i]
+    st.damp[i] = n ** -CANDIDATE_DAMPING if n > 0.0 else 0.0
 
 
 @njit(**INLINE)
@@ -84,6 +93,7 @@ def _unit(st: CoocState, i: int, t: float) -> float:
         st.row_ts[i] = row_ts = t
         if st.mass[i] < _RENORMALISE_BELOW:
             _renormalise(st, i)
+        _refresh_damp(st, i)
     # A late event (t < row_ts) is decayed to the row's time before it is added.
     return 2.0 ** (-(row_ts - t) / hl) / st.mass[i]
 
@@ -166,6 +176,7 @@ def cooc_learn_one(st: CoocState, u: int, i: int, w: float, t: float, log: IntAr
         st.seen[i], st.mass[i], st.row_ts[i] = True, 1.0, t
     unit_i = _unit(st, i, t)
     st.total[i] += w * unit_i
+    _refresh_damp(st, i)
     if log_n[0] < len(log):
         log[log_n[0]] = i
         log_n[0] += 1
@@ -287,8 +298,7 @@ def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, ca
             mark[j] = True
     for c in range(n_cand):
         j = cand[c]
-        n = st.total[j] * st.mass[j]
-        acc[j] *= n ** -CANDIDATE_DAMPING if n > 0.0 else 0.0
+        acc[j] *= st.damp[j]
     return n_cand
 
 
@@ -380,6 +390,7 @@ class CoOccurrence(TracksTouched):
         self._mass = np.zeros(0, dtype=np.float64)
         self._row_ts = np.zeros(0, dtype=np.float64)
         self._seen = np.zeros(0, dtype=bool)
+        self._damp = np.zeros(0, dtype=np.float64)
         self._params = np.array([half_life_s or 0.0, session_gap_s, max_neighbors], dtype=np.float64)
         self._scratch = (np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64))
         self._touched = TouchLog()
@@ -388,7 +399,7 @@ class CoOccurrence(TracksTouched):
     def state(self) -> CoocState:
         """The arrays the compiled kernels work on (valid until the next growth)."""
         return CoocState(self._hist_item, self._hist_ts, self._hist_w, self._hist_len, self._nbr, self._cnt,
-                         self._nlen, self._total, self._mass, self._row_ts, self._seen, self._params)
+                         self._nlen, self._total, self._mass, self._row_ts, self._seen, self._damp, self._params)
 
     # ------------------------------------------------------------------ learning
 
@@ -417,6 +428,7 @@ class CoOccurrence(TracksTouched):
         self._mass = grow(self._mass, n_items, 1.0)
         self._row_ts = grow(self._row_ts, n_items)
         self._seen = grow(self._seen, n_items, False)
+        self._damp = grow(self._damp, n_items)
 
     # ------------------------------------------------------------------ serving
 
@@ -485,6 +497,7 @@ class CoOccurrence(TracksTouched):
         n = len(rec)
         self._total[item], self._row_ts[item] = header
         self._mass[item] = 1.0
+        self._damp[item] = self._total[item] ** -CANDIDATE_DAMPING if self._total[item] > 0 else 0.0
         self._seen[item] = True
         self._nbr[item, :n], self._cnt[item, :n] = rec["item"], rec["count"]
         self._nlen[item] = n
