@@ -57,6 +57,21 @@ def _add_many(st: PurchasesState, users: IntArray, items: IntArray, ts_ms: IntAr
         purchases_add(st, users[e], items[e], ts_ms[e])
 
 
+@njit(**JIT)
+def _items_of(st: PurchasesState, u: int) -> IntArray:
+    n, r = 0, st.head[u] if 0 <= u < len(st.head) else -1
+    while r >= 0:
+        n += 1
+        r = st.next[r]
+    out = np.empty(n, dtype=np.int64)
+    n, r = 0, st.head[u] if 0 <= u < len(st.head) else -1
+    while r >= 0:
+        out[n] = st.item[r]
+        n += 1
+        r = st.next[r]
+    return out
+
+
 class Purchases:
     """Per-user purchases as compiled code reads them.
 
@@ -104,7 +119,9 @@ class Purchases:
         return out
 
     def items_of(self, u: int) -> IntArray:
-        return np.array([i for i, _ in self.of(u)], dtype=np.int64)
+        """The items user ``u`` bought, most recently first-bought first (compiled: evaluation asks for
+        them on every event)."""
+        return _items_of(self.state, u)
 
     def restore_many(self, records: dict[int, list[tuple[int, int]]]) -> None:
         """Load users' records (as :meth:`of` returned them) into users without any (a restart)."""

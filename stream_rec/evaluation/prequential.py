@@ -176,7 +176,7 @@ class Prequential:
                 lists[name] = model.rank_then_learn(batch, scored, self.k)
                 self.seconds[name] += time.perf_counter() - started
         batched = {name: model for name, model in self.competitors.items() if not model.sequential}
-        for a, b in micro_batches(batch.users, self.batch_size):
+        for a, b in micro_batches(batch.users, self.batch_size) if batched else ():
             part = batch.slice(a, b)
             rows = a + np.flatnonzero(scored[a:b])
             exclude = self._exclusions(batch.users[rows])
