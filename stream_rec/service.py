@@ -29,7 +29,7 @@ from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import INLINE, JIT
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
-from stream_rec.models.fusion import (COOC, EXPLORE_BIT, MF, RECENT, SAMPLE_EVERY, Fusion, FusionParams, Scratch, fuse, fuse_and_measure,
+from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, fuse_and_measure,
                                       label, measure_sources)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
@@ -49,6 +49,7 @@ _COUNT = b"count/"
 _ID = b"id/"
 _PROFILE = b"profile/"
 _FUSION = b"fusion/hits"
+_CATEGORY = b"category/"
 
 
 @dataclass
@@ -66,7 +67,8 @@ def build_models(settings: Settings) -> dict[str, OnlineModel]:
     """The online models named by source, configured from ``settings``."""
     return {
         "mf": ImplicitMF(n_factors=settings.mf_factors, learning_rate=settings.mf_learning_rate, seed=settings.seed),
-        "cooc": CoOccurrence(history_size=settings.cooc_history),
+        "cooc": CoOccurrence(history_size=settings.cooc_history,
+                             half_life_s=settings.cooc_half_life_days * 86400.0 or None),
         "popular": DecayedPopularity(half_life_s=settings.popularity_half_life_h * 3600.0),
     }
 
@@ -124,6 +126,7 @@ class RecService:
         self.weights = settings.event_weights()
         self.users = IdIndex()
         self.items = IdIndex()
+        self.categories = IdIndex()
         self.profiles: dict[int, Profile] = {}
         self.purchases = Purchases()
         self._unavailable: set[int] = set()
@@ -133,11 +136,16 @@ class RecService:
         self.models = build_models(settings)
         # ``sources`` ranks with a subset of the models (e.g. ("mf",) to judge one alone); all still learn.
         # "recent" ranks the co-occurrence model's per-user history (the items a user just looked at).
-        available = {**self.models, "recent": self.models["cooc"]}
+        available = {**self.models, "recent": self.models["cooc"], "category": self.models["popular"]}
         chosen = available if sources is None else {name: available[name] for name in sources}
-        self.fusion = Fusion(chosen, explore=settings.explore, seed=settings.seed, adapt=settings.fusion_adapt,
-                             rebuy_after_s=settings.rebuy_after_days * 86400.0)
+        # The co-occurrence model's histories serve "recent" and "category" even when it does not rank.
+        self.fusion = Fusion({"cooc": self.models["cooc"], **chosen},
+                             weights={} if "cooc" in chosen else {"cooc": 0.0}, explore=settings.explore,
+                             seed=settings.seed, adapt=settings.fusion_adapt,
+                             rebuy_after_s=settings.rebuy_after_days * 86400.0,
+                             sample_every=settings.fusion_sample_every)
         self.model_version = f"{stream_rec.__version__}+{_settings_digest(settings)}"
+        self._names = _Names(self.items, self.categories, self.models["popular"])
         self._load()
 
     # -- learning ---------------------------------------------------------------------------------
@@ -152,8 +160,8 @@ class RecService:
         fresh, _ = self._drop_duplicates(batch, result)
         if not fresh:
             return result
-        users, items, weights, ts_ms, bought = self._arrays(fresh)
-        self._learn(users, items, weights, ts_ms, bought, np.zeros(len(fresh), dtype=bool), 0, logs=True)
+        users, items, weights, ts_ms, bought, cats = self._arrays(fresh)
+        self._learn(users, items, weights, ts_ms, bought, cats, np.zeros(len(fresh), dtype=bool), 0, logs=True)
         last_event = self._update_profiles(fresh, users, result)
         if lists:
             touched = list(last_event)
@@ -179,15 +187,15 @@ class RecService:
         out = np.full((len(batch), k), -1, dtype=np.int64)
         if not fresh:
             return out
-        users, items, weights, ts_ms, bought = self._arrays(fresh)
-        out[keep] = self._learn(users, items, weights, ts_ms, bought, np.asarray(scored, dtype=bool)[keep], k,
+        users, items, weights, ts_ms, bought, cats = self._arrays(fresh)
+        out[keep] = self._learn(users, items, weights, ts_ms, bought, cats, np.asarray(scored, dtype=bool)[keep], k,
                                 logs=False)
         self._update_profiles(fresh, users, result, triggers=False)
         self._forget_changes()
         return out
 
     def _learn(self, users: IntArray, items: IntArray, weights: FloatArray, ts_ms: IntArray, bought: np.ndarray,
-               scored: np.ndarray, k: int, *, logs: bool) -> IntArray:
+               cats: IntArray, scored: np.ndarray, k: int, *, logs: bool) -> IntArray:
         """Learn a batch event by event in one compiled call, first ranking the ``scored`` ones (for
         :meth:`rank_then_learn`); with ``logs`` the changed rows are recorded for persisting."""
         n_users, n_items = len(self.users), len(self.items)
@@ -195,6 +203,7 @@ class RecService:
         mf.reserve(n_users, n_items)
         cooc.reserve(n_users, n_items)
         pop.reserve(n_items)
+        pop.reserve_categories(len(self.categories))
         self.purchases.reserve(n_users, int(bought.sum()))
         top_n = self.settings.top_n
         _, scratch = self.fusion.prepare(max(k, top_n), n_items)
@@ -205,7 +214,7 @@ class RecService:
         log_n = np.zeros(2, dtype=np.int64)
         ranked = (self.fusion.mf.state, self.fusion.cooc.state, self.fusion.popular.state)
         _rank_then_learn(mf.state, cooc.state, pop.state, ranked, self.purchases.state, scratch, self.fusion.params(),
-                         n_items, k, self.fusion.n_explore(k), users, items, weights, ts_ms, bought, scored, rows,
+                         n_items, k, self.fusion.n_explore(k), users, items, weights, ts_ms, bought, cats, scored, rows,
                          mf_log, cooc_log, log_n, top_n, self.fusion.n_explore(top_n))
         if logs:
             mf.touch(users=users, items=mf_log[: log_n[0]])
@@ -234,15 +243,21 @@ class RecService:
         """Item ids currently marked unavailable."""
         return self.items.externals(sorted(self._unavailable))
 
-    def _arrays(self, fresh: list[Event]) -> tuple[IntArray, IntArray, FloatArray, IntArray, np.ndarray]:
-        """Index arrays of a batch: ``(users, items, weights, ts_ms, is_purchase)``; new ids get indices."""
+    def _arrays(self, fresh: list[Event]) -> tuple[IntArray, IntArray, FloatArray, IntArray, np.ndarray, IntArray]:
+        """Index arrays of a batch: ``(users, items, weights, ts_ms, is_purchase, categories)`` (category
+        -1 where an event names none); new ids get indices."""
         users = np.array(self.users.add_many([e.user_id for e in fresh]), dtype=np.int64)
         items = np.array(self.items.add_many([e.item_id for e in fresh]), dtype=np.int64)
+        named = [e.category for e in fresh]
+        if any(c is not None for c in named):
+            cats = np.array([-1 if c is None else self.categories.add(c) for c in named], dtype=np.int64)
+        else:
+            cats = np.full(len(fresh), -1, dtype=np.int64)
         types = [e.type for e in fresh]
         weights = np.array([self.weights[t] for t in types], dtype=np.float64)
         ts_ms = np.array([e.ts_ms for e in fresh], dtype=np.int64)
         bought = np.array([t == "purchase" for t in types], dtype=bool)
-        return users, items, weights, ts_ms, bought
+        return users, items, weights, ts_ms, bought, cats
 
     def persist(self, result: BatchResult) -> None:
         """Write a batch's state in one atomic write (call after its recommendations are sent)."""
@@ -304,10 +319,12 @@ class RecService:
         k = self.settings.top_n if k is None else k
         return self._rank_many([self.users.get(user_id)], k)[0][:3]
 
-    def explain(self, user_id: str, k: int | None = None) -> list[dict[str, str]]:
-        """Why each item of :meth:`recommend`'s list is there (the ``because`` of a published list)."""
+    def recommend_explained(self, user_id: str, k: int | None = None) -> tuple[list[str], list[float],
+                                                                             list[tuple[str, ...]], list[dict[str, str]]]:
+        """:meth:`recommend` plus why each item is there (the ``because`` of a published list), from one
+        ranking (two calls could draw different exploration items)."""
         k = self.settings.top_n if k is None else k
-        return self._rank_many([self.users.get(user_id)], k)[0][3]
+        return self._rank_many([self.users.get(user_id)], k)[0]
 
     def _rank_many(self, users: list[int], k: int) -> list[tuple[list[str], list[float], list[tuple[str, ...]],
                                                                  list[dict[str, str]]]]:
@@ -328,7 +345,8 @@ class RecService:
         lists = []
         for r, n in enumerate(out_n.tolist()):
             masks = out_m[r, :n].tolist()
-            because = [_because(m, a, self.items.external) for m, a in zip(masks, out_a[r, :n].tolist())]
+            because = [_because(m, a, i, self._names) for m, a, i in zip(masks, out_a[r, :n].tolist(),
+                                                                         out_i[r, :n].tolist())]
             lists.append((externals(out_i[r, :n].tolist()), out_s[r, :n].tolist(), [label(m) for m in masks], because))
         return lists
 
@@ -355,6 +373,7 @@ class RecService:
             users[_ID + key.encode()] = _int_bytes(self.users.get(key))
         for key in self.items.pop_new():
             items[_ID + key.encode()] = _int_bytes(self.items.get(key))
+        categories = {_CATEGORY + key.encode(): _int_bytes(self.categories.get(key)) for key in self.categories.pop_new()}
         for u in touched_users:
             users[_PROFILE + _int_bytes(u)] = encode_profile(self.profiles[u], self.purchases.of(u))
         for name, model in self.models.items():
@@ -368,12 +387,14 @@ class RecService:
         self._touched_lanes.clear()
         meta.update({_COUNT + t.encode(): str(n).encode() for t, n in self.counts.items()})
         meta[_FUSION] = self.fusion.hits_state()
+        meta.update(categories)
         return {"meta": meta, "users": users, "items": items}
 
     def _forget_changes(self) -> None:
         self._touched_lanes.clear()
         self.users.pop_new()
         self.items.pop_new()
+        self.categories.pop_new()
         for model in self.models.values():
             model.pop_touched()
 
@@ -384,6 +405,8 @@ class RecService:
                 self.hwm[key[len(_HWM):].decode()] = int(value)
             elif key.startswith(_COUNT):
                 self.counts[key[len(_COUNT):].decode()] = int(value)
+            elif key.startswith(_CATEGORY):
+                self.categories.restore(key[len(_CATEGORY):].decode(), _from_int_bytes(value))
             elif key == _FUSION and not self.fusion.set_hits_state(value):
                 log.warning("the stored fusion statistics belong to another version: weights start equal again")
         self._load_family("users", self.users, self.profiles)
@@ -428,20 +451,34 @@ class RecService:
                 "events_total": self.events_total}
 
 
-def _because(mask: int, anchor: int, external: Callable[[int], str]) -> dict[str, str]:
+def _because(mask: int, anchor: int, item: int, names: _Names) -> dict[str, str]:
     """An item's reason, the most specific one its sources give: an exploration slot is ``new``; the
     user's own recent item is ``recently_viewed``; an item co-occurrence put forward goes ``with_item``
-    (the history item it was most often seen with); else ``similar_users`` (matrix factorisation) or
-    ``popular``."""
+    (the history item it was most often seen with); one the category source put forward is
+    ``popular_in_category``; else ``similar_users`` (matrix factorisation) or ``popular``."""
     if mask >> EXPLORE_BIT & 1:
         return {"kind": "new"}
     if mask >> RECENT & 1:
         return {"kind": "recently_viewed"}
     if anchor >= 0:
-        return {"kind": "with_item", "item_id": external(anchor)}
+        return {"kind": "with_item", "item_id": names.item(anchor)}
+    if mask >> CATEGORY & 1 and (category := names.category_of(item)) is not None:
+        return {"kind": "popular_in_category", "category": category}
     if mask >> MF & 1:
         return {"kind": "similar_users"}
     return {"kind": "popular"}
+
+
+class _Names:
+    """External names of item and category indices, for explanations."""
+
+    def __init__(self, items: IdIndex, categories: IdIndex, popularity: DecayedPopularity) -> None:
+        self.item = items.external
+        self._categories, self._popularity = categories, popularity
+
+    def category_of(self, item: int) -> str | None:
+        c = self._popularity.category_of(item)
+        return self._categories.external(c) if c >= 0 else None
 
 
 @njit(**INLINE)
@@ -493,11 +530,11 @@ def _rank_many(mf: MFState, cooc: CoocState, pop: PopularityState, bought: Purch
 def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
                      ranked: tuple[MFState, CoocState, PopularityState], bought: PurchasesState, sc: Scratch,
                      fp: FusionParams, n_items: int, k: int, n_explore: int, users: IntArray, items: IntArray,
-                     weights: FloatArray, ts_ms: IntArray, purchase: np.ndarray, scored: np.ndarray,
+                     weights: FloatArray, ts_ms: IntArray, purchase: np.ndarray, cats: IntArray, scored: np.ndarray,
                      out: IntArray, mf_log: IntArray, cooc_log: IntArray, log_n: IntArray, top_n: int,
                      top_explore: int) -> None:
     """The learning of every path, event by event: rank the event's user first if ``scored[e]``
-    (:meth:`RecService.rank_then_learn`), measure the sources on every :data:`SAMPLE_EVERY`-th event
+    (:meth:`RecService.rank_then_learn`), measure the sources on every ``fp.sample_every``-th event
     of a known user (:func:`~stream_rec.models.fusion.measure_sources`), then learn the event.
 
     ``mf``, ``cooc`` and ``pop`` learn; the ``ranked`` sources rank (the same models, or an empty
@@ -513,7 +550,7 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
         measure = False
         if known:
             fp.events[0] += 1
-            measure = fp.events[0] % SAMPLE_EVERY == 0  # measure the sources on this event before learning it
+            measure = fp.events[0] % fp.sample_every == 0  # measure the sources on this event before learning it
         if scored[e] and measure and k == top_n:  # the ranking and the measuring need the same lists
             since = _excluded_since(fp, now)
             _mark_excluded(bought, u, sc, fp, since, True)
@@ -533,7 +570,7 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
                 _mark_excluded(bought, u, sc, fp, since, False)
         mf_learn_one(mf, u, i, w, mf_log, mf_n)
         cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n)
-        pop_learn_one(pop, i, w, t)
+        pop_learn_one(pop, i, w, t, cats[e])
         if purchase[e]:
             purchases_add(bought, u, i, ts_ms[e])
 
@@ -548,7 +585,8 @@ def _from_int_bytes(data: bytes) -> int:
 
 
 def _settings_digest(settings: Settings) -> str:
-    model_fields = ("weights", "mf_factors", "mf_learning_rate", "cooc_history", "popularity_half_life_h", "explore",
-                    "fusion_adapt", "rebuy_after_days", "seed")
+    model_fields = ("weights", "mf_factors", "mf_learning_rate", "cooc_history", "cooc_half_life_days",
+                    "popularity_half_life_h", "explore", "fusion_adapt", "fusion_sample_every", "rebuy_after_days",
+                    "seed")
     text = "|".join(f"{name}={getattr(settings, name)}" for name in model_fields)
     return hashlib.sha1(text.encode()).hexdigest()[:8]

@@ -56,11 +56,17 @@ class Settings:
     mf_factors: int = _setting(32, "Latent factors of the matrix factorization model.")
     mf_learning_rate: float = _setting(0.05, "SGD learning rate of the matrix factorization model.")
     cooc_history: int = _setting(10, "Recent items per user that a new event co-occurs with.")
+    cooc_half_life_days: float = _setting(
+        30.0, "Half-life of co-occurrence counts, in days, so item neighbourhoods follow trends (0 = never forget).")
     popularity_half_life_h: float = _setting(72.0, "Half-life of time-decayed popularity, in hours.")
     fusion_adapt: bool = _setting(
-        True, "Choose the fusion weights online: on a sample of live events, every weighting of a fixed grid is "
-        "scored by whether it would have listed the event's item; lists use the best one, for new and for "
-        "returning users apart (false = equal fixed weights).")
+        True, "Choose how sources are fused online: on a sample of live events, every policy (175 weightings of "
+        "reciprocal-rank fusion and a scorer learned from those events) is scored by whether it would have listed "
+        "the event's item; lists use the best one, for new and for returning users apart (false = equal fixed "
+        "weights).")
+    fusion_sample_every: int = _setting(
+        2, "Measure one event in this many (of users with history) for the adaptive fusion: 1 adapts fastest and "
+        "ranked best in evaluation; each measured event costs a worker one more ranking.")
     rebuy_after_days: float = _setting(
         0.0, "Days after a purchase before the bought item may be recommended to that user again (0 = never; set it "
         "for consumables that people buy again).")
@@ -81,8 +87,10 @@ class Settings:
             "mf_factors": self.mf_factors >= 1,
             "cooc_history": self.cooc_history >= 1,
             "popularity_half_life_h": self.popularity_half_life_h > 0,
+            "cooc_half_life_days": self.cooc_half_life_days >= 0,
             "explore": 0.0 <= self.explore <= 1.0,
             "rebuy_after_days": self.rebuy_after_days >= 0.0,
+            "fusion_sample_every": self.fusion_sample_every >= 1,
             "metrics_port": 0 <= self.metrics_port < 65536,
             "worker_id": bool(self.worker_id) and "/" not in self.worker_id,
             "input_keys": self.input_keys in ("any", "user_id"),

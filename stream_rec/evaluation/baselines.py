@@ -21,7 +21,8 @@ The competitors:
 
 ==========================  =========================================================================
 ``fused``                   our service as the worker runs it (:class:`RecService`, default sources)
-``mf``, ``cooc``            the same service ranking with one source (``sources=("mf",)`` etc.)
+``mf``, ``cooc``, ...       the same service ranking with one source (``sources=("mf",)`` etc.), in that
+                            source's own order: also ``recent`` and ``category``
 ``popularity``              all-time event counts
 ``decayed-popularity``      the ``popular`` source alone (time-decayed, the settings' half-life)
 ``river-biasedmf``          River ``reco.BiasedMF`` on implicit targets (see :class:`RiverMF`)
@@ -417,7 +418,7 @@ def _prune_rows(S: sp.csr_matrix, keep: int) -> sp.csr_matrix:
 # ------------------------------------------------------------------------------- registry
 
 #: Every competitor name, in the order tables and plots list them.
-MODEL_NAMES = ("fused", "mf", "cooc", "recent", "popularity", "decayed-popularity", "river-biasedmf", "river-funkmf", "batch-knn")
+MODEL_NAMES = ("fused", "mf", "cooc", "recent", "category", "popularity", "decayed-popularity", "river-biasedmf", "river-funkmf", "batch-knn")
 
 
 def build(names: Sequence[str], vocab: Vocabulary, settings: Settings, *, refit_every: int = 10_000) -> dict[str, Competitor]:
@@ -430,6 +431,7 @@ def build(names: Sequence[str], vocab: Vocabulary, settings: Settings, *, refit_
         "mf": lambda: ServiceModel("mf", settings, vocab, sources=("mf",)),
         "cooc": lambda: ServiceModel("cooc", settings, vocab, sources=("cooc",)),
         "recent": lambda: ServiceModel("recent", settings, vocab, sources=("recent",)),
+        "category": lambda: ServiceModel("category", settings, vocab, sources=("category",)),
         "popularity": Popularity,
         "decayed-popularity": lambda: DecayedPopularityModel(settings),
         "river-biasedmf": lambda: RiverMF("river-biasedmf", river_biased_mf(settings.seed), seed=settings.seed),

@@ -32,6 +32,9 @@ RECENCY = 0.8
 #: MovieLens-100K (HR@10 0.197 vs 0.191) and on the synthetic shop (0.338 vs 0.229); 0.15 and 0.7
 #: were worse on at least one of them.
 CANDIDATE_DAMPING = 0.3
+#: The reference time of the scoring factors moves when their exponent passes this (2 ** 500 is far
+#: from float64's limits).
+_REBASE_ABOVE = 500.0
 #: A row's multiplier below this is folded into its raw counts, long before float64 underflows.
 _RENORMALISE_BELOW = 1e-100
 
@@ -61,7 +64,8 @@ class CoocState(NamedTuple):
     row_ts: FloatArray
     seen: np.ndarray  # bool
     damp: FloatArray  # per item, (total * mass) ** -CANDIDATE_DAMPING (0 for no weight): kept current
-    params: FloatArray  # half_life_s (0 = none), session_gap_s, max_neighbors
+    dampt: FloatArray  # per item, damp brought to the reference time (see _time_factor)
+    params: FloatArray  # half_life_s (0 = none), session_gap_s, max_neighbors, reference time
 
 
 @njit(**INLINE)
@@ -79,6 +83,30 @@ def _refresh_damp(st: CoocState, i: int) -> None:
     per candidate per ranking)."""
     n = st.total[i] * st.mass[i]
     st.damp[i] = n ** -CANDIDATE_DAMPING if n > 0.0 else 0.0
+    st.dampt[i] = st.damp[i] / _time_factor(st, st.row_ts[i])
+
+
+@njit(**INLINE)
+def _time_factor(st: CoocState, ts: float) -> float:
+    """``2 ** (CANDIDATE_DAMPING * (ts - ref) / half_life)`` (1 without a half-life).
+
+    Scoring needs row ``h``'s counts (as of ``row_ts[h]``) and a candidate's damped total (as of
+    ``row_ts[j]``) at one time: the factor ``2 ** (CANDIDATE_DAMPING * (ts_h - ts_j) / half_life)``
+    splits into one factor per history row and one per candidate (``dampt``), so no power is taken
+    per row entry. ``ref`` moves forward when the exponents grow large (:func:`_rebase`)."""
+    hl = st.params[0]
+    if hl <= 0.0:
+        return 1.0
+    return 2.0 ** (CANDIDATE_DAMPING * (ts - st.params[3]) / hl)
+
+
+@njit(**JIT)
+def _rebase(st: CoocState, ref: float) -> None:
+    """Move the reference time to ``ref`` and recompute every ``dampt``."""
+    st.params[3] = ref
+    for i in range(len(st.seen)):
+        if st.seen[i]:
+            st.dampt[i] = st.damp[i] / _time_factor(st, st.row_ts[i])
 
 
 @njit(**INLINE)
@@ -171,7 +199,9 @@ def cooc_learn_one(st: CoocState, u: int, i: int, w: float, t: float, log: IntAr
 
     Items whose rows changed are appended to ``log`` (while it has room) at ``log_n[0]``.
     """
-    gap, limit = st.params[1], int(st.params[2])
+    gap, limit, hl = st.params[1], int(st.params[2]), st.params[0]
+    if hl > 0.0 and abs(CANDIDATE_DAMPING * (t - st.params[3]) / hl) > _REBASE_ABOVE:
+        _rebase(st, t)
     if not st.seen[i]:
         st.seen[i], st.mass[i], st.row_ts[i] = True, 1.0, t
     unit_i = _unit(st, i, t)
@@ -214,7 +244,7 @@ def _inv_norm(st: CoocState, x: int) -> float:
 @njit(**JIT)
 def _history_rows(st: CoocState, u: int) -> tuple[IntArray, FloatArray]:
     """``u``'s history items, newest first, and the factor each one's row is read with: the recency
-    weight ``0.8 ** rank`` times the row's multiplier and norm. Empty for an unknown user.
+    weight ``0.8 ** rank`` times the row's multiplier, norm and time factor. Empty for an unknown user.
 
     :func:`cooc_candidates`, on every ranking's hot path, walks the history inline instead: these two
     small arrays cost it ~10 %."""
@@ -223,15 +253,9 @@ def _history_rows(st: CoocState, u: int) -> tuple[IntArray, FloatArray]:
     coef = 1.0
     for r in range(n):
         h = hs[r] = st.hist_item[u, n - 1 - r]
-        cs[r] = coef * st.mass[h] * _inv_norm(st, h)
+        cs[r] = coef * st.mass[h] * _inv_norm(st, h) * _time_factor(st, st.row_ts[h])
         coef *= RECENCY
     return hs, cs
-
-
-@njit(**INLINE)
-def _shift(ts_h: float, ts_j: float, hl: float) -> float:
-    """Brings row ``h``'s counts (as of ``ts_h``) and item ``j``'s damped total (as of ``ts_j``) to one time."""
-    return 2.0 ** min(max((ts_h - ts_j) * CANDIDATE_DAMPING / hl, -1000.0), 1000.0)
 
 
 @njit(**JIT)
@@ -247,8 +271,7 @@ def cooc_anchors(st: CoocState, u: int, items: IntArray, n: int, slot: IntArray,
     for c in range(n):
         out[c] = -1
         slot[items[c]] = c + 1
-    hl = st.params[0]
-    nbr, cnt, nlen, row_ts = st.nbr, st.cnt, st.nlen, st.row_ts
+    nbr, cnt, nlen = st.nbr, st.cnt, st.nlen
     hs, cs = _history_rows(st, u)
     for r in range(len(hs)):
         h, c = hs[r], cs[r]
@@ -256,9 +279,7 @@ def cooc_anchors(st: CoocState, u: int, items: IntArray, n: int, slot: IntArray,
             j = nbr[h, e]
             p = slot[j] - 1
             if p >= 0:
-                weight = cnt[h, e] * c
-                if hl > 0.0:
-                    weight *= _shift(row_ts[h], row_ts[j], hl)
+                weight = cnt[h, e] * c  # the candidate's own factor is common to every h: left out
                 if weight > best[p]:
                     best[p], out[p] = weight, h
     for c in range(n):
@@ -270,26 +291,23 @@ def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, ca
     """Score every neighbour of ``u``'s history into ``acc`` and list it in ``cand``; returns the count.
 
     ``score(j) = sum_h 0.8 ** rank(h) * sim(h, j)``, history newest first, with
-    ``sim`` of the module docstring. With a half-life, row ``h`` (as of ``row_ts[h]``) and
-    ``j``'s total (as of ``row_ts[j]``) are brought to one time by ``2 ** ((ts_h - ts_j) * CANDIDATE_DAMPING / h)``.
+    ``sim`` of the module docstring; with a half-life, each row and each candidate is brought to one
+    time (:func:`_time_factor`).
     ``mark[j]`` is set for every listed ``j``: the caller clears it and ``acc`` (:func:`cooc_release`).
     ``cand`` needs room for one more entry than there are items.
     """
     if u < 0 or u >= len(st.hist_len):
         return 0
-    hl = st.params[0]
-    nbr, cnt, nlen, row_ts = st.nbr, st.cnt, st.nlen, st.row_ts
+    nbr, cnt, nlen = st.nbr, st.cnt, st.nlen
     n_cand = 0
     coef = 1.0
     for r in range(st.hist_len[u] - 1, -1, -1):
         h = st.hist_item[u, r]
-        c = coef * st.mass[h] * _inv_norm(st, h)
+        c = coef * st.mass[h] * _inv_norm(st, h) * _time_factor(st, st.row_ts[h])
         coef *= RECENCY
         for e in range(nlen[h]):
             j = nbr[h, e]
             weight = cnt[h, e] * c
-            if hl > 0.0:
-                weight *= _shift(row_ts[h], row_ts[j], hl)
             # Branch-free: ``acc`` is all zeros between calls (see cooc_release), and ``j`` is
             # listed for real only the first time (the slot is overwritten otherwise).
             acc[j] += weight
@@ -298,7 +316,7 @@ def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, ca
             mark[j] = True
     for c in range(n_cand):
         j = cand[c]
-        acc[j] *= st.damp[j]
+        acc[j] *= st.dampt[j]
     return n_cand
 
 
@@ -391,7 +409,8 @@ class CoOccurrence(TracksTouched):
         self._row_ts = np.zeros(0, dtype=np.float64)
         self._seen = np.zeros(0, dtype=bool)
         self._damp = np.zeros(0, dtype=np.float64)
-        self._params = np.array([half_life_s or 0.0, session_gap_s, max_neighbors], dtype=np.float64)
+        self._dampt = np.zeros(0, dtype=np.float64)
+        self._params = np.array([half_life_s or 0.0, session_gap_s, max_neighbors, 0.0], dtype=np.float64)
         self._scratch = (np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64))
         self._touched = TouchLog()
 
@@ -399,7 +418,7 @@ class CoOccurrence(TracksTouched):
     def state(self) -> CoocState:
         """The arrays the compiled kernels work on (valid until the next growth)."""
         return CoocState(self._hist_item, self._hist_ts, self._hist_w, self._hist_len, self._nbr, self._cnt,
-                         self._nlen, self._total, self._mass, self._row_ts, self._seen, self._damp, self._params)
+                         self._nlen, self._total, self._mass, self._row_ts, self._seen, self._damp, self._dampt, self._params)
 
     # ------------------------------------------------------------------ learning
 
@@ -429,6 +448,7 @@ class CoOccurrence(TracksTouched):
         self._row_ts = grow(self._row_ts, n_items)
         self._seen = grow(self._seen, n_items, False)
         self._damp = grow(self._damp, n_items)
+        self._dampt = grow(self._dampt, n_items)
 
     # ------------------------------------------------------------------ serving
 
@@ -497,7 +517,9 @@ class CoOccurrence(TracksTouched):
         n = len(rec)
         self._total[item], self._row_ts[item] = header
         self._mass[item] = 1.0
-        self._damp[item] = self._total[item] ** -CANDIDATE_DAMPING if self._total[item] > 0 else 0.0
+        if self.half_life_s and self._params[3] == 0.0:
+            self._params[3] = self._row_ts[item]  # a restored model's reference time
+        _refresh_damp(self.state, item)
         self._seen[item] = True
         self._nbr[item, :n], self._cnt[item, :n] = rec["item"], rec["count"]
         self._nlen[item] = n

@@ -5,14 +5,14 @@ fusion works on ranks. Two kinds of policy turn the sources' ranks into one orde
 
 * **weighted reciprocal-rank fusion**: an item ranked ``r`` (1-based) by source ``s`` earns
   ``weight_s / (RRF_K + r)``, summed over sources, so an item several sources agree on rises above
-  one a single source ranks first; :data:`WEIGHT_GRID` holds 175 weightings (each source at 0, 1/16,
-  1/4 or 1 of its base weight);
+  one a single source ranks first; :data:`WEIGHT_GRID` holds 211 weightings (each source at 0, 1/4
+  or 1 of its base weight);
 * **the learned scorer** (:data:`LEARNED`): ``bonus_s - slope_s * log(r)`` summed over the sources that
   list the item, its parameters learned online by a softmax (top-1) likelihood step on every measured
   event (:func:`_learn_scorer`). It can say what no weighting can, e.g. "the user's own recent item
   first, whatever its rank elsewhere".
 
-**The choice adapts online.** Every :data:`SAMPLE_EVERY`-th event of a user with history is used, before
+**The choice adapts online.** Every ``sample_every``-th event of a user with history is used, before
 it is learned, to score every policy: each source ranks its own list once, and a policy scores
 ``1 / log2(rank + 2)`` when the order it would produce lists the event's item at ``rank``
 (:func:`measure_sources`). This is full-information online learning, every policy judged on every
@@ -40,23 +40,22 @@ from stream_rec.models._arrays import as_index, grow
 from stream_rec.models._kernels import INLINE, JIT, select_sparse, stream_key, uniform
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_recent, cooc_top
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
-from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_is_new, pop_top
+from stream_rec.models.popularity import (USER_CATEGORIES, DecayedPopularity, PopularityState, pop_category_top,
+                                         pop_is_new, pop_top, user_categories)
 from stream_rec.types import FloatArray, IntArray
 
 #: RRF constant. The customary 60 (Cormack et al. 2009) suits long document lists; our lists are 30 deep
 #: and their top ranks matter: 10 was better than 30 and 60 on MovieLens-100K and the synthetic shop.
 RRF_K = 10.0
 #: The sources, in the order of their bit in a list's source mask (and of names in its labels).
-SOURCES = ("mf", "cooc", "popular", "recent")
-MF, COOC, POPULAR_BIT, RECENT = 0, 1, 2, 3
+SOURCES = ("mf", "cooc", "popular", "recent", "category")
+MF, COOC, POPULAR_BIT, RECENT, CATEGORY = 0, 1, 2, 3, 4
 N_SOURCES = len(SOURCES)
 #: Name of the source used for users without history, for filling short lists and for exploration.
 POPULAR = "popular"
 EXPLORE = "explore"
 #: Bit of the source mask marking an exploration slot.
-EXPLORE_BIT = 4
-#: One event in this many (of users with history) measures the sources' hits before it is learned.
-SAMPLE_EVERY = 4
+EXPLORE_BIT = 5
 #: Measured hits halve over this many measured events of a user segment, so weights follow drift.
 HITS_HALF_LIFE = 2000.0
 #: Users with fewer recent items than this form the "new" segment of the hit statistics.
@@ -74,13 +73,13 @@ _FILL_WEIGHT = 1e-6
 
 def _weight_grid() -> FloatArray:
     """Equal weights first (the choice until another weighting clearly has more hits), then every
-    other combination of 0, 1/16, 1/4 and 1 per source with at least one source at 1."""
-    levels = (0.0, 0.0625, 0.25, 1.0)
+    other combination of 0, 1/4 and 1 per source with at least one source at 1."""
+    levels = (0.0, 0.25, 1.0)
     rest = [w for w in itertools.product(levels, repeat=len(SOURCES)) if max(w) == 1.0 and min(w) < 1.0]
     return np.array([(1.0,) * len(SOURCES), *rest])
 
 
-#: The weightings scored online, as multipliers of each source's base weight (175 of them).
+#: The weightings scored online, as multipliers of each source's base weight (211 of them).
 WEIGHT_GRID = _weight_grid()
 #: The policy after the grid's rows: the learned scorer. Hits are kept for every policy.
 LEARNED = len(WEIGHT_GRID)
@@ -120,6 +119,7 @@ class Scratch(NamedTuple):
     w: FloatArray  # (sources,): the chosen weighting's source weights
     learned: FloatArray  # (sources x depth,): the learned scorer's score of each union item
     grad: FloatArray  # (2 x sources,): its gradient on one event
+    cats: IntArray  # (USER_CATEGORIES,): the user's recent categories (the category source's)
 
 
 def new_scratch(n_items: int, depth: int) -> Scratch:
@@ -130,7 +130,7 @@ def new_scratch(n_items: int, depth: int) -> Scratch:
                    np.zeros((N_SOURCES, N_SOURCES * d), np.int64), np.zeros((N_SOURCES, N_SOURCES * d)),
                    np.zeros((N_SOURCES, len(WEIGHT_GRID))), np.zeros(len(WEIGHT_GRID)),
                    np.zeros(len(WEIGHT_GRID), np.int64), np.zeros(N_SOURCES),
-                   np.zeros(N_SOURCES * d), np.zeros(2 * N_SOURCES))
+                   np.zeros(N_SOURCES * d), np.zeros(2 * N_SOURCES), np.full(USER_CATEGORIES, -1, np.int64))
 
 
 class FusionParams(NamedTuple):
@@ -146,6 +146,7 @@ class FusionParams(NamedTuple):
     rebuy_after_s: float  # a bought item may come back this long after the purchase (0: never)
     blocked: IntArray  # items no list may hold (marked unavailable)
     shown: IntArray  # per item: exploration slots it was shown in
+    sample_every: int  # one event in this many (of users with history) is measured before it is learned
     theta: FloatArray  # (2, 2 x sources): the learned scorer per segment, (slope, bonus) per source
     theta_g2: FloatArray  # (2, 2 x sources): running mean of its squared gradients (RMSProp)
 
@@ -184,7 +185,7 @@ def chosen_weighting(fp: FusionParams, seg: int) -> int:
     one with the most hits, if it beats equal weights (row 0) by more than one standard deviation of a
     count; else equal weights.
 
-    Of 176 noisy estimates the largest is biased upwards: the margin keeps equal weights unless the
+    Of 212 noisy estimates the largest is biased upwards: the margin keeps equal weights unless the
     evidence for another policy is clear."""
     best = 0
     for c in range(1, N_POLICIES):
@@ -205,6 +206,8 @@ def _source_list(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch
         return cooc_top(cooc, user, depth, sc.excluded, sc.acc, sc.mark, sc.cand, sc.buf_s, sc.buf_i, sc.ls, sc.li)
     if s == RECENT:
         return cooc_recent(cooc, user, depth, sc.excluded, sc.ls, sc.li)
+    if s == CATEGORY:
+        return pop_category_top(pop, cooc.hist_item, cooc.hist_len, user, depth, sc.excluded, sc.cats, sc.ls, sc.li)
     return pop_top(pop, n_items, depth, sc.excluded, sc.buf_s, sc.buf_i, sc.ls, sc.li)
 
 
@@ -264,7 +267,7 @@ def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, 
     """:func:`measure_sources` on lists already gathered (``sc.union``, ``sc.ranks``), left as they are;
     then one learning step of the learned scorer on the event.
 
-    Every weighting's fused score of every union item is a sum of at most four products, so the whole
+    Every weighting's fused score of every union item is a sum of at most five products, so the whole
     grid costs ``len(WEIGHT_GRID) * n_union`` multiply-adds: no matrix library call, no allocation.
     """
     if not fp.adapt:
@@ -290,18 +293,18 @@ def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, 
         for s in range(N_SOURCES):
             grid[s, g] = max(WEIGHT_GRID[g, s], _FILL_WEIGHT) * fp.weights[s]
     for g in range(n_grid):
-        mine[g] = (grid[0, g] * terms[0, target] + grid[1, g] * terms[1, target]
-                   + grid[2, g] * terms[2, target] + grid[3, g] * terms[3, target])
+        mine[g] = (grid[0, g] * terms[0, target] + grid[1, g] * terms[1, target] + grid[2, g] * terms[2, target]
+                   + grid[3, g] * terms[3, target] + grid[4, g] * terms[4, target])
         above[g] = 0
     learned = sc.learned
     for x in range(n_union):
         learned[x] = learned_score(fp, sc.ranks, seg, x)
     above_learned = 0
     for x in range(n_union):
-        t0, t1, t2, t3 = terms[0, x], terms[1, x], terms[2, x], terms[3, x]
+        t0, t1, t2, t3, t4 = terms[0, x], terms[1, x], terms[2, x], terms[3, x], terms[4, x]
         before = sc.union[x] < item  # wins a tie
         for g in range(n_grid):  # innermost over the grid: vectorised, branch-free
-            f = grid[0, g] * t0 + grid[1, g] * t1 + grid[2, g] * t2 + grid[3, g] * t3
+            f = grid[0, g] * t0 + grid[1, g] * t1 + grid[2, g] * t2 + grid[3, g] * t3 + grid[4, g] * t4
             above[g] += (f > mine[g]) | ((f == mine[g]) & before)
         above_learned += (learned[x] > learned[target]) | ((learned[x] == learned[target]) & before)
     slots = k - n_explore
@@ -403,7 +406,10 @@ def fuse_gathered(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fusion
             sc.mask[sc.li[r]] |= _TAKEN
         # Items stop being new as time passes and events add up, never the other way round: the
         # popularity model's list of young items is pruned here, in place and in order.
-        n_fresh, kept = 0, 0
+        # New items of the user's own recent categories come first: an item nobody has paired with
+        # anything yet reaches the people browsing its aisle.
+        n_cats = user_categories(pop, cooc.hist_item, cooc.hist_len, user, sc.cats)
+        n_fresh, n_match, kept = 0, 0, 0
         for r in range(pop.sizes[1]):
             i = pop.fresh[r]
             if pop_is_new(pop, i, fp.max_age_s, fp.max_events):
@@ -412,11 +418,18 @@ def fuse_gathered(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fusion
                 ignored = fp.shown[i] >= SHOWS_PER_EVENT * pop.count[i]
                 if not sc.excluded[i] and (sc.mask[i] & _TAKEN) == 0 and not ignored:
                     sc.fresh[n_fresh] = i
+                    match = False
+                    for q in range(n_cats):
+                        match = match or pop.category[i] == sc.cats[q]
+                    if match:  # keep the matching ones in front
+                        sc.fresh[n_fresh], sc.fresh[n_match] = sc.fresh[n_match], sc.fresh[n_fresh]
+                        n_match += 1
                     n_fresh += 1
         pop.sizes[1] = kept
         n_picked = min(n_explore, n_fresh)
-        for r in range(n_picked):  # a partial Fisher-Yates shuffle, seeded and counter-based
-            j = r + int(uniform(fp.rng_key, fp.rng_counter[0]) * (n_fresh - r))
+        for r in range(n_picked):  # a partial Fisher-Yates shuffle, seeded and counter-based, matches first
+            end = n_match if r < n_match else n_fresh
+            j = r + int(uniform(fp.rng_key, fp.rng_counter[0]) * (end - r))
             fp.rng_counter[0] += 1
             sc.fresh[r], sc.fresh[j] = sc.fresh[j], sc.fresh[r]
             sc.mask[sc.fresh[r]] |= _PICKED
@@ -447,11 +460,14 @@ class Fusion:
     ----------
     sources
         Named models among ``"mf"`` (:class:`ImplicitMF`), ``"cooc"`` (:class:`CoOccurrence`),
-        ``"popular"`` (:class:`DecayedPopularity`) and ``"recent"`` (a :class:`CoOccurrence`, whose
-        per-user history it ranks newest first). ``"popular"`` serves users without history, fills
-        short lists and supplies exploration candidates; a source left out takes no part.
+        ``"popular"`` (:class:`DecayedPopularity`), ``"recent"`` (a :class:`CoOccurrence`, whose
+        per-user history it ranks newest first) and ``"category"`` (a :class:`DecayedPopularity`, whose
+        per-category lists it reads for the categories of the user's recent items, taken from the
+        co-occurrence model's history). ``"popular"`` serves users without history, fills short lists
+        and supplies exploration candidates; a source left out takes no part.
     weights
-        Per-source weight in the fusion (default 1.0 each; 0 disables a source).
+        Per-source weight in the fusion (default 1.0 each; 0 disables a source, whose model still
+        serves the others: give ``"cooc"`` at weight 0 for ``"category"`` alone).
     candidates_per_source
         Depth read from each source (``"popular"`` is read at least ``k`` deep so lists fill up).
     explore
@@ -466,6 +482,10 @@ class Fusion:
         An item stops being an exploration candidate after this many events.
     adapt
         Choose the weighting online (see the module docstring); ``False`` keeps ``weights`` fixed.
+    sample_every
+        One event in this many, of users with history, is measured (every policy judged, the learned
+        scorer trained) before it is learned: 1 learns fastest; each measurement costs the worker one
+        more ranking.
     rebuy_after_s
         The service excludes a user's purchases from their lists for this long (0: for ever); the
         fusion carries the setting to the compiled ranking.
@@ -492,6 +512,7 @@ class Fusion:
         explore_max_events: int = 50,
         adapt: bool = True,
         rebuy_after_s: float = 0.0,
+        sample_every: int = 2,
     ) -> None:
         unknown = set(sources) - set(SOURCES)
         if unknown:
@@ -501,7 +522,8 @@ class Fusion:
         # "recent" reads the co-occurrence model's per-user history.
         self.cooc: CoOccurrence = (sources.get("cooc") or sources.get("recent")  # type: ignore[assignment]
                                    or CoOccurrence(history_size=1, max_neighbors=1))
-        self.popular: DecayedPopularity = sources.get("popular") or DecayedPopularity()  # type: ignore[assignment]
+        self.popular: DecayedPopularity = (sources.get("popular") or sources.get("category")  # type: ignore[assignment]
+                                           or DecayedPopularity())
         chosen = {name: 1.0 for name in sources} | dict(weights or {})
         self.weights = np.array([chosen.get(name, 0.0) if name in sources else 0.0 for name in SOURCES])
         self.candidates_per_source = candidates_per_source
@@ -513,6 +535,7 @@ class Fusion:
         self._rng_counter = np.zeros(1, dtype=np.int64)
         self.adapt = adapt
         self.rebuy_after_s = rebuy_after_s
+        self.sample_every = sample_every
         #: Items no list may hold (marked unavailable), sorted.
         self.blocked = np.zeros(0, dtype=np.int64)
         #: Exploration slots each item was shown in (kept in memory: a restart forgets them).
@@ -534,6 +557,7 @@ class Fusion:
         return FusionParams(self.weights, self.candidates_per_source, self.explore_max_age_s,
                             self.explore_max_events, self._rng_key, self._rng_counter, self.hits,
                             bool(self.adapt), self._events, float(self.rebuy_after_s), self.blocked, self.shown,
+                            int(self.sample_every),
                             self.theta, self.theta_g2)
 
     def hits_state(self) -> bytes:

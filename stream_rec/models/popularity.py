@@ -10,6 +10,12 @@ ranking is cheap: keys only ever rise (an event adds weight), so the :data:`TOP_
 kept sorted as events arrive, each event moving one item up a few places, and a list is read off
 that prefix (skipping the user's exclusions). Items in their first days are kept in a list of their
 own, the exploration candidates.
+
+**Per category** (the ``category`` source): an item takes the category its events carry, and each
+category keeps its own :data:`TOP_PER_CATEGORY` best items by the same rank key, maintained the same
+way. A user is offered the popular items of the categories of their recent items
+(:func:`pop_category_top`): "popular in shoes", and a way for items nobody has paired with anything
+yet to reach the people who browse their aisle.
 """
 
 from __future__ import annotations
@@ -20,13 +26,22 @@ import numpy as np
 from numba import njit
 
 from stream_rec.models._arrays import TouchLog, TracksTouched, as_index, grow, seen_mask, selection_buffers
-from stream_rec.models._kernels import INLINE, JIT, select_dense
+from stream_rec.models._kernels import INLINE, JIT, insert_best, select_dense
 from stream_rec.types import FloatArray, IntArray
 
-#: Layout of :meth:`DecayedPopularity.item_state` (32 bytes, little-endian).
-ITEM_STATE_DTYPE = np.dtype([("value", "<f8"), ("last_ts", "<f8"), ("first_seen", "<f8"), ("n_events", "<i8")])
+#: Layout of :meth:`DecayedPopularity.item_state` (40 bytes, little-endian; rows written before
+#: categories existed are the first 32 bytes, and load as uncategorised).
+ITEM_STATE_DTYPE = np.dtype([("value", "<f8"), ("last_ts", "<f8"), ("first_seen", "<f8"), ("n_events", "<i8"),
+                             ("category", "<i8")])
+_OLD_ITEM_STATE_SIZE = 32
 #: Best items kept ranked as events arrive; a list needing more (after exclusions) scans every key.
 TOP_SIZE = 512
+#: Best items kept ranked per category.
+TOP_PER_CATEGORY = 64
+#: A user's recent items give at most this many categories to :func:`pop_category_top`, the newest
+#: first; the r-th (0-based) weighs ``CATEGORY_DECAY ** r``.
+USER_CATEGORIES = 3
+CATEGORY_DECAY = 0.5
 
 
 class PopularityState(NamedTuple):
@@ -43,6 +58,10 @@ class PopularityState(NamedTuple):
     top_pos: IntArray  # per item: its place in ``top``, -1 if not there
     fresh: IntArray  # items in order of first sight; those no longer new are dropped as lists are built
     sizes: IntArray  # (2,): entries used in ``top`` and in ``fresh``
+    category: IntArray  # per item: its category, -1 if none is known
+    cat_top: IntArray  # (category capacity, TOP_PER_CATEGORY): each category's best items, best first
+    cat_len: IntArray  # per category: entries used in its row of ``cat_top``
+    cat_pos: IntArray  # per item: its place in its category's row, -1 if not there
 
 
 @njit(**INLINE)
@@ -50,40 +69,69 @@ def _better(st: PopularityState, a: int, b: int) -> bool:
     return st.key[a] > st.key[b] or (st.key[a] == st.key[b] and a < b)
 
 
-@njit(**JIT)
-def _rank_up(st: PopularityState, i: int) -> None:
-    """Item ``i``'s key rose: move it up ``top`` (or into it, pushing out the last)."""
-    p = st.top_pos[i]
+@njit(**INLINE)
+def _rank_up_in(st: PopularityState, top: IntArray, pos: IntArray, size: IntArray, slot: int, i: int) -> None:
+    """Item ``i``'s key rose: move it up the best-first list ``top`` (its used length in ``size[slot]``,
+    places in ``pos``), or into it, pushing out the last."""
+    p = pos[i]
     if p < 0:
-        n = st.sizes[0]
-        if n < len(st.top):
-            st.sizes[0] = n + 1
+        n = size[slot]
+        if n < len(top):
+            size[slot] = n + 1
             p = n
         else:
-            last = st.top[n - 1]
+            last = top[n - 1]
             if not _better(st, i, last):
                 return
-            st.top_pos[last] = -1
+            pos[last] = -1
             p = n - 1
     # Binary search for i's new place among top[:p] (sorted best first), then shift the rest down.
     lo, hi = 0, p
     while lo < hi:
         mid = (lo + hi) >> 1
-        if _better(st, i, st.top[mid]):
+        if _better(st, i, top[mid]):
             hi = mid
         else:
             lo = mid + 1
     for r in range(p, lo, -1):
-        moved = st.top[r - 1]
-        st.top[r] = moved
-        st.top_pos[moved] = r
-    st.top[lo], st.top_pos[i] = i, lo
+        moved = top[r - 1]
+        top[r] = moved
+        pos[moved] = r
+    top[lo], pos[i] = i, lo
+
+
+@njit(**INLINE)
+def _rank_up(st: PopularityState, i: int) -> None:
+    """Item ``i``'s key rose: move it up the global ``top``, and up its category's."""
+    _rank_up_in(st, st.top, st.top_pos, st.sizes, 0, i)
+    c = st.category[i]
+    if c >= 0:
+        _rank_up_in(st, st.cat_top[c], st.cat_pos, st.cat_len, c, i)
+
+
+@njit(**INLINE)
+def _set_category(st: PopularityState, i: int, c: int) -> None:
+    """Item ``i`` belongs to category ``c`` from now on: out of its old category's list, into the new one's."""
+    old = st.category[i]
+    if old == c:
+        return
+    if old >= 0 and st.cat_pos[i] >= 0:
+        row, n = st.cat_top[old], st.cat_len[old]
+        for r in range(st.cat_pos[i], n - 1):
+            row[r] = row[r + 1]
+            st.cat_pos[row[r]] = r
+        st.cat_len[old] = n - 1
+        st.cat_pos[i] = -1
+    st.category[i] = c
 
 
 @njit(**JIT)
-def pop_learn_one(st: PopularityState, i: int, w: float, t: float) -> None:
-    """Add one event of weight ``w`` at ``t`` to item ``i`` (a late event is decayed to the item's time)."""
+def pop_learn_one(st: PopularityState, i: int, w: float, t: float, c: int) -> None:
+    """Add one event of weight ``w`` at ``t`` to item ``i`` (a late event is decayed to the item's time);
+    ``c >= 0``: the event says the item is in category ``c``."""
     h = st.clock[1]
+    if c >= 0:
+        _set_category(st, i, c)
     if not st.seen[i]:
         st.seen[i] = True
         st.value[i], st.last[i], st.first[i], st.count[i] = w, t, t, 1
@@ -104,9 +152,10 @@ def pop_learn_one(st: PopularityState, i: int, w: float, t: float) -> None:
 
 
 @njit(**JIT)
-def pop_learn_many(st: PopularityState, items: IntArray, weights: FloatArray, ts: FloatArray) -> None:
+def pop_learn_many(st: PopularityState, items: IntArray, weights: FloatArray, ts: FloatArray,
+                   categories: IntArray) -> None:
     for e in range(len(items)):
-        pop_learn_one(st, items[e], weights[e], ts[e])
+        pop_learn_one(st, items[e], weights[e], ts[e], categories[e])
 
 
 @njit(**INLINE)
@@ -127,6 +176,58 @@ def pop_top(st: PopularityState, n_items: int, k: int, excluded: np.ndarray, buf
     if st.sizes[0] < len(st.top) or c == k:
         return c  # ``top`` holds every seen item
     return select_dense(st.key, st.seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
+
+
+@njit(**INLINE)
+def user_categories(st: PopularityState, hist_item: np.ndarray, hist_len: IntArray, u: int, cats: IntArray) -> int:
+    """The distinct categories of ``u``'s history (``hist_item[u, :hist_len[u]]``, oldest first), newest
+    first, into ``cats`` (at most its length; ``-1`` after the last); returns how many."""
+    for r in range(len(cats)):
+        cats[r] = -1
+    if u < 0 or u >= len(hist_len):
+        return 0
+    n_cats = 0
+    for r in range(hist_len[u] - 1, -1, -1):
+        c = st.category[hist_item[u, r]]
+        if c < 0:
+            continue
+        known = False
+        for q in range(n_cats):
+            known = known or cats[q] == c
+        if not known:
+            cats[n_cats] = c
+            n_cats += 1
+            if n_cats == len(cats):
+                break
+    return n_cats
+
+
+@njit(**INLINE)
+def pop_category_top(st: PopularityState, hist_item: np.ndarray, hist_len: IntArray, u: int, k: int,
+                     excluded: np.ndarray, cats: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
+    """The ``k`` best items of ``u``'s recent categories, best first; returns the count.
+
+    ``u``'s history (``hist_item[u, :hist_len[u]]``, oldest first) gives up to :data:`USER_CATEGORIES`
+    distinct categories, newest first, into ``cats`` (``-1`` after the last). An item at place ``p`` of
+    the ``r``-th category's list scores ``CATEGORY_DECAY ** r / (p + 1)``: the newest aisle leads, the
+    best of the others come in early. Excluded items are skipped.
+    """
+    n_cats = user_categories(st, hist_item, hist_len, u, cats)
+    m = 0
+    weight = 1.0
+    for q in range(n_cats):
+        row, n = st.cat_top[cats[q]], st.cat_len[cats[q]]
+        place = 0
+        for p in range(n):
+            i = row[p]
+            if excluded[i]:
+                continue
+            m = insert_best(out_s, out_i, m, k, weight / (place + 1.0), i)
+            place += 1
+            if place >= k:
+                break
+        weight *= CATEGORY_DECAY
+    return m
 
 
 @njit(**JIT)
@@ -165,6 +266,9 @@ class DecayedPopularity(TracksTouched):
     ([4, 2], [1.5, 1.0])
     >>> pop.new_items(now=10.0, max_age_s=5.0, max_events=1).tolist()
     [2]
+    >>> pop.learn_many(np.zeros(2), np.array([2, 7]), np.ones(2), np.array([11.0, 12.0]), categories=np.array([0, 0]))
+    >>> pop.category_top([2], k=3)[0].tolist()  # items 2 and 7 are in category 0, item 4 in none
+    [2, 7]
     """
 
     name = "popular"
@@ -182,6 +286,10 @@ class DecayedPopularity(TracksTouched):
         self._top_pos = np.zeros(0, dtype=np.int64)
         self._fresh = np.zeros(0, dtype=np.int64)
         self._sizes = np.zeros(2, dtype=np.int64)
+        self._category = np.zeros(0, dtype=np.int64)
+        self._cat_top = np.zeros((0, TOP_PER_CATEGORY), dtype=np.int64)
+        self._cat_len = np.zeros(0, dtype=np.int64)
+        self._cat_pos = np.zeros(0, dtype=np.int64)
         self._rerank = False  # rows were restored: ``top`` is rebuilt before it is next read
         self._touched = TouchLog()
 
@@ -196,15 +304,30 @@ class DecayedPopularity(TracksTouched):
         if self._rerank:
             self._rebuild_top()
         return PopularityState(self._value, self._last, self._first, self._count, self._seen, self._key, self._clock,
-                               self._top, self._top_pos, self._fresh, self._sizes)
+                               self._top, self._top_pos, self._fresh, self._sizes, self._category, self._cat_top,
+                               self._cat_len, self._cat_pos)
 
     def _rebuild_top(self) -> None:
         items = np.flatnonzero(self._seen)
-        best = items[np.lexsort((items, -self._key[items]))][:TOP_SIZE]
+        ranked = items[np.lexsort((items, -self._key[items]))]
+        best = ranked[:TOP_SIZE]
         self._top_pos[:] = -1
         self._top[: len(best)] = best
         self._top_pos[best] = np.arange(len(best))
         self._sizes[0] = len(best)
+        # Each category's best, in the same order: a stable sort of the ranking by category.
+        self._cat_pos[:] = -1
+        self._cat_len[:] = 0
+        cats = self._category[ranked]
+        ranked, cats = ranked[cats >= 0], cats[cats >= 0]
+        order = np.argsort(cats, kind="stable")
+        ranked, cats = ranked[order], cats[order]
+        starts = np.searchsorted(cats, cats, side="left")
+        place = np.arange(len(cats)) - starts
+        keep = place < TOP_PER_CATEGORY
+        self._cat_top[cats[keep], place[keep]] = ranked[keep]
+        self._cat_pos[ranked[keep]] = place[keep]
+        np.add.at(self._cat_len, cats[keep], 1)
         self._rerank = False
 
     def reserve(self, n_items: int) -> None:
@@ -217,16 +340,41 @@ class DecayedPopularity(TracksTouched):
         self._key = grow(self._key, n_items, -np.inf)
         self._top_pos = grow(self._top_pos, n_items, -1)
         self._fresh = grow(self._fresh, n_items)
+        self._category = grow(self._category, n_items, -1)
+        self._cat_pos = grow(self._cat_pos, n_items, -1)
 
-    def learn_many(self, users: IntArray, items: IntArray, weights: FloatArray, ts: FloatArray) -> None:
-        """Add each event's weight to its item, in order (one compiled step per event)."""
+    def reserve_categories(self, n_categories: int) -> None:
+        """Make room for category indices below ``n_categories``."""
+        self._cat_top = grow(self._cat_top, n_categories, -1)
+        self._cat_len = grow(self._cat_len, n_categories)
+
+    def learn_many(self, users: IntArray, items: IntArray, weights: FloatArray, ts: FloatArray,
+                   categories: IntArray | None = None) -> None:
+        """Add each event's weight to its item, in order (one compiled step per event); ``categories``
+        (index per event, -1 for none) files the items under their categories."""
         items = as_index(items)
         if len(items) == 0:
             return
+        cats = np.full(len(items), -1, dtype=np.int64) if categories is None else as_index(categories)
         self.reserve(int(items.max()) + 1)
+        self.reserve_categories(int(cats.max()) + 1)
         pop_learn_many(self.state, items, np.asarray(weights, dtype=np.float64).reshape(-1),
-                       np.asarray(ts, dtype=np.float64).reshape(-1))
+                       np.asarray(ts, dtype=np.float64).reshape(-1), cats)
         self._touched.add(items=items)
+
+    def category_of(self, item: int) -> int:
+        """The category index of ``item``, -1 if none is known."""
+        return int(self._category[item]) if 0 <= item < len(self._category) else -1
+
+    def category_top(self, history: list[int], k: int, exclude: IntArray | None = None) -> tuple[IntArray, FloatArray]:
+        """The ``k`` best items of the categories of ``history`` (item indices, oldest first), as
+        :func:`pop_category_top` ranks them for a user with that history."""
+        n = len(self._seen)
+        k, excluded, _, _, out_s, out_i = selection_buffers(n, k, exclude)
+        hist = np.array([history], dtype=np.int64).reshape(1, -1)
+        cats = np.empty(USER_CATEGORIES, dtype=np.int64)
+        m = pop_category_top(self.state, hist, np.array([hist.shape[1]]), 0, k, excluded, cats, out_s, out_i)
+        return out_i[:m].copy(), out_s[:m].copy()
 
     def _values_now(self, items: IntArray) -> FloatArray:
         return self._value[items] * np.exp2(-(self.now - self._last[items]) / self.half_life_s)
@@ -266,16 +414,17 @@ class DecayedPopularity(TracksTouched):
         """One :data:`ITEM_STATE_DTYPE` record (value as of ``last_ts``); ``None`` if never seen."""
         if not (0 <= item < len(self._seen) and self._seen[item]):
             return None
-        rec = np.array(
-            [(self._value[item], self._last[item], self._first[item], self._count[item])], dtype=ITEM_STATE_DTYPE
-        )
+        rec = np.array([(self._value[item], self._last[item], self._first[item], self._count[item],
+                         self._category[item])], dtype=ITEM_STATE_DTYPE)
         return rec.tobytes()
 
     def set_item_state(self, item: int, data: bytes) -> None:
-        rec = np.frombuffer(data, dtype=ITEM_STATE_DTYPE)[0]
+        rec = _records([data])[0]
         self.reserve(item + 1)
+        self.reserve_categories(int(rec["category"]) + 1)
         self._value[item], self._last[item] = rec["value"], rec["last_ts"]
         self._first[item], self._count[item] = rec["first_seen"], rec["n_events"]
+        self._category[item] = rec["category"]
         if not self._seen[item]:
             self._fresh[self._sizes[1]] = item
             self._sizes[1] += 1
@@ -292,8 +441,10 @@ class DecayedPopularity(TracksTouched):
         """:meth:`set_item_state` for many items at once (a restart)."""
         if len(items) == 0:
             return
-        rec = np.frombuffer(b"".join(rows), dtype=ITEM_STATE_DTYPE)
+        rec = _records(rows)
         self.reserve(int(items.max()) + 1)
+        self.reserve_categories(int(rec["category"].max()) + 1)
+        self._category[items] = rec["category"]
         new = np.unique(items[~self._seen[items]])
         self._fresh[self._sizes[1] : self._sizes[1] + len(new)] = new
         self._sizes[1] += len(new)
@@ -305,3 +456,15 @@ class DecayedPopularity(TracksTouched):
         self._rerank = True
         self._clock[0] = max(self.now, float(rec["last_ts"].max()))
 
+
+
+def _records(rows: list[bytes]) -> np.ndarray:
+    """Item rows as :data:`ITEM_STATE_DTYPE` records; rows from before categories get category -1."""
+    if all(len(r) == ITEM_STATE_DTYPE.itemsize for r in rows):
+        return np.frombuffer(b"".join(rows), dtype=ITEM_STATE_DTYPE)
+    rec = np.empty(len(rows), dtype=ITEM_STATE_DTYPE)
+    for n, r in enumerate(rows):
+        if len(r) == _OLD_ITEM_STATE_SIZE:
+            r = r + np.int64(-1).astype("<i8").tobytes()
+        rec[n] = np.frombuffer(r, dtype=ITEM_STATE_DTYPE)[0]
+    return rec

@@ -222,22 +222,23 @@ def test_adaptive_fusion_learns_to_follow_the_source_that_hits() -> None:
     online, the fusion chooses co-occurrence for returning users and recovers nearly all its hits."""
     hr, weights = {}, {}
     for adapt in (False, True):
-        vocab, settings = Vocabulary.empty(), Settings(fusion_adapt=adapt, explore=0.0)
+        # No decay: chain items tie, and the ties should fall to the index, not to microscopic time gaps.
+        vocab, settings = Vocabulary.empty(), Settings(fusion_adapt=adapt, explore=0.0, cooc_half_life_days=0.0)
         run = Prequential(build(["fused", "cooc"], vocab, settings), vocab, settings)
         result = run.run(_chains_stream())
         hr[adapt], hr["cooc"] = result.models["fused"]["hr@10"], result.models["cooc"]["hr@10"]
         weights[adapt] = run.competitors["fused"].service.fusion.source_weights()  # type: ignore[attr-defined]
     assert hr["cooc"] > 0.8 and hr[False] < 0.7 * hr["cooc"]
     assert hr[True] > 0.95 * hr["cooc"] and hr[True] > hr[False] + 0.2
-    assert weights[False]["returning"] == {"policy": "rrf",
-                                           "weights": {"mf": 1.0, "cooc": 1.0, "popular": 1.0, "recent": 1.0}}
+    assert weights[False]["returning"] == {
+        "policy": "rrf", "weights": {"mf": 1.0, "cooc": 1.0, "popular": 1.0, "recent": 1.0, "category": 1.0}}
     chosen = weights[True]["returning"]
     if chosen["policy"] == "rrf":  # one of the grid's weightings: co-occurrence first
         w = chosen["weights"]
-        assert w["cooc"] == 1.0 and max(w["mf"], w["popular"], w["recent"]) < 0.5, chosen
+        assert w["cooc"] == 1.0 and max(w["mf"], w["popular"], w["recent"], w["category"]) < 0.5, chosen
     else:  # the learned scorer: an item co-occurrence lists gets the largest bonus
         bonus = chosen["bonus"]
-        assert bonus["cooc"] > max(bonus["mf"], bonus["popular"], bonus["recent"]) + 2, chosen
+        assert bonus["cooc"] > max(bonus["mf"], bonus["popular"], bonus["recent"], bonus["category"]) + 2, chosen
 
 
 def test_river_ranking_mirror_equals_predict_one() -> None:
@@ -295,7 +296,7 @@ def test_evaluate_command_writes_table_json_and_plots(tmp_path: Path, capsys: py
     assert set(report["fused_weights"]) == {"new", "returning"}
     for policy in report["fused_weights"].values():
         per_source = policy["weights"] if policy["policy"] == "rrf" else policy["bonus"]
-        assert set(per_source) == {"mf", "cooc", "popular", "recent"}, policy
+        assert set(per_source) == {"mf", "cooc", "popular", "recent", "category"}, policy
     assert set(report["models"]) == {"fused", "popularity", "batch-knn"}
     assert report["events"] == 400 and report["scored"] + report["unscored_new_users"] == 400
     assert sorted(p.name for p in plots.iterdir()) == ["figures.png", "hr10_over_time.png"]

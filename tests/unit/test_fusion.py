@@ -126,3 +126,24 @@ def test_an_explored_item_shown_and_ignored_stops_being_explored_one_with_events
     pop.learn_many(np.zeros(1), np.array([21]), np.ones(1), np.array([DAY + 3]))  # someone clicked item 21
     items, _, labels = fusion.recommend(-1, 4)
     assert [i for i, label in zip(items.tolist(), labels) if label == ("explore",)] == [21]
+
+
+def test_new_items_of_the_users_own_categories_are_explored_first() -> None:
+    """Ten new items, one of them in the category the user browses: with one exploration slot, it is
+    always that one; a user browsing elsewhere gets the others, drawn at random."""
+    pop = DecayedPopularity(half_life_s=DAY)
+    cooc = CoOccurrence(history_size=5)
+    old = np.arange(60) % 10  # items 0-9: categories 0 and 1, a day old
+    pop.learn_many(np.zeros(60), old, np.ones(60), np.linspace(0.0, DAY, 60), categories=old % 2)
+    new = np.arange(20, 30)  # items 20-29: new, item 25 in category 0, the rest in category 7
+    pop.learn_many(np.zeros(10), new, np.ones(10), DAY + np.arange(10.0), categories=np.where(new == 25, 0, 7))
+    users = np.array([0, 0, 1, 1])
+    cooc.learn_many(users, np.array([2, 4, 3, 5]), np.ones(4), np.full(4, DAY))  # user 0: category 0; user 1: 1
+    fusion = Fusion({"popular": pop, "recent": cooc}, explore=0.25, explore_max_age_s=DAY / 2, seed=4)
+    picks = {0: set(), 1: set()}
+    for _ in range(SHOWS_PER_EVENT // 2):  # fewer shows than would mark item 25 ignored
+        for user in (0, 1):
+            items, _, labels = fusion.recommend(user, 4)
+            picks[user] |= {i for i, label in zip(items.tolist(), labels) if label == ("explore",)}
+    assert picks[0] == {25}
+    assert 25 not in picks[1] and len(picks[1]) > 2

@@ -72,3 +72,30 @@ def test_ties_at_the_cut_go_to_the_lower_index() -> None:
     pop.learn_many(np.zeros(5), items, np.ones(5), np.zeros(5))
     assert pop.recommend(-1, 2)[0].tolist() == [1, 3]
     assert pop.recommend(-1, 2, exclude=np.array([1, 42]))[0].tolist() == [3, 5]
+
+
+def test_each_category_keeps_its_own_ranking_and_an_item_follows_its_latest_category() -> None:
+    pop = DecayedPopularity(half_life_s=1e9)
+    items = np.array([1, 1, 1, 2, 2, 3, 4, 4, 4, 4, 5])
+    cats = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0])
+    pop.learn_many(np.zeros(len(items)), items, np.ones(len(items)), np.arange(len(items), dtype=float), categories=cats)
+    assert pop.category_top([2], k=5)[0].tolist() == [1, 2, 5]  # category 0, most popular first
+    assert pop.category_top([3], k=5)[0].tolist() == [4, 3]
+    # Item 5 moves to category 1; a history in both categories leads with its newest one's best.
+    pop.learn_many(np.zeros(1), np.array([5]), np.ones(1), np.array([20.0]), categories=np.array([1]))
+    assert pop.category_top([2], k=5)[0].tolist() == [1, 2]
+    ranked, scores = pop.category_top([1, 4], k=4)  # newest history item 4: category 1 first
+    assert ranked.tolist()[:2] == [4, 1] and np.all(np.diff(scores) <= 0)
+    assert pop.category_of(5) == 1 and pop.category_of(99) == -1
+
+
+def test_categories_survive_a_restart_and_rows_written_before_categories_still_load() -> None:
+    pop = DecayedPopularity(half_life_s=100.0)
+    pop.learn_many(np.zeros(4), np.array([7, 7, 8, 9]), np.ones(4), np.arange(4.0), categories=np.array([2, 2, 2, -1]))
+    rows = {i: pop.item_state(i) for i in (7, 8, 9)}
+    restored = DecayedPopularity(half_life_s=100.0)
+    restored.load_item_rows(np.array([7, 8, 9]), [rows[i] for i in (7, 8, 9)])
+    assert restored.category_top([8], k=3)[0].tolist() == pop.category_top([8], k=3)[0].tolist() == [7, 8]
+    old = DecayedPopularity(half_life_s=100.0)  # a 32-byte row of the previous layout: no category
+    old.set_item_state(7, rows[7][:32])
+    assert old.category_of(7) == -1 and old.recommend(-1, 1)[0].tolist() == [7]

@@ -172,15 +172,16 @@ def test_list_message_carries_what_the_schema_promises() -> None:
 
 
 def test_every_item_carries_the_reason_its_sources_give(events: list[Event]) -> None:
-    service = RecService(replace(SETTINGS, explore=0.2), MemoryStore())
+    # Equal fixed weights, so every source puts items forward.
+    service = RecService(replace(SETTINGS, explore=0.2, fusion_adapt=False), MemoryStore())
     _feed(service, events, batch=500)
     history: dict[str, set[str]] = {}
+    category = {e.item_id: e.category for e in events}
     for e in events:
         history.setdefault(e.user_id, set()).add(e.item_id)
     kinds: dict[str, int] = {}
     for user in sorted(history):
-        ids, _, sources = service.recommend(user)
-        because = service.explain(user)
+        ids, _, sources, because = service.recommend_explained(user)
         assert len(because) == len(ids) == SETTINGS.top_n
         for item, src, why in zip(ids, sources, because):
             kinds[why["kind"]] = kinds.get(why["kind"], 0) + 1
@@ -190,11 +191,14 @@ def test_every_item_carries_the_reason_its_sources_give(events: list[Event]) -> 
                 assert why == {"kind": "recently_viewed"} and item in history[user]
             elif "cooc" in src:  # the anchor is an item the user interacted with, never the item itself
                 assert why["kind"] == "with_item" and why["item_id"] in history[user] and why["item_id"] != item
+            elif "category" in src:  # popular in the category of one of the user's recent items
+                assert why == {"kind": "popular_in_category", "category": category[item]}
+                assert category[item] in {category[i] for i in history[user]}
             elif "mf" in src:
                 assert why == {"kind": "similar_users"}
             else:
                 assert src == ("popular",) and why == {"kind": "popular"}
-    assert kinds["with_item"] > 0 and kinds["new"] > 0 and kinds["similar_users"] + kinds.get("popular", 0) > 0
+    assert kinds["with_item"] > 0 and kinds["new"] > 0 and kinds["popular_in_category"] > 0, kinds
 
 
 def test_offline_mode_learns_the_same_without_lists_or_changes(events: list[Event]) -> None:
