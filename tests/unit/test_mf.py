@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from stream_rec.models.mf import ImplicitMF
+from stream_rec.models.mf import MAX_STEP, NEW_USER_BOOST, NEW_USER_EVENTS, ImplicitMF
 
 
 @lru_cache(maxsize=None)  # trained once per seed; tests only read the model
@@ -69,7 +69,9 @@ def test_max_norm_bounds_rows_even_with_heavy_weights() -> None:
 
 def test_state_is_little_endian_float32_rows() -> None:
     model = _checkerboard(seed=1)
-    np.testing.assert_array_equal(np.frombuffer(model.user_state(3), "<f4"), model.P[3])
+    row = np.frombuffer(model.user_state(3), "<f4")
+    np.testing.assert_array_equal(row[:-1], model.P[3])
+    assert row[-1] == model.state.user_n[3] > 0  # the learning-rate schedule's clock
     np.testing.assert_array_equal(np.frombuffer(model.item_state(12), "<f4"), model.Q[12])
 
 
@@ -101,7 +103,8 @@ def test_the_all_items_term_keeps_its_gram_matrix_exact() -> None:
 
 def test_one_event_is_the_all_items_step_then_the_positive_step() -> None:
     """The event's update in closed form: ``p <- p - lr * all_items * G p`` (every item's score towards
-    0 at once), then the pointwise step towards 1 on the event's item, computed here with numpy."""
+    0 at once), then the pointwise step towards 1 on the event's item, its size set by the user's
+    learning-rate schedule, computed here with numpy."""
     rng = np.random.default_rng(11)
     model = ImplicitMF(n_factors=5, n_negatives=0, all_items=0.3, learning_rate=0.05, l2=0.01, seed=2)
     model.learn_many(rng.integers(0, 30, 500), rng.integers(0, 40, 500), np.ones(500), np.zeros(500))
@@ -109,9 +112,26 @@ def test_one_event_is_the_all_items_step_then_the_positive_step() -> None:
     p, q = model.P[u].astype(np.float64), model.Q[i].astype(np.float64)
     seen = model.Q[model.state.item_seen].astype(np.float64)
     p = p - 0.05 * 0.3 * (seen.T @ seen) @ p
-    err = (1.0 - p @ q) * 0.05 * w
+    boost = 1.0 + NEW_USER_BOOST / (1.0 + model.state.user_n[u] / NEW_USER_EVENTS)  # the schedule
+    err = (1.0 - p @ q) * min(0.05 * w * boost, MAX_STEP)
     shrink = 1.0 - 0.05 * 0.01
     expected_p, expected_q = shrink * p + err * q, shrink * q + err * p
     model.learn_many(np.array([u]), np.array([i]), np.array([w]), np.zeros(1))
     np.testing.assert_allclose(model.P[u], expected_p, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(model.Q[i], expected_q, rtol=1e-4, atol=1e-6)
+
+
+def test_a_newcomer_takes_bigger_steps_than_a_regular_and_no_step_exceeds_the_cap() -> None:
+    model = ImplicitMF(n_factors=4, n_negatives=0, all_items=0.0, learning_rate=0.01, l2=0.0, seed=1)
+    rng = np.random.default_rng(2)
+    model.learn_many(np.zeros(200, np.int64), rng.integers(0, 20, 200), np.ones(200), np.zeros(200))  # a regular
+    model.learn_many(np.array([1]), np.array([3]), np.ones(1), np.zeros(1))  # a newcomer's first event
+    moves = {}
+    for u in (0, 1):
+        before = model.P[u].copy()
+        model.learn_many(np.array([u]), np.array([5]), np.ones(1), np.zeros(1))
+        moves[u] = np.linalg.norm(model.P[u] - before) / np.linalg.norm(model.Q[5])
+    assert moves[1] > 1.5 * moves[0]
+    huge = ImplicitMF(n_factors=4, learning_rate=1.0, seed=1)  # 1.0 x weight 8 x schedule: capped at MAX_STEP
+    huge.learn_many(np.zeros(500, np.int64), rng.integers(0, 10, 500), np.full(500, 8.0), np.zeros(500))
+    assert np.isfinite(huge.P[:1]).all() and np.abs(huge.P[0]).max() < 10
