@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -207,3 +208,15 @@ def test_bad_format_options_are_a_clear_error(tmp_path: Path, args: list[str], m
 def test_missing_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert replay.main([str(tmp_path / "nope.jsonl")]) == 2
     assert "no such log file" in capsys.readouterr().err
+
+
+def test_ceiling_times_the_bare_producer_on_a_scratch_topic_and_prints_both_rates(
+        env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events = shop_events(300)
+    path = tmp_path / "shop.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert replay.main([str(path), "--ceiling", "200"]) == 0
+    out = capsys.readouterr().out
+    rates = [float(x) for x in re.findall(r"events/s\s+(\d+) \(producer ceiling in this run: (\d+) messages/s", out)[0]]
+    assert all(r > 0 for r in rates), out
+    assert_arrived_once_in_order(received(env), events)  # the ceiling's copies went to the scratch topic only
