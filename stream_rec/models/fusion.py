@@ -299,14 +299,27 @@ def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, 
     learned = sc.learned
     for x in range(n_union):
         learned[x] = learned_score(fp, sc.ranks, seg, x)
-    above_learned = 0
+    above_learned, above_all = 0, 0
     for x in range(n_union):
-        t0, t1, t2, t3, t4 = terms[0, x], terms[1, x], terms[2, x], terms[3, x], terms[4, x]
         before = sc.union[x] < item  # wins a tie
+        above_learned += (learned[x] > learned[target]) | ((learned[x] == learned[target]) & before)
+        # Weights are never negative: an item no source ranks better than the target's is above it
+        # under no weighting, one no source ranks worse under every one (ties aside); only the others
+        # need the grid.
+        better, worse = False, False
+        for s in range(N_SOURCES):
+            better = better or terms[s, x] > terms[s, target]
+            worse = worse or terms[s, x] < terms[s, target]
+        if not (better and worse):
+            if better or (not worse and before):
+                above_all += 1
+            continue
+        t0, t1, t2, t3, t4 = terms[0, x], terms[1, x], terms[2, x], terms[3, x], terms[4, x]
         for g in range(n_grid):  # innermost over the grid: vectorised, branch-free
             f = grid[0, g] * t0 + grid[1, g] * t1 + grid[2, g] * t2 + grid[3, g] * t3 + grid[4, g] * t4
             above[g] += (f > mine[g]) | ((f == mine[g]) & before)
-        above_learned += (learned[x] > learned[target]) | ((learned[x] == learned[target]) & before)
+    for g in range(n_grid):
+        above[g] += above_all
     slots = k - n_explore
     for g in range(n_grid):
         hit = 1.0 / np.log2(above[g] + 2.0) if above[g] < slots else 0.0
