@@ -40,15 +40,17 @@ def purchases_add(st: PurchasesState, u: int, i: int, ts_ms: int) -> None:
 
 
 @njit(**JIT)
-def purchases_mark(st: PurchasesState, u: int, marks: np.ndarray, value: bool, since_ms: int) -> None:
-    """Set ``marks[item] = value`` for every item ``u`` bought at or after ``since_ms``."""
-    if u < 0 or u >= len(st.head):
+def purchases_mark(head: IntArray, nxt: IntArray, item: IntArray, ts_ms: IntArray, u: int, marks: np.ndarray,
+                   value: bool, since_ms: int) -> None:
+    """Set ``marks[item] = value`` for every item ``u`` bought at or after ``since_ms`` (takes the state's
+    arrays: it runs on every ranking, where handing the tuple over would cost more than the walk)."""
+    if u < 0 or u >= len(head):
         return
-    r = st.head[u]
+    r = head[u]
     while r >= 0:
-        if st.ts_ms[r] >= since_ms:
-            marks[st.item[r]] = value
-        r = st.next[r]
+        if ts_ms[r] >= since_ms:
+            marks[item[r]] = value
+        r = nxt[r]
 
 
 @njit(**JIT)

@@ -482,11 +482,11 @@ class _Names:
 
 
 @njit(**INLINE)
-def _excluded_since(fp: FusionParams, now_s: float) -> int:
+def _excluded_since(rebuy_after_s: float, now_s: float) -> int:
     """Purchases at or after this time (ms) are excluded from lists: all of them without a rebuy window."""
-    if fp.rebuy_after_s <= 0.0:
+    if rebuy_after_s <= 0.0:
         return np.iinfo(np.int64).min
-    return int(np.floor((now_s - fp.rebuy_after_s) * 1000.0)) + 1
+    return int(np.floor((now_s - rebuy_after_s) * 1000.0)) + 1
 
 
 @njit(**JIT)
@@ -495,19 +495,20 @@ def _rank_user(mf: MFState, cooc: CoocState, pop: PopularityState, bought: Purch
                out_s: FloatArray, out_m: IntArray, now_s: float) -> int:
     """One user's fused list without the items they bought (within the rebuy window before ``now_s``):
     the ranking every path of the service uses."""
-    since = _excluded_since(fp, now_s)
-    _mark_excluded(bought, u, sc, fp, since, True)
+    since = _excluded_since(fp.rebuy_after_s, now_s)
+    _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
     n = fuse(mf, cooc, pop, sc, fp, u, has_history, n_items, k, n_explore, out_i, out_s, out_m)
-    _mark_excluded(bought, u, sc, fp, since, False)
+    _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
     return n
 
 
 @njit(**INLINE)
-def _mark_excluded(bought: PurchasesState, u: int, sc: Scratch, fp: FusionParams, since: int, value: bool) -> None:
-    """Set (or clear) ``sc.excluded`` for what ``u`` may not be shown: recent purchases, unavailable items."""
-    purchases_mark(bought, u, sc.excluded, value, since)
-    for b in fp.blocked:
-        sc.excluded[b] = value
+def _mark_excluded(bought: PurchasesState, u: int, excluded: np.ndarray, blocked: IntArray, since: int,
+                   value: bool) -> None:
+    """Set (or clear) ``excluded`` for what ``u`` may not be shown: recent purchases, unavailable items."""
+    purchases_mark(bought.head, bought.next, bought.item, bought.ts_ms, u, excluded, value, since)
+    for b in blocked:
+        excluded[b] = value
 
 
 @njit(**JIT)
@@ -552,11 +553,11 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
             fp.events[0] += 1
             measure = fp.events[0] % fp.sample_every == 0  # measure the sources on this event before learning it
         if scored[e] and measure and k == top_n:  # the ranking and the measuring need the same lists
-            since = _excluded_since(fp, now)
-            _mark_excluded(bought, u, sc, fp, since, True)
+            since = _excluded_since(fp.rebuy_after_s, now)
+            _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
             n = fuse_and_measure(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, k, n_explore, row_i, row_s,
                                  row_m)
-            _mark_excluded(bought, u, sc, fp, since, False)
+            _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
             out[e, :n] = row_i[:n]
         else:
             if scored[e]:
@@ -564,10 +565,10 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
                                row_i, row_s, row_m, now)
                 out[e, :n] = row_i[:n]
             if measure:
-                since = _excluded_since(fp, now)
-                _mark_excluded(bought, u, sc, fp, since, True)
+                since = _excluded_since(fp.rebuy_after_s, now)
+                _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
                 measure_sources(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, top_n, top_explore)
-                _mark_excluded(bought, u, sc, fp, since, False)
+                _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
         mf_learn_one(mf, u, i, w, mf_log, mf_n)
         cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n)
         pop_learn_one(pop, i, w, t, cats[e])

@@ -68,36 +68,33 @@ class CoocState(NamedTuple):
     params: FloatArray  # half_life_s (0 = none), session_gap_s, max_neighbors, reference time
 
 
-@njit(**INLINE)
-def _renormalise(st: CoocState, i: int) -> None:
-    m = st.mass[i]
-    for e in range(st.nlen[i]):
-        st.cnt[i, e] *= m
-    st.total[i] *= m
-    st.mass[i] = 1.0
+# The per-pair helpers below take the arrays they use, never the state tuple: handing a tuple of
+# fourteen arrays to a helper, even an inlined one, costs ~0.15 us a call in reference counting, and
+# learning calls them a few dozen times an event.
 
 
 @njit(**INLINE)
-def _refresh_damp(st: CoocState, i: int) -> None:
-    """Recompute ``damp[i]`` after row ``i``'s total or multiplier changed (one power per change, not one
-    per candidate per ranking)."""
-    n = st.total[i] * st.mass[i]
-    st.damp[i] = n ** -CANDIDATE_DAMPING if n > 0.0 else 0.0
-    st.dampt[i] = st.damp[i] / _time_factor(st, st.row_ts[i])
-
-
-@njit(**INLINE)
-def _time_factor(st: CoocState, ts: float) -> float:
+def _time_factor(params: FloatArray, ts: float) -> float:
     """``2 ** (CANDIDATE_DAMPING * (ts - ref) / half_life)`` (1 without a half-life).
 
     Scoring needs row ``h``'s counts (as of ``row_ts[h]``) and a candidate's damped total (as of
     ``row_ts[j]``) at one time: the factor ``2 ** (CANDIDATE_DAMPING * (ts_h - ts_j) / half_life)``
     splits into one factor per history row and one per candidate (``dampt``), so no power is taken
     per row entry. ``ref`` moves forward when the exponents grow large (:func:`_rebase`)."""
-    hl = st.params[0]
+    hl = params[0]
     if hl <= 0.0:
         return 1.0
-    return 2.0 ** (CANDIDATE_DAMPING * (ts - st.params[3]) / hl)
+    return 2.0 ** (CANDIDATE_DAMPING * (ts - params[3]) / hl)
+
+
+@njit(**INLINE)
+def _refresh_damp(total: FloatArray, mass: FloatArray, row_ts: FloatArray, damp: FloatArray, dampt: FloatArray,
+                  params: FloatArray, i: int) -> None:
+    """Recompute ``damp[i]`` and ``dampt[i]`` after row ``i``'s total or multiplier changed (one power
+    per change, not one per candidate per ranking)."""
+    n = total[i] * mass[i]
+    damp[i] = n ** -CANDIDATE_DAMPING if n > 0.0 else 0.0
+    dampt[i] = damp[i] / _time_factor(params, row_ts[i])
 
 
 @njit(**JIT)
@@ -106,74 +103,78 @@ def _rebase(st: CoocState, ref: float) -> None:
     st.params[3] = ref
     for i in range(len(st.seen)):
         if st.seen[i]:
-            st.dampt[i] = st.damp[i] / _time_factor(st, st.row_ts[i])
+            st.dampt[i] = st.damp[i] / _time_factor(st.params, st.row_ts[i])
 
 
 @njit(**INLINE)
-def _unit(st: CoocState, i: int, t: float) -> float:
-    """Raw units of one weight unit added to row ``i`` at ``t`` (advances the row's decay to ``t``)."""
-    hl = st.params[0]
+def _unit(params: FloatArray, row_ts: FloatArray, mass: FloatArray, cnt: FloatArray, nlen: IntArray,
+          total: FloatArray, damp: FloatArray, dampt: FloatArray, i: int, t: float) -> float:
+    """Raw units of one weight unit added to row ``i`` at ``t``, after advancing the row's decay to ``t``
+    (one multiplication of its multiplier, folded into the raw counts long before it could underflow)."""
+    hl = params[0]
     if hl <= 0.0:
         return 1.0
-    row_ts = st.row_ts[i]
-    if t > row_ts:
-        st.mass[i] *= 2.0 ** (-(t - row_ts) / hl)
-        st.row_ts[i] = row_ts = t
-        if st.mass[i] < _RENORMALISE_BELOW:
-            _renormalise(st, i)
-        _refresh_damp(st, i)
+    if t > row_ts[i]:
+        mass[i] *= 2.0 ** (-(t - row_ts[i]) / hl)
+        row_ts[i] = t
+        if mass[i] < _RENORMALISE_BELOW:
+            m = mass[i]
+            for e in range(nlen[i]):
+                cnt[i, e] *= m
+            total[i] *= m
+            mass[i] = 1.0
+        _refresh_damp(total, mass, row_ts, damp, dampt, params, i)
     # A late event (t < row_ts) is decayed to the row's time before it is added.
-    return 2.0 ** (-(row_ts - t) / hl) / st.mass[i]
+    return 2.0 ** (-(row_ts[i] - t) / hl) / mass[i]
 
 
 @njit(**JIT)
-def _prune(st: CoocState, i: int, limit: int) -> None:
+def _prune(nbr: np.ndarray, cnt: FloatArray, nlen: IntArray, i: int, limit: int) -> None:
     """Keep the strongest 80 % of an overflowing row, in row order (ties at the cut: earlier entries),
     O(1) amortised per insertion."""
-    n = st.nlen[i]
+    n = nlen[i]
     keep = max(1, limit - limit // 5)
-    cut = np.partition(st.cnt[i, :n], n - keep)[n - keep]  # the keep-th largest count
+    cut = np.partition(cnt[i, :n], n - keep)[n - keep]  # the keep-th largest count
     above = 0
     for e in range(n):
-        above += st.cnt[i, e] > cut
+        above += cnt[i, e] > cut
     ties = keep - above
     w = 0
     for e in range(n):
-        c = st.cnt[i, e]
+        c = cnt[i, e]
         if c > cut or (c == cut and ties > 0):
             if c == cut:
                 ties -= 1
-            st.nbr[i, w], st.cnt[i, w] = st.nbr[i, e], c
+            nbr[i, w], cnt[i, w] = nbr[i, e], c
             w += 1
-    st.nlen[i] = w
+    nlen[i] = w
 
 
 @njit(**INLINE)
-def _place(st: CoocState, i: int, j: int) -> int:
+def _place(nbr: np.ndarray, nlen: IntArray, i: int, j: int) -> int:
     """1 + the entry of ``j`` in row ``i``, or 0 if absent. ``j`` is in a row at most once, so a
     branch-free sum finds it in one vectorised pass (an early exit would mispredict once per pair)."""
-    row = st.nbr[i]
     at = 0
-    for e in range(st.nlen[i]):
-        at += (row[e] == j) * (e + 1)
+    for e in range(nlen[i]):
+        at += (nbr[i, e] == j) * (e + 1)
     return at
 
 
 @njit(**INLINE)
-def _add_pair(st: CoocState, i: int, j: int, amount: float, limit: int) -> None:
+def _add_pair(nbr: np.ndarray, cnt: FloatArray, nlen: IntArray, i: int, j: int, amount: float, limit: int) -> None:
     """``C[i, j] += amount`` (raw units of row ``i``), pruning the row when it overflows."""
-    n = st.nlen[i]
-    at = _place(st, i, j)
+    at = _place(nbr, nlen, i, j)
     if at > 0:
-        st.cnt[i, at - 1] += amount
+        cnt[i, at - 1] += amount
         return
-    st.nbr[i, n], st.cnt[i, n] = j, amount
-    st.nlen[i] = n + 1
+    n = nlen[i]
+    nbr[i, n], cnt[i, n] = j, amount
+    nlen[i] = n + 1
     if n + 1 > limit:
-        _prune(st, i, limit)
+        _prune(nbr, cnt, nlen, i, limit)
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def _push_history(st: CoocState, u: int, i: int, w: float, t: float) -> None:
     """Append ``i`` as the newest entry, dropping an older copy of ``i`` and then the oldest."""
     n, size = st.hist_len[u], st.hist_item.shape[1]
@@ -199,29 +200,32 @@ def cooc_learn_one(st: CoocState, u: int, i: int, w: float, t: float, log: IntAr
 
     Items whose rows changed are appended to ``log`` (while it has room) at ``log_n[0]``.
     """
-    gap, limit, hl = st.params[1], int(st.params[2]), st.params[0]
-    if hl > 0.0 and abs(CANDIDATE_DAMPING * (t - st.params[3]) / hl) > _REBASE_ABOVE:
+    params, row_ts, mass, nbr, cnt, nlen = st.params, st.row_ts, st.mass, st.nbr, st.cnt, st.nlen
+    total, damp, dampt = st.total, st.damp, st.dampt
+    gap, limit, hl = params[1], int(params[2]), params[0]
+    if hl > 0.0 and abs(CANDIDATE_DAMPING * (t - params[3]) / hl) > _REBASE_ABOVE:
         _rebase(st, t)
     if not st.seen[i]:
-        st.seen[i], st.mass[i], st.row_ts[i] = True, 1.0, t
-    unit_i = _unit(st, i, t)
-    st.total[i] += w * unit_i
-    _refresh_damp(st, i)
+        st.seen[i], mass[i], row_ts[i] = True, 1.0, t
+    unit_i = _unit(params, row_ts, mass, cnt, nlen, total, damp, dampt, i, t)
+    total[i] += w * unit_i
+    _refresh_damp(total, mass, row_ts, damp, dampt, params, i)
     if log_n[0] < len(log):
         log[log_n[0]] = i
         log_n[0] += 1
+    hist_item, hist_ts, hist_w = st.hist_item, st.hist_ts, st.hist_w
     in_session, newer_t = True, t
     for r in range(st.hist_len[u] - 1, -1, -1):
         # Walking newest to oldest, the first long silence ends the current session.
-        j, tj, wj = st.hist_item[u, r], st.hist_ts[u, r], st.hist_w[u, r]
+        j, tj, wj = hist_item[u, r], hist_ts[u, r], hist_w[u, r]
         in_session = in_session and newer_t - tj < gap
         newer_t = tj
         if j == i:
             continue
         pair = min(w, wj) * (SESSION_BOOST if in_session else 1.0)
         # C[i, j] and C[j, i], each in its own row's units (rows decay independently).
-        _add_pair(st, i, j, pair * unit_i, limit)
-        _add_pair(st, j, i, pair * _unit(st, j, t), limit)
+        _add_pair(nbr, cnt, nlen, i, j, pair * unit_i, limit)
+        _add_pair(nbr, cnt, nlen, j, i, pair * _unit(params, row_ts, mass, cnt, nlen, total, damp, dampt, j, t), limit)
         if log_n[0] < len(log):
             log[log_n[0]] = j
             log_n[0] += 1
@@ -236,8 +240,8 @@ def cooc_learn_many(st: CoocState, users: IntArray, items: IntArray, weights: Fl
 
 
 @njit(**INLINE)
-def _inv_norm(st: CoocState, x: int) -> float:
-    n = st.total[x] * st.mass[x]
+def _inv_norm(total: FloatArray, mass: FloatArray, x: int) -> float:
+    n = total[x] * mass[x]
     return 1.0 / np.sqrt(n) if n > 0.0 else 0.0
 
 
@@ -253,7 +257,7 @@ def _history_rows(st: CoocState, u: int) -> tuple[IntArray, FloatArray]:
     coef = 1.0
     for r in range(n):
         h = hs[r] = st.hist_item[u, n - 1 - r]
-        cs[r] = coef * st.mass[h] * _inv_norm(st, h) * _time_factor(st, st.row_ts[h])
+        cs[r] = coef * st.mass[h] * _inv_norm(st.total, st.mass, h) * _time_factor(st.params, st.row_ts[h])
         coef *= RECENCY
     return hs, cs
 
@@ -287,7 +291,9 @@ def cooc_anchors(st: CoocState, u: int, items: IntArray, n: int, slot: IntArray,
 
 
 @njit(**INLINE)
-def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, cand: IntArray) -> int:
+def cooc_candidates(hist_item: np.ndarray, hist_len: IntArray, nbr: np.ndarray, cnt: FloatArray, nlen: IntArray,
+                    mass: FloatArray, total: FloatArray, row_ts: FloatArray, dampt: FloatArray, params: FloatArray,
+                    u: int, acc: FloatArray, mark: np.ndarray, cand: IntArray) -> int:
     """Score every neighbour of ``u``'s history into ``acc`` and list it in ``cand``; returns the count.
 
     ``score(j) = sum_h 0.8 ** rank(h) * sim(h, j)``, history newest first, with
@@ -296,14 +302,13 @@ def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, ca
     ``mark[j]`` is set for every listed ``j``: the caller clears it and ``acc`` (:func:`cooc_release`).
     ``cand`` needs room for one more entry than there are items.
     """
-    if u < 0 or u >= len(st.hist_len):
+    if u < 0 or u >= len(hist_len):
         return 0
-    nbr, cnt, nlen = st.nbr, st.cnt, st.nlen
     n_cand = 0
     coef = 1.0
-    for r in range(st.hist_len[u] - 1, -1, -1):
-        h = st.hist_item[u, r]
-        c = coef * st.mass[h] * _inv_norm(st, h) * _time_factor(st, st.row_ts[h])
+    for r in range(hist_len[u] - 1, -1, -1):
+        h = hist_item[u, r]
+        c = coef * mass[h] * _inv_norm(total, mass, h) * _time_factor(params, row_ts[h])
         coef *= RECENCY
         for e in range(nlen[h]):
             j = nbr[h, e]
@@ -316,7 +321,7 @@ def cooc_candidates(st: CoocState, u: int, acc: FloatArray, mark: np.ndarray, ca
             mark[j] = True
     for c in range(n_cand):
         j = cand[c]
-        acc[j] *= st.dampt[j]
+        acc[j] *= dampt[j]
     return n_cand
 
 
@@ -329,27 +334,29 @@ def cooc_release(mark: np.ndarray, acc: FloatArray, cand: IntArray, n_cand: int)
 
 
 @njit(**INLINE)
-def cooc_recent(st: CoocState, u: int, k: int, excluded: np.ndarray, out_s: FloatArray, out_i: IntArray) -> int:
+def cooc_recent(hist_item: np.ndarray, hist_ts: FloatArray, hist_len: IntArray, u: int, k: int, excluded: np.ndarray,
+                out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` most recent items of ``u``'s history that are not ``excluded``, newest first (scores:
     their time). People come back to what they just looked at: the funnel view -> cart -> purchase
     runs over the same item."""
     m = 0
-    if 0 <= u < len(st.hist_len):
-        for r in range(st.hist_len[u] - 1, -1, -1):
+    if 0 <= u < len(hist_len):
+        for r in range(hist_len[u] - 1, -1, -1):
             if m == k:
                 break
-            i = st.hist_item[u, r]
+            i = hist_item[u, r]
             if not excluded[i]:
-                out_s[m], out_i[m] = st.hist_ts[u, r], i
+                out_s[m], out_i[m] = hist_ts[u, r], i
                 m += 1
     return m
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def cooc_top(st: CoocState, u: int, k: int, excluded: np.ndarray, acc: FloatArray, mark: np.ndarray,
              cand: IntArray, buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best neighbours of ``u``'s history that are seen and not ``excluded``, best first."""
-    n_cand = cooc_candidates(st, u, acc, mark, cand)
+    n_cand = cooc_candidates(st.hist_item, st.hist_len, st.nbr, st.cnt, st.nlen, st.mass, st.total, st.row_ts,
+                             st.dampt, st.params, u, acc, mark, cand)
     m = select_sparse(acc, cand, n_cand, st.seen, excluded, k, buf_s, buf_i, out_s, out_i)
     cooc_release(mark, acc, cand, n_cand)
     return m
@@ -462,7 +469,9 @@ class CoOccurrence(TracksTouched):
         items = as_index(items)
         out = np.zeros(len(items), dtype=np.float64)
         acc, mark, cand = self._scratch_for(len(self._seen))
-        n_cand = cooc_candidates(self.state, user, acc, mark, cand)
+        st = self.state
+        n_cand = cooc_candidates(st.hist_item, st.hist_len, st.nbr, st.cnt, st.nlen, st.mass, st.total, st.row_ts,
+                                 st.dampt, st.params, user, acc, mark, cand)
         ok = seen_mask(items, self._seen)
         ok[ok] = mark[items[ok]]
         out[ok] = acc[items[ok]]
@@ -519,7 +528,7 @@ class CoOccurrence(TracksTouched):
         self._mass[item] = 1.0
         if self.half_life_s and self._params[3] == 0.0:
             self._params[3] = self._row_ts[item]  # a restored model's reference time
-        _refresh_damp(self.state, item)
+        _refresh_damp(self._total, self._mass, self._row_ts, self._damp, self._dampt, self._params, item)
         self._seen[item] = True
         self._nbr[item, :n], self._cnt[item, :n] = rec["item"], rec["count"]
         self._nlen[item] = n

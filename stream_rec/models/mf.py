@@ -80,10 +80,13 @@ def _clip_row(mat: np.ndarray, idx: int, max_norm: float) -> None:
             mat[idx, f] *= scale
 
 
+# The per-step helpers take arrays, not the state tuple: handing a tuple over costs reference counting
+# per array per call, and an event makes a handful of these calls.
+
+
 @njit(**INLINE)
-def _gram_add(st: MFState, j: int, sign: float) -> None:
+def _gram_add(G: FloatArray, Q: Float32Array, j: int, sign: float) -> None:
     """``G += sign * q_j q_j^T``: called with -1 before row ``j`` changes and +1 after."""
-    G, Q = st.gram, st.Q
     d = Q.shape[1]
     for a in range(d):
         qa = sign * float(Q[j, a])
@@ -92,9 +95,8 @@ def _gram_add(st: MFState, j: int, sign: float) -> None:
 
 
 @njit(**INLINE)
-def _all_items_step(st: MFState, u: int, step: float) -> None:
+def _all_items_step(G: FloatArray, P: Float32Array, u: int, step: float) -> None:
     """``p_u -= step * G p_u``: one step pushing every item's score for ``u`` towards 0 at once."""
-    G, P = st.gram, st.P
     d = P.shape[1]
     pu = np.empty(d)
     for a in range(d):
@@ -107,23 +109,23 @@ def _all_items_step(st: MFState, u: int, step: float) -> None:
 
 
 @njit(**INLINE)
-def _sgd_step(st: MFState, u: int, j: int, target: float, step: float, shrink: float) -> None:
+def _sgd_step(P: Float32Array, Q: Float32Array, G: FloatArray, max_norm: float, u: int, j: int, target: float,
+              step: float, shrink: float) -> None:
     """Push ``p_u . q_j`` towards ``target``: ``x <- shrink * x + step * err * y`` for both rows."""
-    P, Q = st.P, st.Q
     dot = np.float32(0.0)
     for f in range(P.shape[1]):
         dot += P[u, f] * Q[j, f]
     err = np.float32((target - dot) * step)
     keep = np.float32(shrink)
-    _gram_add(st, j, -1.0)
+    _gram_add(G, Q, j, -1.0)
     for f in range(P.shape[1]):
         pu, qj = P[u, f], Q[j, f]
         P[u, f] = pu * keep + err * qj
         Q[j, f] = qj * keep + err * pu
-    if st.params[_MAX_NORM] > 0.0:
-        _clip_row(P, u, st.params[_MAX_NORM])
-        _clip_row(Q, j, st.params[_MAX_NORM])
-    _gram_add(st, j, 1.0)
+    if max_norm > 0.0:
+        _clip_row(P, u, max_norm)
+        _clip_row(Q, j, max_norm)
+    _gram_add(G, Q, j, 1.0)
 
 
 @njit(**INLINE)
@@ -147,15 +149,16 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
     if not st.item_seen[i]:
         _init_row(st.Q, i, st.keys[1], scale)
         st.item_seen[i] = True
-        _gram_add(st, i, 1.0)
+        _gram_add(st.gram, st.Q, i, 1.0)
         st.counters[1] = max(st.counters[1], i + 1)
     pos = st.counters[0]
     shrink = 1.0 - lr * l2
     # 1. every item towards 0, then 2. the event's item towards 1
     boost = 1.0 + NEW_USER_BOOST / (1.0 + st.user_n[u] / NEW_USER_EVENTS)
     st.user_n[u] += 1
-    _all_items_step(st, u, lr * st.params[_ALL_ITEMS])
-    _sgd_step(st, u, i, 1.0, min(lr * w * boost, MAX_STEP), shrink)
+    P, Q, G, max_norm = st.P, st.Q, st.gram, st.params[_MAX_NORM]
+    _all_items_step(G, P, u, lr * st.params[_ALL_ITEMS])
+    _sgd_step(P, Q, G, max_norm, u, i, 1.0, min(lr * w * boost, MAX_STEP), shrink)
     _log_row(log, log_n, i)
     # 3. a few items drawn uniformly (a draw that lands on an index never seen is skipped)
     n_neg, span = int(st.params[_N_NEG]), st.counters[1]
@@ -163,7 +166,7 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
         j = int(uniform(st.keys[2], pos * n_neg + m) * span)
         if j == i or not st.item_seen[j]:
             continue
-        _sgd_step(st, u, j, 0.0, lr, shrink)
+        _sgd_step(P, Q, G, max_norm, u, j, 0.0, lr, shrink)
         _log_row(log, log_n, j)
     st.counters[0] = pos + 1
 
@@ -181,9 +184,8 @@ _BLAS_ABOVE = 16_384
 
 
 @njit(fastmath={"reassoc", "contract"}, **JIT)
-def mf_scores(st: MFState, u: int, n_items: int, out: np.ndarray) -> None:
+def mf_scores(P: Float32Array, Q: Float32Array, u: int, n_items: int, out: np.ndarray) -> None:
     """``out[i] = p_u . q_i`` for the first ``n_items`` items (float32, summed in any order)."""
-    P, Q = st.P, st.Q
     if n_items >= _BLAS_ABOVE:
         np.dot(Q[:n_items], P[u], out[:n_items])
         return
@@ -196,11 +198,15 @@ def mf_scores(st: MFState, u: int, n_items: int, out: np.ndarray) -> None:
 
 
 @njit(**INLINE)
-def mf_top(st: MFState, u: int, n_items: int, k: int, excluded: np.ndarray, scores: np.ndarray, buf_s: FloatArray,
-           buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
-    """The ``k`` best seen, not ``excluded`` items for user ``u`` into ``out_*``, best first; returns the count."""
-    mf_scores(st, u, n_items, scores)
-    return select_dense(scores, st.item_seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
+def mf_top(P: Float32Array, Q: Float32Array, item_seen: np.ndarray, u: int, n_items: int, k: int,
+           excluded: np.ndarray, scores: np.ndarray, buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray,
+           out_i: IntArray) -> int:
+    """The ``k`` best seen, not ``excluded`` items for user ``u`` into ``out_*``, best first; returns the count.
+
+    Like every helper on the ranking's hot path it takes arrays, not the state tuple (handing a tuple
+    over costs reference counting per array per call)."""
+    mf_scores(P, Q, u, n_items, scores)
+    return select_dense(scores, item_seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
 
 
 class ImplicitMF(TracksTouched):
@@ -316,7 +322,7 @@ class ImplicitMF(TracksTouched):
         n = len(self._item_seen)
         if len(self._scores) < n:
             self._scores = np.zeros(max(n, 2 * len(self._scores)), dtype=np.float32)
-        mf_scores(self.state, user, n, self._scores)
+        mf_scores(self.P, self.Q, user, n, self._scores)
         return self._scores[:n]
 
     def score(self, user: int, items: IntArray) -> FloatArray:
@@ -336,7 +342,7 @@ class ImplicitMF(TracksTouched):
         n = len(self._item_seen)
         k, excluded, buf_s, buf_i, out_s, out_i = selection_buffers(n, k, exclude)
         self._all_scores(user)
-        m = mf_top(self.state, user, n, k, excluded, self._scores, buf_s, buf_i, out_s, out_i)
+        m = mf_top(self.P, self.Q, self._item_seen, user, n, k, excluded, self._scores, buf_s, buf_i, out_s, out_i)
         return out_i[:m].copy(), out_s[:m].copy()
 
     # ------------------------------------------------------------------ state

@@ -64,13 +64,18 @@ class PopularityState(NamedTuple):
     cat_pos: IntArray  # per item: its place in its category's row, -1 if not there
 
 
-@njit(**INLINE)
-def _better(st: PopularityState, a: int, b: int) -> bool:
-    return st.key[a] > st.key[b] or (st.key[a] == st.key[b] and a < b)
+# The helpers below take the arrays they use, never the state tuple: handing a tuple of fifteen arrays
+# to a helper, even an inlined one, costs ~0.15 us a call in reference counting (a per-item helper
+# taking it made exploration's scan of 183 young items cost 31 us instead of 0.3 us).
 
 
 @njit(**INLINE)
-def _rank_up_in(st: PopularityState, top: IntArray, pos: IntArray, size: IntArray, slot: int, i: int) -> None:
+def _better(key: FloatArray, a: int, b: int) -> bool:
+    return key[a] > key[b] or (key[a] == key[b] and a < b)
+
+
+@njit(**INLINE)
+def _rank_up_in(key: FloatArray, top: IntArray, pos: IntArray, size: IntArray, slot: int, i: int) -> None:
     """Item ``i``'s key rose: move it up the best-first list ``top`` (its used length in ``size[slot]``,
     places in ``pos``), or into it, pushing out the last."""
     p = pos[i]
@@ -81,7 +86,7 @@ def _rank_up_in(st: PopularityState, top: IntArray, pos: IntArray, size: IntArra
             p = n
         else:
             last = top[n - 1]
-            if not _better(st, i, last):
+            if not _better(key, i, last):
                 return
             pos[last] = -1
             p = n - 1
@@ -89,7 +94,7 @@ def _rank_up_in(st: PopularityState, top: IntArray, pos: IntArray, size: IntArra
     lo, hi = 0, p
     while lo < hi:
         mid = (lo + hi) >> 1
-        if _better(st, i, top[mid]):
+        if _better(key, i, top[mid]):
             hi = mid
         else:
             lo = mid + 1
@@ -100,16 +105,16 @@ def _rank_up_in(st: PopularityState, top: IntArray, pos: IntArray, size: IntArra
     top[lo], pos[i] = i, lo
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def _rank_up(st: PopularityState, i: int) -> None:
     """Item ``i``'s key rose: move it up the global ``top``, and up its category's."""
-    _rank_up_in(st, st.top, st.top_pos, st.sizes, 0, i)
+    _rank_up_in(st.key, st.top, st.top_pos, st.sizes, 0, i)
     c = st.category[i]
     if c >= 0:
-        _rank_up_in(st, st.cat_top[c], st.cat_pos, st.cat_len, c, i)
+        _rank_up_in(st.key, st.cat_top[c], st.cat_pos, st.cat_len, c, i)
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def _set_category(st: PopularityState, i: int, c: int) -> None:
     """Item ``i`` belongs to category ``c`` from now on: out of its old category's list, into the new one's."""
     old = st.category[i]
@@ -159,27 +164,27 @@ def pop_learn_many(st: PopularityState, items: IntArray, weights: FloatArray, ts
 
 
 @njit(**INLINE)
-def pop_top(st: PopularityState, n_items: int, k: int, excluded: np.ndarray, buf_s: FloatArray, buf_i: IntArray,
-            out_s: FloatArray, out_i: IntArray) -> int:
+def pop_top(top: IntArray, sizes: IntArray, key: FloatArray, seen: np.ndarray, n_items: int, k: int,
+            excluded: np.ndarray, buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best seen items not ``excluded`` by rank key into ``out_*``, best first; returns the count.
 
     ``out_s`` receives the rank keys; :func:`pop_value_now` turns them into values.
     """
     c = 0
-    for r in range(st.sizes[0]):
-        i = st.top[r]
+    for r in range(sizes[0]):
+        i = top[r]
         if not excluded[i]:
             if c == k:
                 return c
-            out_s[c], out_i[c] = st.key[i], i
+            out_s[c], out_i[c] = key[i], i
             c += 1
-    if st.sizes[0] < len(st.top) or c == k:
+    if sizes[0] < len(top) or c == k:
         return c  # ``top`` holds every seen item
-    return select_dense(st.key, st.seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
+    return select_dense(key, seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
 
 
 @njit(**INLINE)
-def user_categories(st: PopularityState, hist_item: np.ndarray, hist_len: IntArray, u: int, cats: IntArray) -> int:
+def user_categories(category: IntArray, hist_item: np.ndarray, hist_len: IntArray, u: int, cats: IntArray) -> int:
     """The distinct categories of ``u``'s history (``hist_item[u, :hist_len[u]]``, oldest first), newest
     first, into ``cats`` (at most its length; ``-1`` after the last); returns how many."""
     for r in range(len(cats)):
@@ -188,7 +193,7 @@ def user_categories(st: PopularityState, hist_item: np.ndarray, hist_len: IntArr
         return 0
     n_cats = 0
     for r in range(hist_len[u] - 1, -1, -1):
-        c = st.category[hist_item[u, r]]
+        c = category[hist_item[u, r]]
         if c < 0:
             continue
         known = False
@@ -203,8 +208,9 @@ def user_categories(st: PopularityState, hist_item: np.ndarray, hist_len: IntArr
 
 
 @njit(**INLINE)
-def pop_category_top(st: PopularityState, hist_item: np.ndarray, hist_len: IntArray, u: int, k: int,
-                     excluded: np.ndarray, cats: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
+def pop_category_top(category: IntArray, cat_top: IntArray, cat_len: IntArray, hist_item: np.ndarray,
+                     hist_len: IntArray, u: int, k: int, excluded: np.ndarray, cats: IntArray, out_s: FloatArray,
+                     out_i: IntArray) -> int:
     """The ``k`` best items of ``u``'s recent categories, best first; returns the count.
 
     ``u``'s history (``hist_item[u, :hist_len[u]]``, oldest first) gives up to :data:`USER_CATEGORIES`
@@ -212,11 +218,11 @@ def pop_category_top(st: PopularityState, hist_item: np.ndarray, hist_len: IntAr
     the ``r``-th category's list scores ``CATEGORY_DECAY ** r / (p + 1)``: the newest aisle leads, the
     best of the others come in early. Excluded items are skipped.
     """
-    n_cats = user_categories(st, hist_item, hist_len, u, cats)
+    n_cats = user_categories(category, hist_item, hist_len, u, cats)
     m = 0
     weight = 1.0
     for q in range(n_cats):
-        row, n = st.cat_top[cats[q]], st.cat_len[cats[q]]
+        row, n = cat_top[cats[q]], cat_len[cats[q]]
         place = 0
         for p in range(n):
             i = row[p]
@@ -236,9 +242,10 @@ def pop_value_now(st: PopularityState, i: int) -> float:
 
 
 @njit(**INLINE)
-def pop_is_new(st: PopularityState, i: int, max_age_s: float, max_events: int) -> bool:
-    """First seen within ``max_age_s`` of now, with at most ``max_events`` events: an exploration candidate."""
-    return st.seen[i] and st.first[i] >= st.clock[0] - max_age_s and st.count[i] <= max_events
+def pop_is_new(seen: np.ndarray, first: FloatArray, count: IntArray, i: int, since: float, max_events: int) -> bool:
+    """First seen at or after ``since`` (now minus the maximum age), with at most ``max_events`` events:
+    an exploration candidate."""
+    return seen[i] and first[i] >= since and count[i] <= max_events
 
 
 class DecayedPopularity(TracksTouched):
@@ -373,7 +380,9 @@ class DecayedPopularity(TracksTouched):
         k, excluded, _, _, out_s, out_i = selection_buffers(n, k, exclude)
         hist = np.array([history], dtype=np.int64).reshape(1, -1)
         cats = np.empty(USER_CATEGORIES, dtype=np.int64)
-        m = pop_category_top(self.state, hist, np.array([hist.shape[1]]), 0, k, excluded, cats, out_s, out_i)
+        st = self.state
+        m = pop_category_top(st.category, st.cat_top, st.cat_len, hist, np.array([hist.shape[1]]), 0, k, excluded, cats,
+                             out_s, out_i)
         return out_i[:m].copy(), out_s[:m].copy()
 
     def _values_now(self, items: IntArray) -> FloatArray:
@@ -391,7 +400,8 @@ class DecayedPopularity(TracksTouched):
         """The ``k`` most popular seen items at :attr:`now`, minus ``exclude`` (ties: lower index first)."""
         n = len(self._seen)
         k, excluded, buf_s, buf_i, out_s, out_i = selection_buffers(n, k, exclude)
-        m = pop_top(self.state, n, k, excluded, buf_s, buf_i, out_s, out_i)
+        st = self.state
+        m = pop_top(st.top, st.sizes, st.key, st.seen, n, k, excluded, buf_s, buf_i, out_s, out_i)
         return out_i[:m].copy(), self._values_now(out_i[:m])
 
     def new_items(self, now: float, max_age_s: float, max_events: int) -> IntArray:
