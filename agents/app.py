@@ -31,7 +31,9 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.types import EventT
 
+from agents.transport import Transport
 from stream_rec.events import Availability, Event, InvalidEvent, Limits, decode, decode_availability
+from stream_rec.heap import collections_paused
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, Position, RecService
 from stream_rec.settings import Settings
@@ -69,6 +71,9 @@ def faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> 
         broker_max_poll_records=settings.batch_max,
         producer_linger_ms=5,
     )
+    if settings.inline_delivery:
+        # Before anything asks for the transport (app.topic does): the conductor and consumer come from it.
+        app.transport = Transport(app.conf.broker_consumer, app)
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def shorten_fetch_wait(sender: faust.App, assigned: set, **_: object) -> None:
@@ -124,14 +129,19 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         return valid
 
     async def learn_batch(items: list[tuple[Position, Event]], batch: Sequence[EventT], started: float) -> None:
-        result = service.apply(items)
-        for payload in result.recommendations:
-            await send(settings.topic_recommendations, payload["user_id"].encode(), encode_recommendation(payload))
+        with collections_paused():
+            # Synchronous, and nothing built here outlives the block but the encoded lists: no collection
+            # needs to run in it, nor owes one after it (stream_rec.heap).
+            result = service.apply(items)
+            lists = [(payload["user_id"].encode(), encode_recommendation(payload)) for payload in result.recommendations]
+            result.recommendations.clear()
+        for key, value in lists:
+            await send(settings.topic_recommendations, key, value)
         # Lists (and dead letters) go out before state is written: a crash in between re-applies the
         # batch and re-sends them (at-least-once output), never loses them.
         await app.producer.flush()
         service.persist(result)
-        _observe(metrics, result, batch, started)
+        _observe(metrics, result, len(lists), batch, started)
         metrics.state_events.set(service.events_total)
 
     if settings.input_keys == "user_id":
@@ -225,11 +235,11 @@ def _count(metrics: Metrics, counts: Counter[tuple[bool, str]]) -> None:
             (metrics.events_in if valid else metrics.dead_letters).labels(label).inc(n)
 
 
-def _observe(metrics: Metrics, result: BatchResult, batch: Sequence[EventT], started: float) -> None:
+def _observe(metrics: Metrics, result: BatchResult, published: int, batch: Sequence[EventT], started: float) -> None:
     metrics.applied.inc(result.applied)
     metrics.duplicates.inc(result.duplicates)
-    metrics.recommendations.inc(len(result.recommendations))
+    metrics.recommendations.inc(published)
     metrics.batch_seconds.observe(time.perf_counter() - started)
-    if result.recommendations and batch[0].message.timestamp:
+    if published and batch[0].message.timestamp:
         # The batch's oldest event: the freshness its user saw is the worst in the batch.
         metrics.freshness_seconds.observe(max(0.0, time.time() - batch[0].message.timestamp))

@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 
 from agents.app import create_app
 from agents.topics import ensure_topics
+from stream_rec.heap import settle
 from stream_rec.metrics import Metrics
 from stream_rec.service import RecService
 from stream_rec.settings import Settings
@@ -37,6 +38,7 @@ def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksSto
         metrics.state_events.set(service.events_total)
         app = create_app(settings, bootstrap, service, metrics)
         worker = faust.Worker(app, loglevel=settings.log_level.upper(), override_logging=False)
+        log.debug("%d start-up objects exempted from garbage collection", settle())
         worker.execute_from_commandline()
     finally:
         store.close()

@@ -217,10 +217,14 @@ def ceilings(bench: Bench) -> list[Figure]:
     raw = raw_consume_rate(settings, len(bench.events))
     noop = drain_rate(bench, bench.fresh_settings("noop", inputs=settings), "do-nothing Faust agent",
                       module=("agents.probes", "noop"))
+    stock = drain_rate(bench, bench.fresh_settings("noop-stock", inputs=settings, inline_delivery=False),
+                       "do-nothing Faust agent, stock consumer loop", module=("agents.probes", "noop"))
     return [
         Figure("raw_consume", raw, "ev/s", "aiokafka getmany, no processing"),
         Figure("produce", produce, "ev/s", "aiokafka producer, one event per message, acks=all"),
         Figure("noop_faust", noop, "ev/s", "Faust agent with the worker's settings, take_events, counts only"),
+        Figure("noop_faust_stock", stock, "ev/s", "the same on Faust's own consumer loop (STREAM_REC_INLINE_DELIVERY=false)"),
+        Figure("noop_faust_over_stock", noop / stock, "x", "what inline delivery (agents/transport.py) gains"),
     ]
 
 
@@ -238,9 +242,12 @@ def full_worker(bench: Bench) -> list[Figure]:
         for kind, module in (("full", ("tools.cli", "worker")), ("stub", ("agents.probes", "stub"))):
             settings = bench.fresh_settings(f"{kind}-{path}", inputs=inputs, input_keys=keys)
             rates[f"{kind}_{path}"] = drain_rate(bench, settings, f"{kind} worker, {path}", module=module)
+    stock = bench.fresh_settings("full-keyed-stock", inputs=inputs, input_keys="user_id", inline_delivery=False)
+    rates["full_keyed_stock"] = drain_rate(bench, stock, "full worker, keyed, stock consumer loop")
     noop, raw = bench.figure("ceilings", "noop_faust"), bench.figure("ceilings", "raw_consume")
     return [
         Figure("full_keyed", rates["full_keyed"], "ev/s", "RecService, RocksDB state, lists sent; input keyed by user; target >= 20,000"),
+        Figure("full_keyed_stock", rates["full_keyed_stock"], "ev/s", "full_keyed on Faust's own consumer loop"),
         Figure("full_rekey", rates["full_rekey"], "ev/s", "the same, re-keyed through the internal topic (any producer keys)"),
         Figure("stub_keyed", rates["stub_keyed"], "ev/s", "keyed path with a do-nothing service: the Faust side alone"),
         Figure("stub_rekey", rates["stub_rekey"], "ev/s", "re-key path with a do-nothing service"),

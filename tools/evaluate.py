@@ -27,6 +27,7 @@ from stream_rec.logs import PRESETS, read_log
 from stream_rec.evaluation.baselines import MODEL_NAMES, ServiceModel, Vocabulary, build
 from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Prequential
 from stream_rec.evaluation.report import table, write_json, write_plots
+from stream_rec.heap import settle
 from stream_rec.settings import Settings
 from tools.logargs import add_log_format_arguments, log_format
 
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"stream-rec evaluate: {err}") from None
     evaluation = Prequential(competitors, vocab, settings, batch_size=args.batch_size,
                              window=args.window, new_user_events=args.new_user_events)
+    settle()  # the loaded log and the models live to the end: out of the collector's scans (stream_rec.heap)
     with _progress(len(events), "evaluate") as bar:
         result = evaluation.run(events, progress=bar.update)
     result.extra["source"] = args.dataset or list(args.paths)

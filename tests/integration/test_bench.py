@@ -18,8 +18,8 @@ from tools.broker import EmbeddedBroker
 pytestmark = pytest.mark.integration
 
 EXPECTED = {
-    "ceilings": {"raw_consume", "produce", "noop_faust"},
-    "full_worker": {"full_keyed", "full_rekey", "stub_keyed", "stub_rekey", "full_keyed_over_noop_faust",
+    "ceilings": {"raw_consume", "produce", "noop_faust", "noop_faust_stock", "noop_faust_over_stock"},
+    "full_worker": {"full_keyed", "full_keyed_stock", "full_rekey", "stub_keyed", "stub_rekey", "full_keyed_over_noop_faust",
                     "full_keyed_over_raw_consume", "full_rekey_over_noop_faust", "full_rekey_over_raw_consume",
                     "stub_keyed_over_noop_faust", "stub_rekey_over_noop_faust"},
     "freshness": {"target_rate", "achieved_rate", "p50", "p95", "p99", "events_measured", "events_unmatched"},
