@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final
 
+import orjson
+
 SCHEMA_VERSION: Final = 1
 EVENT_TYPES: Final = ("view", "click", "add_to_cart", "purchase")
 #: Which event types each input stream may carry.
@@ -166,7 +168,12 @@ def _parse(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes:
         raise InvalidEvent("too_large", f"the message has {len(raw)} bytes, over the limit of {max_bytes}")
     try:
-        obj = json.loads(raw, parse_constant=_reject_constant)
+        obj = orjson.loads(raw)  # ~4x json.loads on an event
+    except orjson.JSONDecodeError:
+        obj = None  # json names the fault (and takes what orjson refuses: integers past 64 bits)
+    try:
+        if obj is None:
+            obj = json.loads(raw, parse_constant=_reject_constant)
     except InvalidEvent:
         raise
     except (ValueError, UnicodeDecodeError) as exc:

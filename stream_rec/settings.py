@@ -42,7 +42,7 @@ class Settings:
     partitions: int = _setting(4, "Partitions of the topics stream_rec creates (the most workers that can share the work).")
     top_n: int = _setting(20, "Items per recommendation list.")
     batch_max: int = _setting(2000, "Most events per micro-batch.")
-    batch_wait_ms: int = _setting(50, "Longest wait to fill a micro-batch, in milliseconds.")
+    batch_wait_ms: int = _setting(20, "Longest wait to fill a micro-batch, in milliseconds.")
     max_message_bytes: int = _setting(65536, "Messages larger than this are dead-lettered (reason too_large).")
     max_future_ms: int = _setting(86_400_000, "Events stamped further than this in the future are dead-lettered.")
     input_keys: str = _setting(
@@ -50,7 +50,7 @@ class Settings:
         "(works with any keys, or none). `user_id`: every message is keyed by its user id, so workers apply events "
         "straight from the input topics, one Faust hop instead of two (much faster).")
     fetch_max_wait_ms: int = _setting(
-        100, "Longest time the broker may hold a worker's fetch when no data is waiting (Faust fixes it at 1500; a "
+        20, "Longest time the broker may hold a worker's fetch when no data is waiting (Faust fixes it at 1500; a "
         "broker that always holds fetches that long would add it to every event's freshness).")
     inline_delivery: bool = _setting(
         True, "Hand each fetched message to its stream inline when that cannot block (agents/transport.py); false "
