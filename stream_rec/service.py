@@ -30,7 +30,7 @@ from stream_rec.models._kernels import INLINE, JIT
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
 from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, fuse_and_measure,
-                                      label, measure_sources)
+                                      label, measure_interval, measure_sources)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
 from stream_rec.profiles import Profile, decode_profile, encode_profile
@@ -551,7 +551,7 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
         measure = False
         if known:
             fp.events[0] += 1
-            measure = fp.events[0] % fp.sample_every == 0  # measure the sources on this event before learning it
+            measure = fp.events[0] % measure_interval(fp.sample_every, n_items) == 0  # measured before it is learned
         if scored[e] and measure and k == top_n:  # the ranking and the measuring need the same lists
             since = _excluded_since(fp.rebuy_after_s, now)
             _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
