@@ -44,7 +44,11 @@ NEW_USER_EVENTS = 16.0
 #: MovieLens to 0.001). It is the default learning rate times the default purchase weight.
 MAX_STEP = 0.4
 # Layout of MFState.params.
-_LR, _L2, _INIT, _MAX_NORM, _N_NEG, _ALL_ITEMS = range(6)
+_LR, _L2, _INIT, _MAX_NORM, _N_NEG, _ALL_ITEMS, _BOUND, _BOUND_AGE = range(8)
+#: The all-items step times the bound of the Gram matrix's largest eigenvalue stays below this (2 is
+#: where the step starts to diverge); :data:`BOUND_EVERY` events between refreshes of the bound.
+STABLE_STEP = 1.9
+BOUND_EVERY = 16.0
 
 
 class MFState(NamedTuple):
@@ -95,8 +99,34 @@ def _gram_add(G: FloatArray, Q: Float32Array, j: int, sign: float) -> None:
 
 
 @njit(**INLINE)
-def _all_items_step(G: FloatArray, P: Float32Array, u: int, step: float) -> None:
-    """``p_u -= step * G p_u``: one step pushing every item's score for ``u`` towards 0 at once."""
+def _eigen_bound(G: FloatArray) -> float:
+    """An upper bound of ``G``'s largest eigenvalue: the smaller of its trace (``G`` is positive
+    semi-definite) and its largest absolute row sum (Gershgorin)."""
+    d = G.shape[0]
+    trace, rows = 0.0, 0.0
+    for a in range(d):
+        trace += G[a, a]
+        row = 0.0
+        for b in range(d):
+            row += abs(G[a, b])
+        rows = max(rows, row)
+    return min(trace, rows)
+
+
+@njit(**INLINE)
+def _all_items_step(G: FloatArray, P: Float32Array, u: int, step: float, params: FloatArray) -> None:
+    """``p_u -= step * G p_u``: one step pushing every item's score for ``u`` towards 0 at once.
+
+    ``G`` grows with the catalogue, and this step diverges once ``step`` passes ``2 / lambda_max(G)``:
+    at 100k-1M items every factor went to NaN within a few thousand events. So the step is capped at
+    :data:`STABLE_STEP` over a bound of ``lambda_max`` (:func:`_eigen_bound`, refreshed every
+    :data:`BOUND_EVERY` events, as ``G`` moves little in between); below the cap it is unchanged."""
+    if params[_BOUND_AGE] <= 0.0:
+        params[_BOUND] = _eigen_bound(G)
+        params[_BOUND_AGE] = BOUND_EVERY
+    params[_BOUND_AGE] -= 1.0
+    if step * params[_BOUND] > STABLE_STEP:
+        step = STABLE_STEP / params[_BOUND]
     d = P.shape[1]
     pu = np.empty(d)
     for a in range(d):
@@ -157,7 +187,7 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
     boost = 1.0 + NEW_USER_BOOST / (1.0 + st.user_n[u] / NEW_USER_EVENTS)
     st.user_n[u] += 1
     P, Q, G, max_norm = st.P, st.Q, st.gram, st.params[_MAX_NORM]
-    _all_items_step(G, P, u, lr * st.params[_ALL_ITEMS])
+    _all_items_step(G, P, u, lr * st.params[_ALL_ITEMS], st.params)
     _sgd_step(P, Q, G, max_norm, u, i, 1.0, min(lr * w * boost, MAX_STEP), shrink)
     _log_row(log, log_n, i)
     # 3. a few items drawn uniformly (a draw that lands on an index never seen is skipped)
@@ -281,7 +311,7 @@ class ImplicitMF(TracksTouched):
         self._gram = np.zeros((n_factors, n_factors))
         self._counters = np.zeros(2, dtype=np.int64)
         self._keys = np.array([stream_key(seed, tag) for tag in (_TAG_USER, _TAG_ITEM, _TAG_NEG)], dtype=np.uint64)
-        self._params = np.array([learning_rate, l2, init_scale, max_norm or 0.0, n_negatives, all_items],
+        self._params = np.array([learning_rate, l2, init_scale, max_norm or 0.0, n_negatives, all_items, 0.0, 0.0],
                                 dtype=np.float64)
         self._scores = np.zeros(0, dtype=np.float32)
         self._touched = TouchLog()

@@ -135,3 +135,18 @@ def test_a_newcomer_takes_bigger_steps_than_a_regular_and_no_step_exceeds_the_ca
     huge = ImplicitMF(n_factors=4, learning_rate=1.0, seed=1)  # 1.0 x weight 8 x schedule: capped at MAX_STEP
     huge.learn_many(np.zeros(500, np.int64), rng.integers(0, 10, 500), np.full(500, 8.0), np.zeros(500))
     assert np.isfinite(huge.P[:1]).all() and np.abs(huge.P[0]).max() < 10
+
+
+def test_a_large_catalogue_stays_finite_and_the_all_items_step_never_overshoots() -> None:
+    """The Gram matrix grows with the catalogue; an uncapped all-items step diverged (every factor NaN)
+    once ``lr * all_items * lambda_max(G)`` passed 2 (the bench's 100k- and 1M-item catalogues). Capped,
+    the step shrinks ``p_u`` along every eigenvector: ``|1 - step * lambda| < 1``."""
+    rng = np.random.default_rng(5)
+    n = 200_000
+    model = ImplicitMF(n_factors=8, seed=1)
+    users, items = rng.integers(0, 2_000, 2 * n), np.concatenate([np.arange(n), rng.integers(0, n, n)])
+    model.learn_many(users, items, np.full(2 * n, 8.0), np.zeros(2 * n))
+    assert np.isfinite(model.P).all() and np.isfinite(model.Q).all()
+    lam = np.linalg.eigvalsh(model.state.gram).max()
+    assert 0.05 * 0.1 * lam > 2.0, "the catalogue is too small to need the cap"
+    assert np.abs(model.P).max() < 10 and np.abs(model.Q).max() < 10
