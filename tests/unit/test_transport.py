@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agents.transport import Consumer, Resumed
+from agents.transport import HOLD_MAX_S, Consumer, Resumed
 
 
 class FakeConsumer:
@@ -119,5 +119,39 @@ def test_resumed_returns_the_coroutines_value() -> None:
         assert pending is gate
         gate.set_result(21)
         assert await Resumed(coro, pending) == 42
+
+    asyncio.run(main())
+
+
+class FakeHolder(FakeConsumer):
+    """Adds what :meth:`Consumer.hold` reads: the held partitions and mode's ``wait_first`` timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: dict[str, asyncio.Event] = {}
+
+    async def wait_first(self, *awaitables: Any, timeout: float | None = None) -> None:  # type: ignore[override]
+        try:
+            await asyncio.wait_for(super().wait_first(*awaitables), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
+def test_hold_waits_for_a_full_buffer_to_drain_and_a_rebalance_ends_it() -> None:
+    async def main() -> None:
+        consumer = FakeHolder()
+        await Consumer.hold(consumer, "tp-free")  # type: ignore[arg-type]  # not held: returns at once
+        consumer._held["tp"] = drained = asyncio.Event()
+        waiting = asyncio.ensure_future(Consumer.hold(consumer, "tp"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.02)
+        assert not waiting.done()
+        drained.set()  # the conductor reported the buffer below its low mark
+        await asyncio.wait_for(waiting, 1.0)
+
+        consumer._held["tp"] = asyncio.Event()
+        waiting = asyncio.ensure_future(Consumer.hold(consumer, "tp"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.02)
+        consumer.suspend_flow.set()  # a rebalance: stop holding, the delivery is withdrawn anyway
+        await asyncio.wait_for(waiting, HOLD_MAX_S / 2)  # well before the hold's own time limit
 
     asyncio.run(main())
