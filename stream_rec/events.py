@@ -170,19 +170,22 @@ def _parse(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     try:
         obj = orjson.loads(raw)  # ~4x json.loads on an event
     except orjson.JSONDecodeError:
-        obj = None  # json names the fault (and takes what orjson refuses: integers past 64 bits)
+        obj = _loads_slowly(raw)
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_object", f"the message is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _loads_slowly(raw: bytes) -> Any:
+    """What orjson refused, through json: it names the fault (and takes integers past 64 bits)."""
     try:
-        if obj is None:
-            obj = json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant)
     except InvalidEvent:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEvent("not_json", f"the message is not JSON: {exc}") from None
     except RecursionError:  # "[[[[...": valid JSON nested deeper than the parser's stack
         raise InvalidEvent("not_json", "the message is JSON nested too deeply to be an event") from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent("not_object", f"the message is a JSON {type(obj).__name__}, not an object")
-    return obj
 
 
 def _required_str(obj: dict[str, Any], name: str) -> str:

@@ -544,6 +544,7 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
     ``cooc_log`` while they have room, counted in ``log_n``."""
     row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
     mf_n, cooc_n = log_n[0:1], log_n[1:2]
+    interval = measure_interval(fp.sample_every, n_items)  # n_items is fixed for the call
     for e in range(len(users)):
         u, i, w, t = users[e], items[e], weights[e], ts_ms[e] / 1000.0
         now = pop.clock[0]  # the latest event learned: what the worker's clock says after a batch
@@ -551,24 +552,23 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
         measure = False
         if known:
             fp.events[0] += 1
-            measure = fp.events[0] % measure_interval(fp.sample_every, n_items) == 0  # measured before it is learned
-        if scored[e] and measure and k == top_n:  # the ranking and the measuring need the same lists
+            measure = fp.events[0] % interval == 0  # measured before it is learned
+        if scored[e] or measure:
+            # Ranking and measuring both see the lists without what the user may not be shown.
             since = _excluded_since(fp.rebuy_after_s, now)
             _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
-            n = fuse_and_measure(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, k, n_explore, row_i, row_s,
-                                 row_m)
-            _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
-            out[e, :n] = row_i[:n]
-        else:
-            if scored[e]:
-                n = _rank_user(ranked[0], ranked[1], ranked[2], bought, sc, fp, n_items, k, n_explore, u, known,
-                               row_i, row_s, row_m, now)
+            if scored[e] and measure and k == top_n:  # the ranking and the measuring need the same lists
+                n = fuse_and_measure(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, k, n_explore, row_i,
+                                     row_s, row_m)
                 out[e, :n] = row_i[:n]
-            if measure:
-                since = _excluded_since(fp.rebuy_after_s, now)
-                _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
-                measure_sources(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, top_n, top_explore)
-                _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
+            else:
+                if scored[e]:
+                    n = fuse(ranked[0], ranked[1], ranked[2], sc, fp, u, known, n_items, k, n_explore, row_i, row_s,
+                             row_m)
+                    out[e, :n] = row_i[:n]
+                if measure:
+                    measure_sources(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, top_n, top_explore)
+            _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
         mf_learn_one(mf, u, i, w, mf_log, mf_n)
         cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n)
         pop_learn_one(pop, i, w, t, cats[e])
