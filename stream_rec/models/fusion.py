@@ -213,7 +213,8 @@ def _source_list(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch
     if s == MF:
         if user >= len(mf.user_seen) or not mf.user_seen[user]:
             return 0
-        return mf_top(mf.P, mf.Q, mf.item_seen, user, n_items, depth, excluded, sc.mf_scores, buf_s, buf_i, ls, li)
+        return mf_top(mf.P, mf.Q, mf.Q8, mf.q8_scale, mf.params, mf.item_seen, user, n_items, depth, excluded,
+                      sc.mf_scores, buf_s, buf_i, ls, li)
     hist_item, hist_len = cooc.hist_item, cooc.hist_len
     if s == COOC:
         n_cand = cooc_candidates(hist_item, hist_len, cooc.nbr, cooc.cnt, cooc.nlen, cooc.mass, cooc.total,

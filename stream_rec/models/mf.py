@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from stream_rec.models._arrays import TouchLog, TracksTouched, as_index, grow, seen_mask, selection_buffers
-from stream_rec.models._kernels import INLINE, JIT, select_dense, stream_key, uniform
+from stream_rec.models._kernels import INLINE, JIT, insert_best, select_dense, stream_key, uniform
 from stream_rec.types import FloatArray, Float32Array, IntArray
 
 # Stream tags so user init, item init and negative draws never reuse a hash counter.
@@ -44,11 +44,17 @@ NEW_USER_EVENTS = 16.0
 #: MovieLens to 0.001). It is the default learning rate times the default purchase weight.
 MAX_STEP = 0.4
 # Layout of MFState.params.
-_LR, _L2, _INIT, _MAX_NORM, _N_NEG, _ALL_ITEMS, _BOUND, _BOUND_AGE = range(8)
+_LR, _L2, _INIT, _MAX_NORM, _N_NEG, _ALL_ITEMS, _BOUND, _BOUND_AGE, _QUANT_ABOVE, _QUANT_ON = range(10)
 #: The all-items step times the bound of the Gram matrix's largest eigenvalue stays below this (2 is
 #: where the step starts to diverge); :data:`BOUND_EVERY` events between refreshes of the bound.
 STABLE_STEP = 1.9
 BOUND_EVERY = 16.0
+#: From this many items on, ranking scans int8 copies of the item rows (a quarter of the memory
+#: traffic of float32) for the best :data:`RESCORE` x ``k`` items, then scores those exactly: at 1M
+#: items the float32 scan (BLAS, both cores) alone took 3.4-4.6 ms (see :func:`mf_top`).
+QUANTIZE_ABOVE = 262_144
+#: Candidates per wanted item that the int8 scan keeps for exact scoring.
+RESCORE = 8
 
 
 class MFState(NamedTuple):
@@ -62,7 +68,9 @@ class MFState(NamedTuple):
     gram: FloatArray  # (n_factors, n_factors): sum of q q^T over the seen items
     counters: IntArray  # (2,): events learned (the global position of the next one), 1 + largest item seen
     keys: np.ndarray  # uint64 (3,): random stream keys for user init, item init, negatives
-    params: FloatArray  # learning_rate, l2, init_scale, max_norm (0 = none), n_negatives, all_items
+    params: FloatArray  # learning_rate, l2, init_scale, max_norm (0 = none), n_negatives, all_items, ...
+    Q8: np.ndarray  # int8 (item capacity, n_factors): Q quantised per row, kept current once switched on
+    q8_scale: Float32Array  # per item: Q[i] ~ q8_scale[i] * Q8[i]
 
 
 @njit(**INLINE)
@@ -82,6 +90,20 @@ def _clip_row(mat: np.ndarray, idx: int, max_norm: float) -> None:
         scale = np.float32(max_norm / norm)
         for f in range(mat.shape[1]):
             mat[idx, f] *= scale
+
+
+@njit(**INLINE)
+def _quantize_row(Q: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, j: int) -> None:
+    """``Q8[j] = round(Q[j] / s)`` with ``s = max |Q[j]| / 127`` into ``q8_scale[j]``."""
+    d = Q.shape[1]
+    top = np.float32(0.0)
+    for f in range(d):
+        top = max(top, abs(Q[j, f]))
+    s = top / np.float32(127.0)
+    q8_scale[j] = s
+    inv = np.float32(1.0) / s if s > 0 else np.float32(0.0)
+    for f in range(d):
+        Q8[j, f] = np.int8(np.rint(Q[j, f] * inv))
 
 
 # The per-step helpers take arrays, not the state tuple: handing a tuple over costs reference counting
@@ -181,6 +203,7 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
         st.item_seen[i] = True
         _gram_add(st.gram, st.Q, i, 1.0)
         st.counters[1] = max(st.counters[1], i + 1)
+    quantized = st.params[_QUANT_ON] > 0.0  # the int8 copy is in use: keep every changed row current
     pos = st.counters[0]
     shrink = 1.0 - lr * l2
     # 1. every item towards 0, then 2. the event's item towards 1
@@ -190,6 +213,8 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
     _all_items_step(G, P, u, lr * st.params[_ALL_ITEMS], st.params)
     _sgd_step(P, Q, G, max_norm, u, i, 1.0, min(lr * w * boost, MAX_STEP), shrink)
     _log_row(log, log_n, i)
+    if quantized:
+        _quantize_row(Q, st.Q8, st.q8_scale, i)
     # 3. a few items drawn uniformly (a draw that lands on an index never seen is skipped)
     n_neg, span = int(st.params[_N_NEG]), st.counters[1]
     for m in range(n_neg):
@@ -198,6 +223,8 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
             continue
         _sgd_step(P, Q, G, max_norm, u, j, 0.0, lr, shrink)
         _log_row(log, log_n, j)
+        if quantized:
+            _quantize_row(Q, st.Q8, st.q8_scale, j)
     st.counters[0] = pos + 1
 
 
@@ -227,16 +254,58 @@ def mf_scores(P: Float32Array, Q: Float32Array, u: int, n_items: int, out: np.nd
         out[i] = s
 
 
+@njit(fastmath={"reassoc", "contract"}, **JIT)
+def _approx_scores(P: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, u: int, n_items: int,
+                   out: np.ndarray) -> None:
+    """``out[i] ~ p_u . q_i`` from the int8 rows, for the first ``n_items`` items."""
+    d = P.shape[1]
+    for i in range(n_items):
+        s = np.float32(0.0)
+        for f in range(d):
+            s += P[u, f] * np.float32(Q8[i, f])
+        out[i] = s * q8_scale[i]
+
+
+@njit(**JIT)
+def _quantize_all(Q: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, item_seen: np.ndarray,
+                  params: FloatArray) -> None:
+    for j in range(len(item_seen)):
+        if item_seen[j]:
+            _quantize_row(Q, Q8, q8_scale, j)
+    params[_QUANT_ON] = 1.0
+
+
 @njit(**INLINE)
-def mf_top(P: Float32Array, Q: Float32Array, item_seen: np.ndarray, u: int, n_items: int, k: int,
-           excluded: np.ndarray, scores: np.ndarray, buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray,
-           out_i: IntArray) -> int:
+def mf_top(P: Float32Array, Q: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, params: FloatArray,
+           item_seen: np.ndarray, u: int, n_items: int, k: int, excluded: np.ndarray, scores: np.ndarray,
+           buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best seen, not ``excluded`` items for user ``u`` into ``out_*``, best first; returns the count.
+
+    Up to ``params[_QUANT_ABOVE]`` items every score is exact. On a larger catalogue the int8 copies
+    of the item rows (switched on here, then kept current by learning) give approximate scores, the
+    best ``RESCORE * k`` of those are scored exactly, and the ``k`` best of them come back: an item of
+    the exact top ``k`` is lost only if more than ``RESCORE * k`` items overtake it by rounding, which
+    ``stream-rec bench`` measures (``mf_quantized_recall``).
 
     Like every helper on the ranking's hot path it takes arrays, not the state tuple (handing a tuple
     over costs reference counting per array per call)."""
-    mf_scores(P, Q, u, n_items, scores)
-    return select_dense(scores, item_seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
+    if n_items < params[_QUANT_ABOVE]:
+        mf_scores(P, Q, u, n_items, scores)
+        return select_dense(scores, item_seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
+    if params[_QUANT_ON] <= 0.0:
+        _quantize_all(Q, Q8, q8_scale, item_seen, params)
+    _approx_scores(P, Q8, q8_scale, u, n_items, scores)
+    want = RESCORE * k
+    cand_s, cand_i = np.empty(want), np.empty(want, np.int64)
+    n_cand = select_dense(scores, item_seen, excluded, n_items, want, buf_s, buf_i, cand_s, cand_i)
+    d, m = P.shape[1], 0
+    for r in range(n_cand):
+        j = cand_i[r]
+        s = np.float32(0.0)
+        for f in range(d):
+            s += P[u, f] * Q[j, f]
+        m = insert_best(out_s, out_i, m, k, s, j)
+    return m
 
 
 class ImplicitMF(TracksTouched):
@@ -293,6 +362,7 @@ class ImplicitMF(TracksTouched):
         init_scale: float = 0.1,
         max_norm: float | None = None,
         seed: int = 0,
+        quantize_above: float = QUANTIZE_ABOVE,
     ) -> None:
         self.n_factors = n_factors
         self.learning_rate = learning_rate
@@ -311,8 +381,10 @@ class ImplicitMF(TracksTouched):
         self._gram = np.zeros((n_factors, n_factors))
         self._counters = np.zeros(2, dtype=np.int64)
         self._keys = np.array([stream_key(seed, tag) for tag in (_TAG_USER, _TAG_ITEM, _TAG_NEG)], dtype=np.uint64)
-        self._params = np.array([learning_rate, l2, init_scale, max_norm or 0.0, n_negatives, all_items, 0.0, 0.0],
-                                dtype=np.float64)
+        self._params = np.array([learning_rate, l2, init_scale, max_norm or 0.0, n_negatives, all_items, 0.0, 0.0,
+                                 quantize_above, 0.0], dtype=np.float64)
+        self.Q8 = np.zeros((0, n_factors), dtype=np.int8)
+        self._q8_scale = np.zeros(0, dtype=np.float32)
         self._scores = np.zeros(0, dtype=np.float32)
         self._touched = TouchLog()
 
@@ -320,7 +392,16 @@ class ImplicitMF(TracksTouched):
     def state(self) -> MFState:
         """The arrays the compiled kernels work on (valid until the next growth)."""
         return MFState(self.P, self.Q, self._user_seen, self._user_n, self._item_seen, self._gram, self._counters, self._keys,
-                       self._params)
+                       self._params, self.Q8, self._q8_scale)
+
+    @property
+    def quantize_above(self) -> float:
+        """Catalogues of at least this many items are ranked through the int8 item rows (:func:`mf_top`)."""
+        return float(self._params[_QUANT_ABOVE])
+
+    @quantize_above.setter
+    def quantize_above(self, n_items: float) -> None:
+        self._params[_QUANT_ABOVE] = n_items
 
     # ------------------------------------------------------------------ learning
 
@@ -341,6 +422,8 @@ class ImplicitMF(TracksTouched):
         self._user_seen = grow(self._user_seen, n_users, False)
         self._user_n = grow(self._user_n, n_users)
         self.Q = grow(self.Q, n_items)
+        self.Q8 = grow(self.Q8, n_items)
+        self._q8_scale = grow(self._q8_scale, n_items)
         self._item_seen = grow(self._item_seen, n_items, False)
 
     def _known_user(self, user: int) -> bool:
@@ -348,11 +431,15 @@ class ImplicitMF(TracksTouched):
 
     # ------------------------------------------------------------------ serving
 
-    def _all_scores(self, user: int) -> Float32Array:
+    def _score_buffer(self) -> Float32Array:
         n = len(self._item_seen)
         if len(self._scores) < n:
             self._scores = np.zeros(max(n, 2 * len(self._scores)), dtype=np.float32)
-        mf_scores(self.P, self.Q, user, n, self._scores)
+        return self._scores
+
+    def _all_scores(self, user: int) -> Float32Array:
+        n = len(self._item_seen)
+        mf_scores(self.P, self.Q, user, n, self._score_buffer())
         return self._scores[:n]
 
     def score(self, user: int, items: IntArray) -> FloatArray:
@@ -371,8 +458,8 @@ class ImplicitMF(TracksTouched):
             return np.empty(0, np.int64), np.empty(0, np.float64)
         n = len(self._item_seen)
         k, excluded, buf_s, buf_i, out_s, out_i = selection_buffers(n, k, exclude)
-        self._all_scores(user)
-        m = mf_top(self.P, self.Q, self._item_seen, user, n, k, excluded, self._scores, buf_s, buf_i, out_s, out_i)
+        m = mf_top(self.P, self.Q, self.Q8, self._q8_scale, self._params, self._item_seen, user, n, k, excluded,
+                   self._score_buffer(), buf_s, buf_i, out_s, out_i)
         return out_i[:m].copy(), out_s[:m].copy()
 
     # ------------------------------------------------------------------ state
@@ -398,6 +485,7 @@ class ImplicitMF(TracksTouched):
             self._gram -= np.outer(self.Q[item], self.Q[item])
         self.Q[item] = np.frombuffer(data, dtype="<f4")
         self._gram += np.outer(self.Q[item], self.Q[item])
+        self._params[_QUANT_ON] = 0.0  # the int8 rows are rebuilt at the next ranking that uses them
         self._item_seen[item] = True
         self._counters[1] = max(int(self._counters[1]), item + 1)
 
@@ -422,4 +510,5 @@ class ImplicitMF(TracksTouched):
             seen = self.Q[self._item_seen].astype(np.float64)
             self._gram[:] = seen.T @ seen
             self._counters[1] = int(np.flatnonzero(self._item_seen).max()) + 1
+            self._params[_QUANT_ON] = 0.0
 

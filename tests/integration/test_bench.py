@@ -26,7 +26,8 @@ EXPECTED = {
 }
 EXPECTED["freshness_rekey"] = EXPECTED["freshness"]
 EXPECTED["model_costs"] = {"mf_rank32_us", "mf_rank64_us", "mf_rank128_us", "cooc_us", "popularity_us",
-                           *(f"top20_{n}_items_{s}" for n in (1000, 5000) for s in ("mean", "p99"))}
+                           *(f"top20_{n}_items_{s}" for n in (1000, 5000) for s in ("mean", "p99")),
+                           "top20_5000_items_exact_mean", "mf_recall_5000_items"}
 EXPECTED["memory"] = {"2k_users_rss_mb", "2k_users_disk_mb", "2k_users_restart_to_ready_s", "2k_users_reloaded_rss_mb"}
 
 

@@ -150,3 +150,55 @@ def test_a_large_catalogue_stays_finite_and_the_all_items_step_never_overshoots(
     lam = np.linalg.eigvalsh(model.state.gram).max()
     assert 0.05 * 0.1 * lam > 2.0, "the catalogue is too small to need the cap"
     assert np.abs(model.P).max() < 10 and np.abs(model.Q).max() < 10
+
+
+def _random_stream(n_users: int, n_items: int, n_events: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, n_events)
+    items = (users * (n_items // n_users) + rng.integers(0, 40, n_events)) % n_items  # a neighbourhood each
+    return users, items, np.ones(n_events), np.zeros(n_events)
+
+
+def test_a_large_catalogue_ranks_through_int8_rows_kept_current_by_learning() -> None:
+    users, items, weights, ts = _random_stream(200, 3_000, 20_000, seed=3)
+    exact, fast = ImplicitMF(n_factors=16, seed=2), ImplicitMF(n_factors=16, seed=2, quantize_above=1_000)
+    half = len(users) // 2
+    for model in (exact, fast):
+        model.learn_many(users[:half], items[:half], weights[:half], ts[:half])
+    fast.recommend(0, 10)  # the first large ranking switches the int8 rows on
+    assert fast.state.item_seen.sum() > 2_500 and np.abs(fast.Q8).max() > 100
+    for model in (exact, fast):
+        model.learn_many(users[half:], items[half:], weights[half:], ts[half:])
+    np.testing.assert_array_equal(exact.Q, fast.Q)  # the copy never feeds back into learning
+    seen = fast.state.item_seen
+    scale = fast.state.q8_scale[seen]
+    # Every row the second half changed was re-quantised: within half a step of its row's scale.
+    err = np.abs(fast.Q8[seen] * scale[:, None] - fast.Q[seen]).max(axis=1)
+    assert np.all(err <= 0.5 * scale + 1e-7)
+    found = wanted = 0
+    for user in range(0, 200, 7):
+        want, want_scores = exact.recommend(user, 30, exclude=np.array([user % 50]))
+        got, got_scores = fast.recommend(user, 30, exclude=np.array([user % 50]))
+        assert user % 50 not in got.tolist()
+        np.testing.assert_allclose(got_scores, exact.score(user, got), rtol=1e-5, atol=1e-6)  # exact rescoring
+        assert np.all(np.diff(got_scores) <= 0)
+        found, wanted = found + len(np.intersect1d(want, got)), wanted + len(want)
+    assert found / wanted >= 0.99
+
+
+def test_restored_rows_rebuild_the_int8_copy_before_ranking() -> None:
+    users, items, weights, ts = _random_stream(50, 2_000, 5_000, seed=4)
+    model = ImplicitMF(n_factors=8, seed=1, quantize_above=1_000)
+    model.learn_many(users, items, weights, ts)
+    model.recommend(0, 5)
+    seen = np.flatnonzero(model.state.item_seen)
+    restored = ImplicitMF(n_factors=8, seed=1, quantize_above=1_000)
+    restored.load_user_rows(np.arange(50), [model.user_state(u) for u in range(50)])
+    restored.load_item_rows(seen, [model.item_state(i) for i in seen])
+    for user in range(50):
+        np.testing.assert_array_equal(restored.recommend(user, 20)[0], model.recommend(user, 20)[0])
+    # A row replaced on its own is not ranked from its stale int8 copy: the user's worst item, its row
+    # turned round and grown 100-fold, comes first.
+    item = int(seen[np.argmin(restored.score(0, seen))])
+    restored.set_item_state(item, (model.Q[item] * -100).astype("<f4").tobytes())
+    assert restored.recommend(0, 20)[0][0] == item
