@@ -64,7 +64,7 @@ class Settings:
         30.0, "Half-life of co-occurrence counts, in days, so item neighbourhoods follow trends (0 = never forget).")
     popularity_half_life_h: float = _setting(72.0, "Half-life of time-decayed popularity, in hours.")
     fusion_adapt: bool = _setting(
-        True, "Choose how sources are fused online: on a sample of live events, every policy (175 weightings of "
+        True, "Choose how sources are fused online: on a sample of live events, every policy (211 weightings of "
         "reciprocal-rank fusion and a scorer learned from those events) is scored by whether it would have listed "
         "the event's item; lists use the best one, for new and for returning users apart (false = equal fixed "
         "weights).")

@@ -88,17 +88,17 @@ def _ok(seen: np.ndarray, excluded: np.ndarray, i: int) -> bool:
 
 @njit(**JIT)
 def _threshold(vals: np.ndarray, cand: IntArray, n: int, dense: bool, seen: np.ndarray, excluded: np.ndarray,
-               k: int, attempt: int) -> float:
+               k: int, attempt: int, best_s: FloatArray, best_i: IntArray) -> float:
     """A score that about ``1.5 k * 4 ** attempt`` of the ``n`` candidates reach, estimated from a strided
-    sample of about ``4 n / k`` of them; ``-inf`` (everyone) when the sample is too small to tell."""
+    sample of about ``4 n / k`` of them; ``-inf`` (everyone) when the sample is too small to tell.
+    ``best_*`` (room for ``n``) hold the sample's best while it runs: scratch, not an allocation."""
     size = min(max(_SAMPLE_MIN, 4 * n // k), _SAMPLE_MAX)
     stride = max(1, n // size)
     sampled = (n + stride - 1) // stride
     q = (int(1.5 * k * sampled / n) + 2) * 4**attempt
     if q > sampled:
         return -np.inf
-    best_s, best_i = np.empty(q), np.empty(q, np.int64)  # the sample's q best, best first
-    m = 0
+    m = 0  # the sample's q best, best first, in best_*
     for e in range(0, n, stride):
         i = e if dense else cand[e]
         if _ok(seen, excluded, i):
@@ -119,7 +119,8 @@ def _select(vals: np.ndarray, cand: IntArray, n: int, dense: bool, seen: np.ndar
         return 0
     attempt = 0
     while True:
-        thr = _threshold(vals, cand, n, dense, seen, excluded, k, attempt) if n > _SAMPLE_ABOVE * k else -np.inf
+        thr = (_threshold(vals, cand, n, dense, seen, excluded, k, attempt, buf_s, buf_i)
+               if n > _SAMPLE_ABOVE * k else -np.inf)
         c = 0
         for e in range(n):
             i = e if dense else cand[e]
@@ -144,7 +145,7 @@ def select_dense(vals: np.ndarray, seen: np.ndarray, excluded: np.ndarray, n: in
     On a large catalogue a strided sample first sets a threshold that about 1.5 k items pass, so only
     those are sorted; if fewer than ``k`` pass (an unlucky sample), a 4x lower one is tried, and so on.
     """
-    return _select(vals, np.empty(0, np.int64), n, True, seen, excluded, k, buf_s, buf_i, out_s, out_i)
+    return _select(vals, buf_i[:0], n, True, seen, excluded, k, buf_s, buf_i, out_s, out_i)
 
 
 @njit(**JIT)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from stream_rec.models.cooc import CoOccurrence
-from stream_rec.models.fusion import SHOWS_PER_EVENT, Fusion
+from stream_rec.models.fusion import SHOWS_PER_EVENT, WEIGHT_GRID, Fusion
 from stream_rec.models.mf import ImplicitMF
 from stream_rec.models.popularity import DecayedPopularity
+from stream_rec.settings import settings_table
 
 N_ITEMS = 40
 NEW_ITEMS = [37, 38, 39]  # appear once, at the very end of the stream
@@ -147,3 +148,8 @@ def test_new_items_of_the_users_own_categories_are_explored_first() -> None:
             picks[user] |= {i for i, label in zip(items.tolist(), labels) if label == ("explore",)}
     assert picks[0] == {25}
     assert 25 not in picks[1] and len(picks[1]) > 2
+
+
+def test_the_settings_help_counts_the_weightings_the_fusion_scores() -> None:
+    help_text = dict((name, meaning) for name, _, meaning in settings_table())["STREAM_REC_FUSION_ADAPT"]
+    assert f"({len(WEIGHT_GRID)} weightings" in help_text
