@@ -29,8 +29,8 @@ from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import INLINE, JIT
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
-from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, fuse_and_measure,
-                                      label, measure_interval, measure_sources)
+from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, label,
+                                      measure_interval, rank_and_measure)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
 from stream_rec.profiles import Profile, decode_profile, encode_profile
@@ -536,7 +536,7 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
                      top_explore: int) -> None:
     """The learning of every path, event by event: rank the event's user first if ``scored[e]``
     (:meth:`RecService.rank_then_learn`), measure the sources on every ``fp.sample_every``-th event
-    of a known user (:func:`~stream_rec.models.fusion.measure_sources`), then learn the event.
+    of a known user (:func:`~stream_rec.models.fusion.rank_and_measure`), then learn the event.
 
     ``mf``, ``cooc`` and ``pop`` learn; the ``ranked`` sources rank (the same models, or an empty
     stand-in for a source the fusion leaves out). The sources are measured on lists of ``top_n`` (the
@@ -557,17 +557,9 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
             # Ranking and measuring both see the lists without what the user may not be shown.
             since = _excluded_since(fp.rebuy_after_s, now)
             _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
-            if scored[e] and measure and k == top_n:  # the ranking and the measuring need the same lists
-                n = fuse_and_measure(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, k, n_explore, row_i,
-                                     row_s, row_m)
-                out[e, :n] = row_i[:n]
-            else:
-                if scored[e]:
-                    n = fuse(ranked[0], ranked[1], ranked[2], sc, fp, u, known, n_items, k, n_explore, row_i, row_s,
-                             row_m)
-                    out[e, :n] = row_i[:n]
-                if measure:
-                    measure_sources(ranked[0], ranked[1], ranked[2], sc, fp, u, i, n_items, top_n, top_explore)
+            n = rank_and_measure(ranked[0], ranked[1], ranked[2], sc, fp, u, i, known, n_items, k, n_explore, scored[e],
+                                 measure, top_n, top_explore, row_i, row_s, row_m)
+            out[e, :n] = row_i[:n]
             _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
         mf_learn_one(mf, u, i, w, mf_log, mf_n)
         cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n)

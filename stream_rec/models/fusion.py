@@ -15,7 +15,7 @@ fusion works on ranks. Two kinds of policy turn the sources' ranks into one orde
 **The choice adapts online.** Every ``sample_every``-th event of a user with history is used, before
 it is learned, to score every policy: each source ranks its own list once, and a policy scores
 ``1 / log2(rank + 2)`` when the order it would produce lists the event's item at ``rank``
-(:func:`measure_sources`). This is full-information online learning, every policy judged on every
+(:func:`measure_gathered`). This is full-information online learning, every policy judged on every
 measured event, so none needs to be tried out on users. Hits decay with a half-life of
 :data:`HITS_HALF_LIFE` measured events and are kept apart for new and for returning users; lists use
 the policy with the most hits once it beats equal weights by a clear margin (:func:`chosen_weighting`).
@@ -236,7 +236,7 @@ def _gather(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp:
     """Each source in use ranks its own list for ``user``; their union goes to ``sc.union`` (returns its
     size) and ``sc.ranks[s, x]`` gets ``1 +`` the rank source ``s`` gave union item ``x`` (0: not listed).
 
-    What :func:`fuse` and :func:`measure_sources` both start from; they clear ``sc.ranks[:, :size]``
+    What :func:`fuse` and :func:`rank_and_measure` start from; they clear ``sc.ranks[:, :size]``
     when done (:func:`_clear_ranks`). ``sc.mask`` is left all-zero.
     """
     ranks = sc.ranks
@@ -274,28 +274,16 @@ def measure_interval(sample_every: int, n_items: int) -> int:
     return max(sample_every, -(-n_items // MEASURE_ITEMS_PER_EVENT))
 
 
-@njit(**JIT)
-def measure_sources(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
-                    item: int, n_items: int, k: int, n_explore: int) -> None:
-    """Score every weighting of :data:`WEIGHT_GRID` on the event ``(user, item)``: ``1 / log2(rank + 2)``
-    when the fusion it produces would list ``item`` at ``rank`` among the ``k - n_explore`` exploited slots.
-
-    Called before the event is learned, for a user with history, with ``sc.excluded`` holding the
-    user's exclusions, exactly as ranking sees them. Each source ranks once (:func:`_gather`); see
-    :func:`measure_gathered` for the rest.
-    """
-    if not fp.adapt:
-        return
-    n_union = _gather(mf, cooc, pop, sc, fp, user, True, n_items, k)
-    measure_gathered(cooc, sc, fp, user, item, n_union, k, n_explore)
-    _clear_ranks(sc, n_union)
-
-
-@njit(**JIT)
+@njit(**INLINE)
 def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, item: int, n_union: int, k: int,
                      n_explore: int) -> None:
-    """:func:`measure_sources` on lists already gathered (``sc.union``, ``sc.ranks``), left as they are;
-    then one learning step of the learned scorer on the event.
+    """Score every weighting of :data:`WEIGHT_GRID` on the event ``(user, item)``: ``1 / log2(rank + 2)``
+    when the fusion it produces would list ``item`` at ``rank`` among the ``k - n_explore`` exploited
+    slots; then one learning step of the learned scorer on the event.
+
+    Called before the event is learned, for a user with history, on the lists :func:`_gather` left
+    (``sc.union``, ``sc.ranks``, left as they are), with ``sc.excluded`` holding the user's exclusions,
+    exactly as ranking sees them.
 
     Every weighting's fused score of every union item is a sum of at most five products, so the whole
     grid costs ``len(WEIGHT_GRID) * n_union`` multiply-adds: no matrix library call, no allocation.
@@ -359,7 +347,7 @@ def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, 
     _learn_scorer(sc, fp, seg, n_union, target)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _learn_scorer(sc: Scratch, fp: FusionParams, seg: int, n_union: int, target: int) -> None:
     """One RMSProp step of the learned scorer on an event whose item is union item ``target``: raise the
     log-likelihood of the softmax over the union's scores (``sc.learned``) picking ``target``."""
@@ -402,20 +390,33 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
     return n
 
 
-@njit(**JIT)
-def fuse_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
-                     item: int, n_items: int, k: int, n_explore: int, out_i: IntArray, out_s: FloatArray,
-                     out_m: IntArray) -> int:
-    """:func:`fuse` then :func:`measure_sources` on the same event of a user with history, the sources
-    ranked once for both (they rank the same lists when ``k`` is the measured list length)."""
-    n_union = _gather(mf, cooc, pop, sc, fp, user, True, n_items, k)
-    n = fuse_gathered(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
-    measure_gathered(cooc, sc, fp, user, item, n_union, k, n_explore)
+@njit(**INLINE)
+def rank_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
+                     item: int, has_history: bool, n_items: int, k: int, n_explore: int, rank: bool, measure: bool,
+                     top_n: int, top_explore: int, out_i: IntArray, out_s: FloatArray, out_m: IntArray) -> int:
+    """What the learning loop does for an event before it learns it: the user's fused top ``k`` into
+    ``out_*`` if ``rank`` (returns the count, else 0), and every policy measured on the event if
+    ``measure`` (a user with history; lists of the published ``top_n``, ``top_explore`` of them explored).
+
+    The sources rank once for both when ``k == top_n``. Inlined into its one caller: a compiled call
+    taking the five state tuples costs ~1 us of reference counting, as much as a source's list."""
+    measure = measure and fp.adapt
+    if not (rank or measure):
+        return 0
+    n = 0
+    n_union = _gather(mf, cooc, pop, sc, fp, user, has_history, n_items, k)
+    if rank:
+        n = fuse_gathered(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
+    if measure:
+        if k != top_n:  # the popular source reads max(depth, k) items: other lists
+            _clear_ranks(sc, n_union)
+            n_union = _gather(mf, cooc, pop, sc, fp, user, True, n_items, top_n)
+        measure_gathered(cooc, sc, fp, user, item, n_union, top_n, top_explore)
     _clear_ranks(sc, n_union)
     return n
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def fuse_gathered(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int, n_union: int,
                   k: int, n_explore: int, out_i: IntArray, out_s: FloatArray, out_m: IntArray) -> int:
     """:func:`fuse` on lists already gathered (``sc.union``, ``sc.ranks``, left as they are)."""
