@@ -369,7 +369,7 @@ def model_costs(bench: Bench) -> list[Figure]:
     targets = {100_000: "target <= 1", 1_000_000: "target <= 5"}
     for top in tops:
         n = top["items"]
-        how = "MF through int8 rows, best 8k rescored" if top["quantized"] else "full catalogue, exact"
+        how = "MF through int8 rows, candidates rescored exactly" if top["quantized"] else "full catalogue, exact"
         figures.append(Figure(f"top20_{n}_items_mean", top["mean_ms"], "ms", targets.get(n, how)))
         figures.append(Figure(f"top20_{n}_items_p99", top["p99_ms"], "ms", how))
         if top["quantized"]:
