@@ -286,7 +286,7 @@ def _approx_candidates(P: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, 
     The threshold is the ``q``-th best of a strided sample of :data:`_APPROX_SAMPLE` approximate scores,
     with ``q`` at least 8 so that the count passing rarely falls short; if it does, every eligible
     item passes. Scoring and filtering are one pass: no score array is written and read back."""
-    p = P[u].copy()  # a row of its own: ~15% faster than reading it out of P in the loop
+    p = P[u].copy()  # the user's factors as one contiguous row for _approx_score
     stride = max(1, n_items // _APPROX_SAMPLE)
     sampled = (n_items + stride - 1) // stride
     q = min(max(int(2.0 * want * sampled / n_items) + 1, 8), sampled)
@@ -307,11 +307,9 @@ def _approx_pass(p: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, item_s
     """The eligible items whose approximate score reaches ``thr`` into ``out``; returns how many."""
     c = 0
     for i in range(n_items):
-        s = np.float32(0.0)
-        for f in range(len(p)):
-            s += p[f] * np.float32(Q8[i, f])
+        v = _approx_score(p, Q8, q8_scale, i)
         out[c] = i  # branch-free: the slot is overwritten unless the item passes
-        c += (s * q8_scale[i] >= thr) & item_seen[i] & (not excluded[i])
+        c += (v >= thr) & item_seen[i] & (not excluded[i])
     return c
 
 
