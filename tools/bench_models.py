@@ -27,7 +27,7 @@ import numpy as np
 
 from stream_rec.events import Event
 from stream_rec.models.cooc import CoOccurrence
-from stream_rec.models.mf import ImplicitMF, QUANTIZE_ABOVE  # noqa: F401 (documented above)
+from stream_rec.models.mf import ImplicitMF
 from stream_rec.models.popularity import DecayedPopularity
 from stream_rec.service import RecService, warm_up
 from stream_rec.settings import Settings
@@ -72,10 +72,11 @@ def top20_latency(n_items: int, n_users: int = 100_000, n_lists: int = 300,
                   quantize_above: float | None = None) -> dict[str, float]:
     """Milliseconds for one user's fused top 20 (``RecService.recommend``) over ``n_items`` items.
 
-    Catalogues of at least ``quantize_above`` items (default: the model's, :data:`QUANTIZE_ABOVE`) rank
-    matrix factorisation through its int8 item rows; then the same users are also ranked with the exact
-    scan, alternately, and ``mf_recall`` is the share of the exact MF top 30 (the depth the fusion
-    reads) that the int8 path returns. Without it, ``mf_recall`` is 1 by construction.
+    Catalogues of at least ``quantize_above`` items (default: the model's,
+    :data:`~stream_rec.models.mf.QUANTIZE_ABOVE`) rank matrix factorisation through its int8 item rows;
+    then the same users are also ranked with the exact scan, alternately, and ``mf_recall`` is the share
+    of the exact MF top 30 (the depth the fusion reads) that the int8 path returns. Without it,
+    ``mf_recall`` is 1 by construction.
     """
     service = RecService(Settings(), MemoryStore())
     mf = service.fusion.mf

@@ -53,11 +53,8 @@ BOUND_EVERY = 16.0
 #: traffic of float32) for candidates, then scores those exactly: at 1M items the float32 scan (BLAS,
 #: both cores) alone took 3.4-4.6 ms (see :func:`mf_top`).
 QUANTIZE_ABOVE = 262_144
-#: The int8 scan keeps at least this many candidates per wanted item for exact scoring (about twice
-#: as many pass on average).
+#: Candidates per wanted item that the int8 scan keeps for exact scoring.
 RESCORE = 8
-#: Approximate scores sampled to set the int8 scan's threshold.
-_APPROX_SAMPLE = 8192
 
 
 class MFState(NamedTuple):
@@ -267,50 +264,16 @@ def mf_scores(P: Float32Array, Q: Float32Array, u: int, n_items: int, out: np.nd
         out[j] = s
 
 
-@njit(fastmath={"reassoc", "contract"}, **INLINE)
-def _approx_score(p: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, i: int) -> float:
-    """``p . q_i`` from the int8 row of ``i``."""
-    s = np.float32(0.0)
-    for f in range(len(p)):
-        s += p[f] * np.float32(Q8[i, f])
-    return s * q8_scale[i]
-
-
 @njit(fastmath={"reassoc", "contract"}, **JIT)
-def _approx_candidates(P: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, item_seen: np.ndarray,
-                       excluded: np.ndarray, u: int, n_items: int, want: int, buf_s: FloatArray,
-                       buf_i: IntArray) -> int:
-    """Items whose approximate score reaches a threshold about ``want`` of them pass, into ``buf_i``
-    (any order); returns how many (at least ``want`` when that many are eligible).
-
-    The threshold is the ``q``-th best of a strided sample of :data:`_APPROX_SAMPLE` approximate scores,
-    with ``q`` at least 8 so that the count passing rarely falls short; if it does, every eligible
-    item passes. Scoring and filtering are one pass: no score array is written and read back."""
-    p = P[u].copy()  # the user's factors as one contiguous row for _approx_score
-    stride = max(1, n_items // _APPROX_SAMPLE)
-    sampled = (n_items + stride - 1) // stride
-    q = min(max(int(2.0 * want * sampled / n_items) + 1, 8), sampled)
-    m = 0
-    for i in range(0, n_items, stride):
-        if item_seen[i] and not excluded[i]:
-            m = insert_best(buf_s, buf_i, m, q, _approx_score(p, Q8, q8_scale, i), 0)
-    thr = buf_s[q - 1] if m == q else -np.inf
-    c = _approx_pass(p, Q8, q8_scale, item_seen, excluded, n_items, thr, buf_i)
-    if c < want and thr > -np.inf:
-        c = _approx_pass(p, Q8, q8_scale, item_seen, excluded, n_items, -np.inf, buf_i)  # an unlucky sample
-    return c
-
-
-@njit(fastmath={"reassoc", "contract"}, **JIT)
-def _approx_pass(p: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, item_seen: np.ndarray,
-                 excluded: np.ndarray, n_items: int, thr: float, out: IntArray) -> int:
-    """The eligible items whose approximate score reaches ``thr`` into ``out``; returns how many."""
-    c = 0
+def _approx_scores(P: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, u: int, n_items: int,
+                   out: np.ndarray) -> None:
+    """``out[i] ~ p_u . q_i`` from the int8 rows, for the first ``n_items`` items."""
+    d = P.shape[1]
     for i in range(n_items):
-        v = _approx_score(p, Q8, q8_scale, i)
-        out[c] = i  # branch-free: the slot is overwritten unless the item passes
-        c += (v >= thr) & item_seen[i] & (not excluded[i])
-    return c
+        s = np.float32(0.0)
+        for f in range(d):
+            s += P[u, f] * np.float32(Q8[i, f])
+        out[i] = s * q8_scale[i]
 
 
 @njit(**JIT)
@@ -330,9 +293,9 @@ def mf_top(P: Float32Array, Q: Float32Array, Q8: np.ndarray, q8_scale: Float32Ar
 
     Up to ``params[_QUANT_ABOVE]`` items every score is exact. On a larger catalogue the int8 copies
     of the item rows (switched on here, then kept current by learning) give approximate scores; the
-    items whose approximate score is among roughly the best ``2 * RESCORE * k`` are scored exactly, and
-    the ``k`` best of them come back. An item of the exact top ``k`` is lost only if rounding drops it
-    below that cut, which ``stream-rec bench`` measures (``mf_recall_*``).
+    best ``RESCORE * k`` of them are scored exactly, and the ``k`` best of those come back. An item of
+    the exact top ``k`` is lost only if rounding puts more than ``RESCORE * k`` items above it, which
+    ``stream-rec bench`` measures (``mf_recall_*``).
 
     Like every helper on the ranking's hot path it takes arrays, not the state tuple (handing a tuple
     over costs reference counting per array per call)."""
@@ -341,10 +304,13 @@ def mf_top(P: Float32Array, Q: Float32Array, Q8: np.ndarray, q8_scale: Float32Ar
         return select_dense(scores, item_seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
     if params[_QUANT_ON] <= 0.0:
         _quantize_all(Q, Q8, q8_scale, item_seen, params)
-    n_cand = _approx_candidates(P, Q8, q8_scale, item_seen, excluded, u, n_items, RESCORE * k, buf_s, buf_i)
+    _approx_scores(P, Q8, q8_scale, u, n_items, scores)
+    want = RESCORE * k
+    cand_s, cand_i = np.empty(want), np.empty(want, np.int64)
+    n_cand = select_dense(scores, item_seen, excluded, n_items, want, buf_s, buf_i, cand_s, cand_i)
     d, m = P.shape[1], 0
     for r in range(n_cand):
-        j = buf_i[r]
+        j = cand_i[r]
         s = np.float32(0.0)
         for f in range(d):
             s += P[u, f] * Q[j, f]
