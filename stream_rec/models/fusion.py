@@ -205,29 +205,18 @@ def chosen_weighting(hits: FloatArray, seg: int) -> int:
 
 
 @njit(**INLINE)
-def _source_list(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, s: int, user: int,
-                 n_items: int, depth: int) -> int:
-    """Source ``s``'s own top ``depth`` for ``user`` (who has history) into ``sc.ls`` / ``sc.li``. Inlined
-    once per source into :func:`_gather`; the source functions get arrays (see :func:`learned_score`)."""
-    excluded, ls, li, buf_s, buf_i = sc.excluded, sc.ls, sc.li, sc.buf_s, sc.buf_i
-    if s == MF:
-        if user >= len(mf.user_seen) or not mf.user_seen[user]:
-            return 0
-        return mf_top(mf.P, mf.Q, mf.Q8, mf.q8_scale, mf.params, mf.item_seen, user, n_items, depth, excluded,
-                      sc.mf_scores, buf_s, buf_i, ls, li)
-    hist_item, hist_len = cooc.hist_item, cooc.hist_len
-    if s == COOC:
-        n_cand = cooc_candidates(hist_item, hist_len, cooc.nbr, cooc.cnt, cooc.nlen, cooc.mass, cooc.total,
-                                 cooc.row_ts, cooc.dampt, cooc.params, user, sc.acc, sc.mark, sc.cand)
-        m = select_sparse(sc.acc, sc.cand, n_cand, cooc.seen, excluded, depth, buf_s, buf_i, ls, li)
-        cooc_release(sc.mark, sc.acc, sc.cand, n_cand)
-        return m
-    if s == RECENT:
-        return cooc_recent(hist_item, cooc.hist_ts, hist_len, user, depth, excluded, ls, li)
-    if s == CATEGORY:
-        return pop_category_top(pop.category, pop.cat_top, pop.cat_len, hist_item, hist_len, user, depth, excluded,
-                                sc.cats, ls, li)
-    return pop_top(pop.top, pop.sizes, pop.key, pop.seen, n_items, depth, excluded, buf_s, buf_i, ls, li)
+def _merge(li: IntArray, m: int, s: int, ranks: IntArray, union: IntArray, mask: IntArray, n_union: int) -> int:
+    """Add source ``s``'s list ``li[:m]`` to the union: ``ranks[s, x]`` gets ``1 +`` its rank of union
+    item ``x``, new items are appended (``mask[it]``: the item's place in the union, plus one). Returns
+    the union's new size."""
+    for r in range(m):
+        it = li[r]
+        if mask[it] == 0:
+            union[n_union] = it
+            n_union += 1
+            mask[it] = n_union
+        ranks[s, mask[it] - 1] = r + 1
+    return n_union
 
 
 @njit(**INLINE)
@@ -238,22 +227,40 @@ def _gather(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp:
 
     What :func:`fuse` and :func:`rank_and_measure` start from; they clear ``sc.ranks[:, :size]``
     when done (:func:`_clear_ranks`). ``sc.mask`` is left all-zero.
+
+    Each source is called in its own block with only the arrays it reads, and takes arrays, never a
+    state tuple (see :func:`learned_score`). Written as one loop over the sources dispatching on ``s``,
+    each call paid for taking every source's arrays out of the tuples (reference counting): in the
+    evaluate loop on MovieLens-100K the user's recent items, all bought, took 0.54 us to list nothing
+    (cycle counter around each source), 0.05 us called with their own arrays.
     """
-    ranks = sc.ranks
-    n_union = 0
-    for s in range(N_SOURCES):
-        if fp.weights[s] <= 0.0 or (s != POPULAR_BIT and (user < 0 or not has_history)):
-            continue
-        m = _source_list(mf, cooc, pop, sc, s, user, n_items, max(fp.depth, k) if s == POPULAR_BIT else fp.depth)
-        for r in range(m):
-            it = sc.li[r]
-            if sc.mask[it] == 0:
-                sc.union[n_union] = it
-                n_union += 1
-                sc.mask[it] = n_union  # the item's place in the union, plus one
-            ranks[s, sc.mask[it] - 1] = r + 1
+    ranks, union, mask, li, ls = sc.ranks, sc.union, sc.mask, sc.li, sc.ls
+    w, depth, n_union = fp.weights, fp.depth, 0
+    known = user >= 0 and has_history
+    if w[MF] > 0.0 and known and user < len(mf.user_seen) and mf.user_seen[user]:
+        m = mf_top(mf.P, mf.Q, mf.Q8, mf.q8_scale, mf.params, mf.item_seen, user, n_items, depth, sc.excluded,
+                   sc.mf_scores, sc.buf_s, sc.buf_i, ls, li)
+        n_union = _merge(li, m, MF, ranks, union, mask, n_union)
+    if w[COOC] > 0.0 and known:
+        acc, mark, cand = sc.acc, sc.mark, sc.cand
+        n_cand = cooc_candidates(cooc.hist_item, cooc.hist_len, cooc.nbr, cooc.cnt, cooc.nlen, cooc.mass, cooc.total,
+                                 cooc.row_ts, cooc.dampt, cooc.params, user, acc, mark, cand)
+        m = select_sparse(acc, cand, n_cand, cooc.seen, sc.excluded, depth, sc.buf_s, sc.buf_i, ls, li)
+        cooc_release(mark, acc, cand, n_cand)
+        n_union = _merge(li, m, COOC, ranks, union, mask, n_union)
+    if w[POPULAR_BIT] > 0.0:
+        m = pop_top(pop.top, pop.sizes, pop.key, pop.seen, n_items, max(depth, k), sc.excluded, sc.buf_s, sc.buf_i,
+                    ls, li)
+        n_union = _merge(li, m, POPULAR_BIT, ranks, union, mask, n_union)
+    if w[RECENT] > 0.0 and known:
+        m = cooc_recent(cooc.hist_item, cooc.hist_ts, cooc.hist_len, user, depth, sc.excluded, ls, li)
+        n_union = _merge(li, m, RECENT, ranks, union, mask, n_union)
+    if w[CATEGORY] > 0.0 and known:
+        m = pop_category_top(pop.category, pop.cat_top, pop.cat_len, cooc.hist_item, cooc.hist_len, user, depth,
+                             sc.excluded, sc.cats, ls, li)
+        n_union = _merge(li, m, CATEGORY, ranks, union, mask, n_union)
     for c in range(n_union):
-        sc.mask[sc.union[c]] = 0
+        mask[union[c]] = 0
     return n_union
 
 

@@ -106,3 +106,36 @@ def test_ties_at_the_cut_go_to_the_lower_index() -> None:
     items, scores = model.recommend(9, 2)
     assert items.tolist() == [10, 20]
     assert scores[0] == scores[1] > 0
+
+
+def test_scores_keep_their_definition_through_decay_and_a_new_reference_time() -> None:
+    """With a half-life, a score is ``sum_h 0.8 ** rank(h) * C[h, j] / (sqrt(n_h) * n_j ** 0.3)`` with
+    every count and total decayed to one time. Rows only decayed since their total last changed, and a
+    move of the model's internal reference time midway (a one-second half-life over 200 s moves it once,
+    at ~1667 s), must leave the scores what that formula gives. Item 29 has no event after 1660 s: its
+    row is only decayed, by later pairs, after the move."""
+    half_life, late = 1.0, 29
+    rng = np.random.default_rng(7)
+    ts = np.sort(rng.uniform(1600.0, 1800.0, 300))
+    items = rng.integers(0, 30, len(ts))
+    items[(items == late) & (ts > 1660.0)] = 0
+    events = [(int(rng.integers(0, 10)), int(i), float(rng.choice([1.0, 4.0])), float(t)) for i, t in zip(items, ts)]
+    model = CoOccurrence(history_size=5, half_life_s=half_life)
+    _learn(model, events)
+    user, now = events[-1][0], events[-1][3]
+
+    def at_now(value: float, row_ts: float) -> float:
+        return value * 2.0 ** (-(now - row_ts) / half_life)
+
+    rows = {item: _neighbors(model, item) for item in range(30)}
+    history = np.frombuffer(model.user_state(user), HISTORY_DTYPE)["item"][::-1]  # newest first
+    expected = np.zeros(30)
+    for rank, h in enumerate(history.tolist()):
+        total_h, ts_h, counts = rows[h]
+        for j, count in counts.items():
+            total_j, ts_j, _ = rows[j]
+            expected[j] += 0.8**rank * at_now(count, ts_h) / (np.sqrt(at_now(total_h, ts_h))
+                                                             * at_now(total_j, ts_j) ** 0.3)
+    got = model.score(user, np.arange(30))
+    assert (expected > 0).sum() >= 10 and expected[late] > 0
+    np.testing.assert_allclose(got / got.max(), expected / expected.max(), rtol=1e-9)
