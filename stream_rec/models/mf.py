@@ -161,13 +161,20 @@ def _all_items_step(G: FloatArray, P: Float32Array, u: int, step: float, params:
 
 
 @njit(**INLINE)
-def _sgd_step(P: Float32Array, Q: Float32Array, G: FloatArray, max_norm: float, u: int, j: int, target: float,
-              step: float, shrink: float) -> None:
-    """Push ``p_u . q_j`` towards ``target``: ``x <- shrink * x + step * err * y`` for both rows."""
+def _row_dot(P: Float32Array, Q: Float32Array, u: int, j: int) -> np.float32:
+    """``p_u . q_j`` summed in float32: how learning, the exact scan's last rows and the int8 path's
+    exact rescoring score one pair."""
     dot = np.float32(0.0)
     for f in range(P.shape[1]):
         dot += P[u, f] * Q[j, f]
-    err = np.float32((target - dot) * step)
+    return dot
+
+
+@njit(**INLINE)
+def _sgd_step(P: Float32Array, Q: Float32Array, G: FloatArray, max_norm: float, u: int, j: int, target: float,
+              step: float, shrink: float) -> None:
+    """Push ``p_u . q_j`` towards ``target``: ``x <- shrink * x + step * err * y`` for both rows."""
+    err = np.float32((target - _row_dot(P, Q, u, j)) * step)
     keep = np.float32(shrink)
     _gram_add(G, Q, j, -1.0)
     for f in range(P.shape[1]):
@@ -258,10 +265,7 @@ def mf_scores(P: Float32Array, Q: Float32Array, u: int, n_items: int, out: np.nd
         out[i], out[i + 1], out[i + 2], out[i + 3] = s0, s1, s2, s3
         i += 4
     for j in range(i, n_items):
-        s = np.float32(0.0)
-        for f in range(d):
-            s += P[u, f] * Q[j, f]
-        out[j] = s
+        out[j] = _row_dot(P, Q, u, j)
 
 
 @njit(fastmath={"reassoc", "contract"}, **JIT)
@@ -308,13 +312,9 @@ def mf_top(P: Float32Array, Q: Float32Array, Q8: np.ndarray, q8_scale: Float32Ar
     want = RESCORE * k
     cand_s, cand_i = np.empty(want), np.empty(want, np.int64)
     n_cand = select_dense(scores, item_seen, excluded, n_items, want, buf_s, buf_i, cand_s, cand_i)
-    d, m = P.shape[1], 0
+    m = 0
     for r in range(n_cand):
-        j = cand_i[r]
-        s = np.float32(0.0)
-        for f in range(d):
-            s += P[u, f] * Q[j, f]
-        m = insert_best(out_s, out_i, m, k, s, j)
+        m = insert_best(out_s, out_i, m, k, _row_dot(P, Q, u, cand_i[r]), cand_i[r])
     return m
 
 
