@@ -16,6 +16,7 @@ import numpy as np
 
 from stream_rec.types import FloatArray, IntArray
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 #: Options of every compiled function: cached on disk, and free of the GIL while it runs.
 JIT = {"cache": True, "nogil": True}
@@ -77,8 +78,9 @@ def insert_best(out_s: FloatArray, out_i: IntArray, m: int, k: int, s: float, i:
 
 #: Above this many candidates per wanted item, a strided sample first estimates the selection threshold.
 _SAMPLE_ABOVE = 3
-#: Sample size: about 4 n / k values (so its q-th best passes ~1.5 k items), within these bounds.
-_SAMPLE_MIN, _SAMPLE_MAX = 256, 4096
+#: Sample size: about 4 n / k values (so its q-th best passes ~1.5 k items), within these bounds. A
+#: sample as large as the candidates themselves is not drawn (see :func:`_threshold`).
+_SAMPLE_MIN, _SAMPLE_MAX = 64, 4096
 #: The threshold is at least the sample's 8th best: on a capped sample of a large catalogue the
 #: formula asks for its 2nd or 3rd best, whose count passing varies so much that ~11% of top-30
 #: selections from 100k items (and of top-240 from 1M) fell short and scanned everything a second time
@@ -95,10 +97,14 @@ def _ok(seen: np.ndarray, excluded: np.ndarray, i: int) -> bool:
 def _threshold(vals: np.ndarray, cand: IntArray, n: int, dense: bool, seen: np.ndarray, excluded: np.ndarray,
                k: int, attempt: int, best_s: FloatArray, best_i: IntArray) -> float:
     """A score that about ``1.5 k * 4 ** attempt`` of the ``n`` candidates reach, estimated from a strided
-    sample of about ``4 n / k`` of them; ``-inf`` (everyone) when the sample is too small to tell.
-    ``best_*`` (room for ``n``) hold the sample's best while it runs: scratch, not an allocation."""
+    sample of about ``4 n / k`` of them; ``-inf`` (everyone) when the sample is too small to tell or
+    would be every candidate (sorting them all is then cheaper than sorting the sample and then the
+    survivors). ``best_*`` (room for ``n``) hold the sample's best while it runs: scratch, not an
+    allocation."""
     size = min(max(_SAMPLE_MIN, 4 * n // k), _SAMPLE_MAX)
-    stride = max(1, n // size)
+    stride = n // size
+    if stride <= 1:
+        return -np.inf
     sampled = (n + stride - 1) // stride
     q = max(int(1.5 * k * sampled / n) + 2, _SAMPLE_MIN_RANK) * 4**attempt
     if q > sampled:
@@ -112,13 +118,43 @@ def _threshold(vals: np.ndarray, cand: IntArray, n: int, dense: bool, seen: np.n
 
 
 @njit(**JIT)
+def _survivors_dense(vals: np.ndarray, n: int, seen: np.ndarray, excluded: np.ndarray, thr: float,
+                     flags: np.ndarray, out_i: IntArray) -> int:
+    """The items ``i < n`` that may be listed and score at least ``thr``, in order, into ``out_i``;
+    returns how many.
+
+    Two passes: one byte per item says whether it passes (a loop the compiler vectorises, ~0.1 ns an
+    item), then the bytes are read eight at a time and only the nonzero words are looked into. One
+    pass writing every item and advancing its count on a survivor costs ~0.9 ns an item, as its
+    stores wait on the count (on MovieLens-100K's 1,682 items: 2.6 us a selection instead of 3.4).
+    ``flags`` is scratch of at least ``n + 7`` bytes.
+    """
+    n_words = (n + 7) // 8
+    for i in range(n):
+        flags[i] = (vals[i] >= thr) & seen[i] & (not excluded[i])
+    for i in range(n, n_words * 8):
+        flags[i] = 0
+    words = flags[: n_words * 8].view(np.uint64)
+    c = 0
+    for w in range(n_words):
+        bits = words[w]
+        while bits != 0:
+            out_i[c] = w * 8 + (trailing_zeros(bits) >> 3)  # each flag is 0 or 1: bit 8b is byte b
+            c += 1
+            bits &= bits - _U64(1)
+    return c
+
+
+@njit(**JIT)
 def _select(vals: np.ndarray, cand: IntArray, n: int, dense: bool, seen: np.ndarray, excluded: np.ndarray, k: int,
             buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The selection behind :func:`select_dense` (items ``range(n)``) and :func:`select_sparse` (items
     ``cand[:n]``, any order): a sampled threshold, the survivors, then the survivors inserted best first.
 
-    The pass over all candidates is branch-free (every candidate is written, the count advances only for
-    a survivor), so its cost does not depend on how well the branch predictor guesses the scores.
+    Neither survivor pass branches on a score, so their cost does not depend on how well the branch
+    predictor guesses the scores: the dense one flags items in a vectorised loop
+    (:func:`_survivors_dense`, its flags in ``buf_s``'s bytes); the sparse one, whose reads go through
+    ``cand`` and do not vectorise, writes every candidate and advances the count only for a survivor.
     """
     if k <= 0:
         return 0
@@ -126,18 +162,22 @@ def _select(vals: np.ndarray, cand: IntArray, n: int, dense: bool, seen: np.ndar
     while True:
         thr = (_threshold(vals, cand, n, dense, seen, excluded, k, attempt, buf_s, buf_i)
                if n > _SAMPLE_ABOVE * k else -np.inf)
-        c = 0
-        for e in range(n):
-            i = e if dense else cand[e]
-            v = vals[i]
-            buf_s[c], buf_i[c] = v, i
-            c += (v >= thr) & seen[i] & (not excluded[i])
+        if dense:
+            c = _survivors_dense(vals, n, seen, excluded, thr, buf_s.view(np.uint8), buf_i)
+        else:
+            c = 0
+            for e in range(n):
+                i = cand[e]
+                v = vals[i]
+                buf_s[c], buf_i[c] = v, i
+                c += (v >= thr) & seen[i] & (not excluded[i])
         if c >= k or thr == -np.inf:
             break
         attempt += 1  # an unlucky sample: fewer than k passed
     m = 0
     for r in range(c):
-        m = insert_best(out_s, out_i, m, k, buf_s[r], buf_i[r])
+        i = buf_i[r]
+        m = insert_best(out_s, out_i, m, k, vals[i] if dense else buf_s[r], i)
     return m
 
 

@@ -13,14 +13,18 @@ def _reference(vals: np.ndarray, items: np.ndarray, k: int) -> list[int]:
     return sorted(items.tolist(), key=lambda i: (-vals[i], i))[:k]
 
 
-@pytest.mark.parametrize("n", [5, 300, 5000])
+@pytest.mark.parametrize("n", [5, 300, 1683, 5000])
 @pytest.mark.parametrize("k", [1, 20, 100])
 def test_select_matches_a_full_sort_with_ties_and_exclusions(n: int, k: int) -> None:
     rng = np.random.default_rng(n * 1000 + k)
-    for ties in (False, True):
+    for kind in ("distinct", "ties", "all equal", "float32"):
         vals = rng.standard_normal(n)
-        if ties:  # few distinct values: most of the work is breaking ties by index
+        if kind == "ties":  # few distinct values: most of the work is breaking ties by index
             vals = np.round(vals, 1)
+        elif kind == "all equal":  # every candidate reaches any threshold
+            vals = np.zeros(n)
+        elif kind == "float32":  # matrix factorisation's scores
+            vals = vals.astype(np.float32)
         seen = rng.random(n) < 0.9
         excluded = rng.random(n) < 0.2
         eligible = np.flatnonzero(seen & ~excluded)
