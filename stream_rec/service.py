@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -29,8 +30,9 @@ from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import INLINE, JIT
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
+from stream_rec.models._sync import ABORT, COUNT, GO, LEARNED, LISTED, NEED, THREADS, new_sync, store_release, wait_for
 from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, label,
-                                      measure_interval, rank_and_measure)
+                                      measure_interval, mf_list, new_scratch, rank_and_measure)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
 from stream_rec.profiles import Profile, decode_profile, encode_profile
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: Where an event came from: ``(lane, offset)``; offsets grow within a lane.
 Position = tuple[str, int]
+
+#: Batches shorter than this learn on one thread whatever ``settings.threads`` says: starting the
+#: second one costs ~0.1 ms.
+_THREADS_FROM = 256
 
 _HWM = b"hwm/"
 _COUNT = b"count/"
@@ -90,10 +96,12 @@ def warm_up() -> float:
     from stream_rec.state import MemoryStore
 
     started = time.perf_counter()
-    service = RecService(Settings(explore=0.5), MemoryStore())
+    service = RecService(Settings(explore=0.5, threads=2), MemoryStore())
     events = [Event("u", "a", "purchase", 1000), Event("u", "b", "view", 2000), Event("v", "a", "view", 3000)]
     service.apply([(("warm-up", n), e) for n, e in enumerate(events)])
     service.rank_then_learn([(("warm-up", 3 + n), e) for n, e in enumerate(events)], np.ones(3, bool), 2)
+    more = [Event(f"u{n % 3}", f"i{n % 5}", "view", 4000 + n) for n in range(_THREADS_FROM)]  # two threads
+    service.rank_then_learn([(("warm-up", 6 + n), e) for n, e in enumerate(more)], np.ones(len(more), bool), 2)
     seconds = time.perf_counter() - started
     if seconds > 5:
         log.info("compiled the model kernels in %.0fs (cached for later starts)", seconds)
@@ -130,6 +138,7 @@ class RecService:
         self.profiles: dict[int, Profile] = {}
         self.purchases = Purchases()
         self._unavailable: set[int] = set()
+        self._side: Scratch | None = None  # the second learning thread's scratch (settings.threads == 2)
         self.hwm: dict[str, int] = {}
         self._touched_lanes: set[str] = set()
         self.counts: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
@@ -213,14 +222,31 @@ class RecService:
         cooc_log = np.empty(n * (1 + cooc.history_size), dtype=np.int64)
         log_n = np.zeros(2, dtype=np.int64)
         ranked = (self.fusion.mf.state, self.fusion.cooc.state, self.fusion.popular.state)
-        _rank_then_learn(mf.state, cooc.state, pop.state, ranked, self.purchases.state, scratch, self.fusion.params(),
-                         n_items, k, self.fusion.n_explore(k), users, items, weights, ts_ms, bought, cats, scored, rows,
-                         mf_log, cooc_log, log_n, top_n, self.fusion.n_explore(top_n))
+        threads = 2 if self.settings.threads > 1 and len(users) >= _THREADS_FROM else 1
+        sync, side = new_sync(threads), scratch
+        if threads > 1:
+            side = self._side_scratch(len(scratch.excluded), len(scratch.ls))
+        fp = self.fusion.params()
+        args = (mf.state, cooc.state, pop.state, ranked, self.purchases.state, scratch, side, sync, fp, n_items, k,
+                self.fusion.n_explore(k), users, items, weights, ts_ms, bought, cats, scored, rows, mf_log, cooc_log,
+                log_n, top_n, self.fusion.n_explore(top_n))
+        if threads == 1:
+            _rank_then_learn(*args)
+        else:
+            _two_threads(args, (mf.state, ranked[0], scratch.excluded, side, sync, fp, n_items, users, items, weights,
+                                mf_log, log_n))
         if logs:
             mf.touch(users=users, items=mf_log[: log_n[0]])
             cooc.touch(users=users, items=cooc_log[: log_n[1]])
             pop.touch(items=items)
         return rows
+
+    def _side_scratch(self, n_items: int, depth: int) -> Scratch:
+        """The scratch of the second thread's matrix factorisation lists, kept as large as the fusion's."""
+        side = self._side
+        if side is None or len(side.excluded) < n_items or len(side.ls) < depth:
+            side = self._side = new_scratch(n_items, depth)
+        return side
 
     def set_availability(self, updates: Iterable[Availability]) -> int:
         """Apply item-availability messages in order: an unavailable item leaves every list until it is
@@ -527,13 +553,41 @@ def _rank_many(mf: MFState, cooc: CoocState, pop: PopularityState, bought: Purch
                 out_a[r, c] = -1  # explained by another source (co-occurrence did not propose it)
 
 
+def _two_threads(main_args: tuple[Any, ...], mf_args: tuple[Any, ...]) -> None:
+    """:func:`_rank_then_learn` here and :func:`_mf_thread` on a second thread, both free of the GIL;
+    if either fails, the other stops waiting for it (``sync[ABORT]``) and the error is raised here."""
+    sync = main_args[7]
+    failed: list[BaseException] = []
+
+    def mf_side() -> None:
+        try:
+            _mf_thread(*mf_args)
+        except BaseException as err:  # handed to the caller below
+            failed.append(err)
+            sync[ABORT] = 1
+
+    thread = threading.Thread(target=mf_side, name="stream-rec-mf", daemon=True)
+    thread.start()
+    try:
+        done = _rank_then_learn(*main_args)
+    except BaseException:
+        sync[ABORT] = 1
+        raise
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
+    if not done:
+        raise RuntimeError("the learning loop's second thread stopped early")
+
+
 @njit(**JIT)
 def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
                      ranked: tuple[MFState, CoocState, PopularityState], bought: PurchasesState, sc: Scratch,
-                     fp: FusionParams, n_items: int, k: int, n_explore: int, users: IntArray, items: IntArray,
-                     weights: FloatArray, ts_ms: IntArray, purchase: np.ndarray, cats: IntArray, scored: np.ndarray,
-                     out: IntArray, mf_log: IntArray, cooc_log: IntArray, log_n: IntArray, top_n: int,
-                     top_explore: int) -> None:
+                     side: Scratch, sync: IntArray, fp: FusionParams, n_items: int, k: int, n_explore: int,
+                     users: IntArray, items: IntArray, weights: FloatArray, ts_ms: IntArray, purchase: np.ndarray,
+                     cats: IntArray, scored: np.ndarray, out: IntArray, mf_log: IntArray, cooc_log: IntArray,
+                     log_n: IntArray, top_n: int, top_explore: int) -> bool:
     """The learning of every path, event by event: rank the event's user first if ``scored[e]``
     (:meth:`RecService.rank_then_learn`), measure the sources on every ``fp.sample_every``-th event
     of a known user (:func:`~stream_rec.models.fusion.rank_and_measure`), then learn the event.
@@ -541,31 +595,74 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
     ``mf``, ``cooc`` and ``pop`` learn; the ``ranked`` sources rank (the same models, or an empty
     stand-in for a source the fusion leaves out). The sources are measured on lists of ``top_n`` (the
     published length, whatever ``k`` this call ranks). Rows the models changed go to ``mf_log`` and
-    ``cooc_log`` while they have room, counted in ``log_n``."""
+    ``cooc_log`` while they have room, counted in ``log_n``.
+
+    With ``sync[THREADS] == 2``, :func:`_mf_thread` runs on another thread meanwhile and does matrix
+    factorisation's part (``side`` is its scratch): this loop hands it each event once the user's
+    exclusions are marked, ranks the other sources, takes its list, fuses and learns the rest; it
+    reads the factorisation's state only once the other thread has learned every earlier event.
+    Both threads touch disjoint state, and the union puts the factorisation's list last either way,
+    so the lists are the same with one thread or two. Returns ``False`` if the other thread gave up.
+    """
     row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
     mf_n, cooc_n = log_n[0:1], log_n[1:2]
     interval = measure_interval(fp.sample_every, n_items)  # n_items is fixed for the call
+    two = sync[THREADS] > 1
     for e in range(len(users)):
         u, i, w, t = users[e], items[e], weights[e], ts_ms[e] / 1000.0
         now = pop.clock[0]  # the latest event learned: what the worker's clock says after a batch
+        if two and not wait_for(sync, LEARNED, e):
+            return False
         known = bool(mf.user_seen[u])
         measure = False
         if known:
             fp.events[0] += 1
-            measure = fp.events[0] % interval == 0  # measured before it is learned
-        if scored[e] or measure:
-            # Ranking and measuring both see the lists without what the user may not be shown.
-            since = _excluded_since(fp.rebuy_after_s, now)
+            measure = fp.adapt and fp.events[0] % interval == 0  # measured before it is learned
+        need = scored[e] or measure
+        # Ranking and measuring both see the lists without what the user may not be shown.
+        since = _excluded_since(fp.rebuy_after_s, now)
+        if need:
             _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
-            n = rank_and_measure(ranked[0], ranked[1], ranked[2], sc, fp, u, i, known, n_items, k, n_explore, scored[e],
-                                 measure, top_n, top_explore, row_i, row_s, row_m)
+        if two:
+            sync[NEED] = need
+            store_release(sync, GO, e + 1)
+        if need:
+            n = rank_and_measure(ranked[0], ranked[1], ranked[2], sc, side, sync, fp, u, i, known, n_items, k,
+                                 n_explore, scored[e], measure, top_n, top_explore, row_i, row_s, row_m)
+            if n < 0:
+                return False
             out[e, :n] = row_i[:n]
             _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
-        mf_learn_one(mf, u, i, w, mf_log, mf_n)
+        if not two:
+            mf_learn_one(mf, u, i, w, mf_log, mf_n)
         cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n)
         pop_learn_one(pop, i, w, t, cats[e])
         if purchase[e]:
             purchases_add(bought, u, i, ts_ms[e])
+    return not two or wait_for(sync, LEARNED, len(users))
+
+
+@njit(**JIT)
+def _mf_thread(mf: MFState, ranked_mf: MFState, excluded: np.ndarray, side: Scratch, sync: IntArray,
+               fp: FusionParams, n_items: int, users: IntArray, items: IntArray, weights: FloatArray,
+               mf_log: IntArray, log_n: IntArray) -> bool:
+    """Matrix factorisation's part of :func:`_rank_then_learn` with two threads: for each event, its
+    list (when the other thread needs one, made with the exclusions it marked) and then its learning
+    step. Returns ``False`` if the other thread gave up."""
+    mf_n = log_n[0:1]
+    for e in range(len(users)):
+        store_release(sync, LEARNED, e)
+        if not wait_for(sync, GO, e + 1):
+            return False
+        u = users[e]
+        m = 0
+        if sync[NEED]:
+            m = mf_list(ranked_mf, fp, u, bool(mf.user_seen[u]), n_items, excluded, side)
+        sync[COUNT] = m
+        store_release(sync, LISTED, e + 1)
+        mf_learn_one(mf, u, items[e], weights[e], mf_log, mf_n)
+    store_release(sync, LEARNED, len(users))
+    return True
 
 
 def _int_bytes(value: int) -> bytes:

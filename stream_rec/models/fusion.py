@@ -38,6 +38,7 @@ from numba import njit
 
 from stream_rec.models._arrays import as_index, grow
 from stream_rec.models._kernels import INLINE, JIT, select_sparse, stream_key, uniform
+from stream_rec.models._sync import COUNT, GO, LISTED, THREADS, wait_for
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_candidates, cooc_recent, cooc_release
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
 from stream_rec.models.popularity import (USER_CATEGORIES, DecayedPopularity, PopularityState, pop_category_top,
@@ -220,13 +221,15 @@ def _merge(li: IntArray, m: int, s: int, ranks: IntArray, union: IntArray, mask:
 
 
 @njit(**INLINE)
-def _gather(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
-            has_history: bool, n_items: int, k: int) -> int:
-    """Each source in use ranks its own list for ``user``; their union goes to ``sc.union`` (returns its
-    size) and ``sc.ranks[s, x]`` gets ``1 +`` the rank source ``s`` gave union item ``x`` (0: not listed).
+def _gather(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int, has_history: bool,
+            n_items: int, k: int) -> int:
+    """Each source in use but matrix factorisation ranks its own list for ``user``; their union goes to
+    ``sc.union`` (returns its size) and ``sc.ranks[s, x]`` gets ``1 +`` the rank source ``s`` gave
+    union item ``x`` (0: not listed). :func:`_close_union` then adds matrix factorisation's list,
+    made here or on another thread meanwhile (:func:`mf_list`), and clears ``sc.mask``.
 
     What :func:`fuse` and :func:`rank_and_measure` start from; they clear ``sc.ranks[:, :size]``
-    when done (:func:`_clear_ranks`). ``sc.mask`` is left all-zero.
+    when done (:func:`_clear_ranks`).
 
     Each source is called in its own block with only the arrays it reads, and takes arrays, never a
     state tuple (see :func:`learned_score`). Written as one loop over the sources dispatching on ``s``,
@@ -237,10 +240,6 @@ def _gather(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp:
     ranks, union, mask, li, ls = sc.ranks, sc.union, sc.mask, sc.li, sc.ls
     w, depth, n_union = fp.weights, fp.depth, 0
     known = user >= 0 and has_history
-    if w[MF] > 0.0 and known and user < len(mf.user_seen) and mf.user_seen[user]:
-        m = mf_top(mf.P, mf.Q, mf.Q8, mf.q8_scale, mf.params, mf.item_seen, user, n_items, depth, sc.excluded,
-                   sc.mf_scores, sc.buf_s, sc.buf_i, ls, li)
-        n_union = _merge(li, m, MF, ranks, union, mask, n_union)
     if w[COOC] > 0.0 and known:
         acc, mark, cand = sc.acc, sc.mark, sc.cand
         n_cand = cooc_candidates(cooc.hist_item, cooc.hist_len, cooc.nbr, cooc.cnt, cooc.nlen, cooc.mass, cooc.total,
@@ -259,9 +258,39 @@ def _gather(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp:
         m = pop_category_top(pop.category, pop.cat_top, pop.cat_len, cooc.hist_item, cooc.hist_len, user, depth,
                              sc.excluded, sc.cats, ls, li)
         n_union = _merge(li, m, CATEGORY, ranks, union, mask, n_union)
-    for c in range(n_union):
-        mask[union[c]] = 0
     return n_union
+
+
+@njit(**INLINE)
+def mf_list(mf: MFState, fp: FusionParams, user: int, has_history: bool, n_items: int, excluded: np.ndarray,
+            into: Scratch) -> int:
+    """Matrix factorisation's list for ``user`` (none for a user it has not learned) into ``into.ls`` /
+    ``into.li``, with ``into``'s selection buffers; returns its length. It reads only the model's
+    state and ``excluded``, so it can run on another thread while :func:`_gather` ranks the rest."""
+    if fp.weights[MF] > 0.0 and user >= 0 and has_history and user < len(mf.user_seen) and mf.user_seen[user]:
+        return mf_top(mf.P, mf.Q, mf.Q8, mf.q8_scale, mf.params, mf.item_seen, user, n_items, fp.depth, excluded,
+                      into.mf_scores, into.buf_s, into.buf_i, into.ls, into.li)
+    return 0
+
+
+@njit(**INLINE)
+def _close_union(sc: Scratch, mf_li: IntArray, m: int, n_union: int) -> int:
+    """Add matrix factorisation's list ``mf_li[:m]`` to :func:`_gather`'s union (last, so the union's
+    order does not depend on which thread made it) and clear ``sc.mask``; returns the union's size."""
+    n_union = _merge(mf_li, m, MF, sc.ranks, sc.union, sc.mask, n_union)
+    for c in range(n_union):
+        sc.mask[sc.union[c]] = 0
+    return n_union
+
+
+@njit(**INLINE)
+def _mf_listed(mf: MFState, sc: Scratch, side: Scratch, sync: IntArray, fp: FusionParams, user: int,
+               has_history: bool, n_items: int) -> int:
+    """Matrix factorisation's list for the event in hand, in ``side.li``: made now (one thread; ``side``
+    is ``sc``) or waited for from the other thread (-1 if it gave up)."""
+    if sync[THREADS] > 1:
+        return sync[COUNT] if wait_for(sync, LISTED, sync[GO]) else -1
+    return mf_list(mf, fp, user, has_history, n_items, sc.excluded, side)
 
 
 @njit(**INLINE)
@@ -391,33 +420,42 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
     ``sc.excluded`` must hold the user's excluded items. Exploitation comes first, by fused score
     (ties: lower index); then up to ``n_explore`` new items drawn at random, scored just below.
     """
-    n_union = _gather(mf, cooc, pop, sc, fp, user, has_history, n_items, k)
+    n_union = _gather(cooc, pop, sc, fp, user, has_history, n_items, k)
+    n_union = _close_union(sc, sc.li, mf_list(mf, fp, user, has_history, n_items, sc.excluded, sc), n_union)
     n = fuse_gathered(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
     _clear_ranks(sc, n_union)
     return n
 
 
 @njit(**INLINE)
-def rank_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int,
-                     item: int, has_history: bool, n_items: int, k: int, n_explore: int, rank: bool, measure: bool,
-                     top_n: int, top_explore: int, out_i: IntArray, out_s: FloatArray, out_m: IntArray) -> int:
+def rank_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, side: Scratch, sync: IntArray,
+                     fp: FusionParams, user: int, item: int, has_history: bool, n_items: int, k: int, n_explore: int,
+                     rank: bool, measure: bool, top_n: int, top_explore: int, out_i: IntArray, out_s: FloatArray,
+                     out_m: IntArray) -> int:
     """What the learning loop does for an event before it learns it: the user's fused top ``k`` into
     ``out_*`` if ``rank`` (returns the count, else 0), and every policy measured on the event if
     ``measure`` (a user with history; lists of the published ``top_n``, ``top_explore`` of them explored).
 
+    Matrix factorisation's list is made here into ``side`` (one thread: ``side`` is ``sc``) or, with two
+    threads (``sync``), by the other one meanwhile (:func:`_mf_listed`). Returns -1 if that thread gave up.
     The sources rank once for both when ``k == top_n``. Inlined into its one caller: a compiled call
     taking the five state tuples costs ~1 us of reference counting, as much as a source's list."""
     measure = measure and fp.adapt
     if not (rank or measure):
         return 0
     n = 0
-    n_union = _gather(mf, cooc, pop, sc, fp, user, has_history, n_items, k)
+    n_union = _gather(cooc, pop, sc, fp, user, has_history, n_items, k)
+    m = _mf_listed(mf, sc, side, sync, fp, user, has_history, n_items)
+    if m < 0:
+        return -1
+    n_union = _close_union(sc, side.li, m, n_union)
     if rank:
         n = fuse_gathered(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
     if measure:
         if k != top_n:  # the popular source reads max(depth, k) items: other lists
             _clear_ranks(sc, n_union)
-            n_union = _gather(mf, cooc, pop, sc, fp, user, True, n_items, top_n)
+            n_union = _gather(cooc, pop, sc, fp, user, True, n_items, top_n)
+            n_union = _close_union(sc, side.li, _mf_listed(mf, sc, side, sync, fp, user, True, n_items), n_union)
         measure_gathered(cooc, sc, fp, user, item, n_union, top_n, top_explore)
     _clear_ranks(sc, n_union)
     return n

@@ -209,3 +209,51 @@ def test_offline_mode_learns_the_same_without_lists_or_changes(events: list[Even
         assert result.recommendations == [] and result.changes == {}
     users = {e.user_id for e in events}
     assert _all_lists(offline, users) == _all_lists(online, users)
+
+
+def test_two_learning_threads_give_the_same_lists_and_state_as_one(events: list[Event]) -> None:
+    """``threads=2`` runs matrix factorisation on a second thread: evaluate's lists, the worker's lists
+    and every persisted row must be exactly those of one thread (exploration on: its draws too)."""
+    one, two = (RecService(replace(SETTINGS, explore=0.2, threads=t), MemoryStore()) for t in (1, 2))
+    half = len(events) // 2
+    scored = np.ones(half, bool)
+    scored[::7] = False  # unscored events still hand their turn to the other thread
+    positions = [(("lane", n), e) for n, e in enumerate(events[:half])]
+    lists_one, lists_two = one.rank_then_learn(positions, scored, 10), two.rank_then_learn(positions, scored, 10)
+    assert (lists_one[scored] >= 0).any()
+    np.testing.assert_array_equal(lists_one, lists_two)
+    results = []
+    for service in (one, two):
+        batch = [(("lane", half + n), e) for n, e in enumerate(events[half:])]
+        assert len(batch) >= 256  # long enough to use the second thread
+        result = service.apply(batch)
+        service.persist(result)
+        results.append(result)
+    assert [r["items"] for r in results[0].recommendations] == [r["items"] for r in results[1].recommendations]
+    for family in ("users", "items", "meta"):
+        assert dict(one.store.items(family)) == dict(two.store.items(family)), family
+
+
+def test_a_failing_second_thread_stops_the_loop_with_its_error(events: list[Event], monkeypatch) -> None:
+    import threading
+
+    import stream_rec.service as service_module
+
+    def broken(*args: object) -> bool:
+        raise ValueError("second thread broke")
+
+    monkeypatch.setattr(service_module, "_mf_thread", broken)
+    service = RecService(replace(SETTINGS, threads=2), MemoryStore())
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            service.apply([(("lane", n), e) for n, e in enumerate(events[:500])])
+        except BaseException as err:
+            raised.append(err)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the learning loop kept waiting for a thread that had failed"
+    assert len(raised) == 1 and isinstance(raised[0], ValueError) and "second thread broke" in str(raised[0])
