@@ -40,7 +40,7 @@ class IdIndex:
 
     def add_many(self, keys: Iterable[str]) -> list[int]:
         keys = keys if isinstance(keys, list) else list(keys)
-        found = [self._index.get(key) for key in keys]  # one C-level pass for the ids already known
+        found = list(map(self._index.get, keys))  # one C-level pass for the ids already known
         if None in found:
             for n, idx in enumerate(found):
                 if idx is None:

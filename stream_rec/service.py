@@ -30,9 +30,11 @@ from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import INLINE, JIT
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
-from stream_rec.models._sync import ABORT, COUNT, GO, LEARNED, LISTED, NEED, THREADS, new_sync, store_release, wait_for
+from stream_rec.models._sync import (ABORT, COUNT, GO, LEARNED, LIST, LISTED, MEASURE, MEASURE_THERE, MEASURED, NEED,
+                                   SEG, THREADS, UNION, new_sync, store_release, wait_for)
 from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, label,
-                                      measure_interval, mf_list, new_scratch, rank_and_measure)
+                                      measure_gathered, measure_interval, measured, mf_list, new_scratch,
+                                      rank_and_measure)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
 from stream_rec.profiles import Profile, decode_profile, encode_profile
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 #: Where an event came from: ``(lane, offset)``; offsets grow within a lane.
 Position = tuple[str, int]
 
+_TYPE_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
+_PURCHASE = _TYPE_CODE["purchase"]
 #: Batches shorter than this learn on one thread whatever ``settings.threads`` says: starting the
 #: second one costs ~0.1 ms.
 _THREADS_FROM = 256
@@ -132,6 +136,7 @@ class RecService:
         self.settings = settings
         self.store = store
         self.weights = settings.event_weights()
+        self._weight_of_code = np.array([self.weights[t] for t in EVENT_TYPES], dtype=np.float64)
         self.users = IdIndex()
         self.items = IdIndex()
         self.categories = IdIndex()
@@ -233,8 +238,8 @@ class RecService:
         if threads == 1:
             _rank_then_learn(*args)
         else:
-            _two_threads(args, (mf.state, ranked[0], scratch.excluded, side, sync, fp, n_items, users, items, weights,
-                                mf_log, log_n))
+            _two_threads(args, (mf.state, ranked[0], scratch, side, sync, fp, n_items, users, items, weights, mf_log,
+                                log_n, top_n, self.fusion.n_explore(top_n)))
         if logs:
             mf.touch(users=users, items=mf_log[: log_n[0]])
             cooc.touch(users=users, items=cooc_log[: log_n[1]])
@@ -271,19 +276,20 @@ class RecService:
 
     def _arrays(self, fresh: list[Event]) -> tuple[IntArray, IntArray, FloatArray, IntArray, np.ndarray, IntArray]:
         """Index arrays of a batch: ``(users, items, weights, ts_ms, is_purchase, categories)`` (category
-        -1 where an event names none); new ids get indices."""
+        -1 where an event names none); new ids get indices. One pass over the events per field, in C
+        where it can be (``map``, ``list.count``): at ~8,000 events a call these passes are most of
+        the Python time of ``stream-rec evaluate``."""
         users = np.array(self.users.add_many([e.user_id for e in fresh]), dtype=np.int64)
         items = np.array(self.items.add_many([e.item_id for e in fresh]), dtype=np.int64)
         named = [e.category for e in fresh]
-        if any(c is not None for c in named):
+        if named.count(None) < len(named):
             cats = np.array([-1 if c is None else self.categories.add(c) for c in named], dtype=np.int64)
         else:
             cats = np.full(len(fresh), -1, dtype=np.int64)
-        types = [e.type for e in fresh]
-        weights = np.array([self.weights[t] for t in types], dtype=np.float64)
+        codes = np.array(list(map(_TYPE_CODE.__getitem__, [e.type for e in fresh])), dtype=np.int64)
+        weights = self._weight_of_code[codes]
         ts_ms = np.array([e.ts_ms for e in fresh], dtype=np.int64)
-        bought = np.array([t == "purchase" for t in types], dtype=bool)
-        return users, items, weights, ts_ms, bought, cats
+        return users, items, weights, ts_ms, codes == _PURCHASE, cats
 
     def persist(self, result: BatchResult) -> None:
         """Write a batch's state in one atomic write (call after its recommendations are sent)."""
@@ -323,10 +329,12 @@ class RecService:
             if profile is None:
                 profile = profiles[u] = Profile()
             profile.n_events += n
-        for event, u in zip(fresh, user_list):
-            if event.event_id is not None:
-                profiles[u].remember(event.event_id)
-        by_type = Counter(event.type for event in fresh)
+        ids = [event.event_id for event in fresh]
+        if ids.count(None) < len(ids):
+            for event_id, u in zip(ids, user_list):
+                if event_id is not None:
+                    profiles[u].remember(event_id)
+        by_type = Counter([event.type for event in fresh])
         for name, n in by_type.items():
             self.counts[name] += n
             result.applied_by_type[name] = result.applied_by_type.get(name, 0) + n
@@ -598,11 +606,13 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
     ``cooc_log`` while they have room, counted in ``log_n``.
 
     With ``sync[THREADS] == 2``, :func:`_mf_thread` runs on another thread meanwhile and does matrix
-    factorisation's part (``side`` is its scratch): this loop hands it each event once the user's
-    exclusions are marked, ranks the other sources, takes its list, fuses and learns the rest; it
-    reads the factorisation's state only once the other thread has learned every earlier event.
-    Both threads touch disjoint state, and the union puts the factorisation's list last either way,
-    so the lists are the same with one thread or two. Returns ``False`` if the other thread gave up.
+    factorisation's part and the measuring (``side`` is its scratch): this loop hands it each event
+    once the user's exclusions are marked, ranks the other sources, takes its list, hands it the union
+    to measure, fuses and learns the rest; it reads the factorisation's state only once the other
+    thread has learned every earlier event, and the union is cleared once it is measured. What one
+    thread writes the other does not touch meanwhile (the measured hits and the learned scorer are
+    read before the union is handed over), and the union puts the factorisation's list last either
+    way, so the lists are the same with one thread or two. Returns ``False`` if the other thread gave up.
     """
     row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
     mf_n, cooc_n = log_n[0:1], log_n[1:2]
@@ -624,7 +634,7 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
         if need:
             _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
         if two:
-            sync[NEED] = need
+            sync[NEED] = (LIST if need else 0) | (MEASURE_THERE if measure and k == top_n else 0)
             store_release(sync, GO, e + 1)
         if need:
             n = rank_and_measure(ranked[0], ranked[1], ranked[2], sc, side, sync, fp, u, i, known, n_items, k,
@@ -639,28 +649,37 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
         pop_learn_one(pop, i, w, t, cats[e])
         if purchase[e]:
             purchases_add(bought, u, i, ts_ms[e])
+        if not measured(sc, sync):
+            return False
     return not two or wait_for(sync, LEARNED, len(users))
 
 
 @njit(**JIT)
-def _mf_thread(mf: MFState, ranked_mf: MFState, excluded: np.ndarray, side: Scratch, sync: IntArray,
-               fp: FusionParams, n_items: int, users: IntArray, items: IntArray, weights: FloatArray,
-               mf_log: IntArray, log_n: IntArray) -> bool:
-    """Matrix factorisation's part of :func:`_rank_then_learn` with two threads: for each event, its
-    list (when the other thread needs one, made with the exclusions it marked) and then its learning
-    step. Returns ``False`` if the other thread gave up."""
+def _mf_thread(mf: MFState, ranked_mf: MFState, sc: Scratch, side: Scratch, sync: IntArray, fp: FusionParams,
+               n_items: int, users: IntArray, items: IntArray, weights: FloatArray, mf_log: IntArray,
+               log_n: IntArray, top_n: int, top_explore: int) -> bool:
+    """The other thread's part of :func:`_rank_then_learn` with two threads, for each event: matrix
+    factorisation's list (when the loop needs one; with the exclusions it marked in ``sc``) into
+    ``side``, its learning step, then, when the loop hands it the event's union, the measuring of every
+    policy on it (:func:`~stream_rec.models.fusion.measure_gathered`, with ``side``'s work arrays).
+    Returns ``False`` if the other thread gave up."""
     mf_n = log_n[0:1]
     for e in range(len(users)):
         store_release(sync, LEARNED, e)
         if not wait_for(sync, GO, e + 1):
             return False
-        u = users[e]
+        u, need = users[e], sync[NEED]
         m = 0
-        if sync[NEED]:
-            m = mf_list(ranked_mf, fp, u, bool(mf.user_seen[u]), n_items, excluded, side)
+        if need & LIST:
+            m = mf_list(ranked_mf, fp, u, bool(mf.user_seen[u]), n_items, sc.excluded, side)
         sync[COUNT] = m
         store_release(sync, LISTED, e + 1)
         mf_learn_one(mf, u, items[e], weights[e], mf_log, mf_n)
+        if need & MEASURE_THERE:
+            if not wait_for(sync, MEASURE, e + 1):
+                return False
+            measure_gathered(sync[SEG], sc, side, fp, items[e], sync[UNION], top_n, top_explore)
+            store_release(sync, MEASURED, e + 1)
     store_release(sync, LEARNED, len(users))
     return True
 

@@ -78,9 +78,9 @@ class Settings:
     explore: float = _setting(0.1, "Share of list slots given to new, little-seen items (0 = deterministic lists).")
     seed: int = _setting(0, "Seed of every random choice (model init, sampling, exploration).")
     threads: int = _setting(
-        1, "Threads of the learning loop: 2 runs matrix factorisation (its lists and learning) on a second core beside "
-        "the other sources, with the same results; for stream-rec evaluate (which uses 2 where there are two cores), "
-        "or a worker with a core to itself and another free.")
+        1, "Threads of the learning loop: 2 runs matrix factorisation (its lists and learning) and the adaptive "
+        "fusion's measuring on a second core beside the other sources, with the same results; for stream-rec "
+        "evaluate (which uses 2 where there are two cores), or a worker with a core to itself and another free.")
     metrics_port: int = _setting(9464, "Prometheus metrics port of a worker (0 = no endpoint).")
     session_timeout_s: float = _setting(10.0, "How soon the group notices a dead worker and hands its partitions on.")
     rebalance_timeout_s: float = _setting(5.0, "How long a rebalance waits for members (Faust's default makes a fresh group take 30 s to join).")

@@ -34,6 +34,7 @@ The competitors:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -185,7 +186,8 @@ class ServiceModel(Competitor):
         self._to_vocab = np.zeros(0, dtype=np.int64)  # service item index -> vocabulary item index
 
     def rank_then_learn(self, batch: Batch, scored: npt.NDArray[np.bool_], k: int) -> IntArray:
-        positions = [(("evaluate", self._offset + n), event) for n, event in enumerate(batch.events)]
+        offsets = range(self._offset, self._offset + len(batch.events))
+        positions = list(zip(zip(itertools.repeat("evaluate"), offsets), batch.events))
         self._offset += len(positions)
         lists = self.service.rank_then_learn(positions, scored, k)
         items = self.service.items

@@ -26,8 +26,14 @@ from numba.extending import intrinsic
 from stream_rec.models._kernels import INLINE
 from stream_rec.types import IntArray
 
-#: Slots of the shared array, 64 bytes apart so the two threads' counters sit on different cache lines.
-GO, LISTED, LEARNED, ABORT, COUNT, NEED, THREADS = (8 * s for s in range(7))
+#: Counters of the shared array, 64 bytes apart so the two threads' counters sit on different cache
+#: lines; what a counter hands over sits next to it, on its line.
+GO, LISTED, LEARNED, MEASURE, MEASURED, ABORT, THREADS = (8 * s for s in range(7))
+NEED = GO + 1  # with GO: what the event needs from the other thread (LIST and/or MEASURE_THERE)
+COUNT = LISTED + 1  # with LISTED: the length of its list
+SEG, UNION = MEASURE + 1, MEASURE + 2  # with MEASURE: the user's segment, the size of the union to measure
+HANDED = THREADS + 1  # the loop's own note: 1 + the size of a union the other thread is measuring (0: none)
+LIST, MEASURE_THERE = 1, 2  # bits of NEED
 SIZE = 8 * 7
 #: Rounds of pause-hinted spinning before a waiting thread yields its core on every round.
 SPINS_BEFORE_YIELD = 1 << 14

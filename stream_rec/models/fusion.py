@@ -38,7 +38,8 @@ from numba import njit
 
 from stream_rec.models._arrays import as_index, grow
 from stream_rec.models._kernels import INLINE, JIT, select_sparse, stream_key, uniform
-from stream_rec.models._sync import COUNT, GO, LISTED, THREADS, wait_for
+from stream_rec.models._sync import (COUNT, GO, HANDED, LISTED, MEASURE, MEASURED, SEG, THREADS, UNION,
+                                     store_release, wait_for)
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_candidates, cooc_recent, cooc_release
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
 from stream_rec.models.popularity import (USER_CATEGORIES, DecayedPopularity, PopularityState, pop_category_top,
@@ -311,22 +312,22 @@ def measure_interval(sample_every: int, n_items: int) -> int:
 
 
 @njit(**INLINE)
-def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, item: int, n_union: int, k: int,
+def measure_gathered(seg: int, sc: Scratch, work: Scratch, fp: FusionParams, item: int, n_union: int, k: int,
                      n_explore: int) -> None:
     """Score every weighting of :data:`WEIGHT_GRID` on the event ``(user, item)``: ``1 / log2(rank + 2)``
     when the fusion it produces would list ``item`` at ``rank`` among the ``k - n_explore`` exploited
     slots; then one learning step of the learned scorer on the event.
 
-    Called before the event is learned, for a user with history, on the lists :func:`_gather` left
-    (``sc.union``, ``sc.ranks``, left as they are), with ``sc.excluded`` holding the user's exclusions,
-    exactly as ranking sees them.
+    Called before the event is learned, for a user with history (in segment ``seg``), on the lists
+    :func:`_gather` left (``sc.union``, ``sc.ranks``, only read), with ``sc.excluded`` holding the user's
+    exclusions, exactly as ranking sees them. Its own work arrays are ``work``'s (``sc`` itself, or the
+    other thread's scratch when that thread measures while this one fuses: see :func:`rank_and_measure`).
 
     Every weighting's fused score of every union item is a sum of at most five products, so the whole
     grid costs ``len(WEIGHT_GRID) * n_union`` multiply-adds: no matrix library call, no allocation.
     """
     if not fp.adapt:
         return
-    seg = segment(cooc.hist_len, user)
     decay = 0.5 ** (1.0 / HITS_HALF_LIFE)
     target = -1
     for x in range(n_union):
@@ -336,12 +337,12 @@ def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, 
         for g in range(N_POLICIES):
             fp.hits[seg, g] *= decay
         return
-    terms = sc.terms  # (sources, union): 1 / (RRF_K + rank + 1), 0 where a source did not list the item
+    terms = work.terms  # (sources, union): 1 / (RRF_K + rank + 1), 0 where a source did not list the item
     for s in range(N_SOURCES):
         for x in range(n_union):
             r = sc.ranks[s, x]
             terms[s, x] = 1.0 / (RRF_K + r) if r > 0 else 0.0
-    grid, mine, above = sc.grid, sc.grid_mine, sc.grid_above
+    grid, mine, above = work.grid, work.grid_mine, work.grid_above
     n_grid = len(WEIGHT_GRID)
     for g in range(n_grid):
         for s in range(N_SOURCES):
@@ -350,7 +351,7 @@ def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, 
         mine[g] = (grid[0, g] * terms[0, target] + grid[1, g] * terms[1, target] + grid[2, g] * terms[2, target]
                    + grid[3, g] * terms[3, target] + grid[4, g] * terms[4, target])
         above[g] = 0
-    learned = sc.learned
+    learned = work.learned
     for x in range(n_union):
         learned[x] = learned_score(fp.theta, fp.weights, sc.ranks, seg, x)
     above_learned, above_all = 0, 0
@@ -380,24 +381,24 @@ def measure_gathered(cooc: CoocState, sc: Scratch, fp: FusionParams, user: int, 
         fp.hits[seg, g] = fp.hits[seg, g] * decay + hit
     hit = 1.0 / np.log2(above_learned + 2.0) if above_learned < slots else 0.0
     fp.hits[seg, LEARNED] = fp.hits[seg, LEARNED] * decay + hit
-    _learn_scorer(sc, fp, seg, n_union, target)
+    _learn_scorer(sc, work, fp, seg, n_union, target)
 
 
 @njit(**INLINE)
-def _learn_scorer(sc: Scratch, fp: FusionParams, seg: int, n_union: int, target: int) -> None:
+def _learn_scorer(sc: Scratch, work: Scratch, fp: FusionParams, seg: int, n_union: int, target: int) -> None:
     """One RMSProp step of the learned scorer on an event whose item is union item ``target``: raise the
-    log-likelihood of the softmax over the union's scores (``sc.learned``) picking ``target``."""
+    log-likelihood of the softmax over the union's scores (``work.learned``) picking ``target``."""
     top = -np.inf
     for x in range(n_union):
-        top = max(top, sc.learned[x])
+        top = max(top, work.learned[x])
     z = 0.0
     for x in range(n_union):
-        z += np.exp(sc.learned[x] - top)
-    grad = sc.grad
+        z += np.exp(work.learned[x] - top)
+    grad = work.grad
     grad[:] = 0.0
     for x in range(n_union):
         # d log p(target) / d score_x = [x is target] - p(x)
-        d = (1.0 if x == target else 0.0) - np.exp(sc.learned[x] - top) / z
+        d = (1.0 if x == target else 0.0) - np.exp(work.learned[x] - top) / z
         for s in range(N_SOURCES):
             r = sc.ranks[s, x]
             if r > 0:
@@ -436,10 +437,13 @@ def rank_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scr
     ``out_*`` if ``rank`` (returns the count, else 0), and every policy measured on the event if
     ``measure`` (a user with history; lists of the published ``top_n``, ``top_explore`` of them explored).
 
-    Matrix factorisation's list is made here into ``side`` (one thread: ``side`` is ``sc``) or, with two
-    threads (``sync``), by the other one meanwhile (:func:`_mf_listed`). Returns -1 if that thread gave up.
-    The sources rank once for both when ``k == top_n``. Inlined into its one caller: a compiled call
-    taking the five state tuples costs ~1 us of reference counting, as much as a source's list."""
+    With one thread (``side`` is ``sc``) everything happens here. With two (``sync``, see
+    :mod:`stream_rec.models._sync`) the other thread makes matrix factorisation's list meanwhile
+    (:func:`_mf_listed`) and, when the lists measured are the ranked ones (``k == top_n``), measures
+    them while this one finishes the list: the fused scores are taken first (:func:`fused_scores`, all
+    that reads what measuring updates), and the union is left for :func:`measured` to clear. Returns
+    -1 if the other thread gave up. Inlined into its one caller: a compiled call taking the five state
+    tuples costs ~1 us of reference counting, as much as a source's list."""
     measure = measure and fp.adapt
     if not (rank or measure):
         return 0
@@ -449,24 +453,55 @@ def rank_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scr
     if m < 0:
         return -1
     n_union = _close_union(sc, side.li, m, n_union)
+    seg = segment(cooc.hist_len, user)
     if rank:
-        n = fuse_gathered(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
-    if measure:
+        fused_scores(sc, fp, seg, n_union)
+    handed = measure and k == top_n and sync[THREADS] > 1
+    if handed:
+        sync[SEG], sync[UNION] = seg, n_union
+        store_release(sync, MEASURE, sync[GO])
+    if rank:
+        n = fuse_scored(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
+    if measure and not handed:
         if k != top_n:  # the popular source reads max(depth, k) items: other lists
             _clear_ranks(sc, n_union)
             n_union = _gather(cooc, pop, sc, fp, user, True, n_items, top_n)
             n_union = _close_union(sc, side.li, _mf_listed(mf, sc, side, sync, fp, user, True, n_items), n_union)
-        measure_gathered(cooc, sc, fp, user, item, n_union, top_n, top_explore)
-    _clear_ranks(sc, n_union)
+        measure_gathered(seg, sc, sc, fp, item, n_union, top_n, top_explore)
+    if handed:
+        sync[HANDED] = n_union + 1
+    else:
+        _clear_ranks(sc, n_union)
     return n
+
+
+@njit(**INLINE)
+def measured(sc: Scratch, sync: IntArray) -> bool:
+    """Once the other thread has measured the union :func:`rank_and_measure` handed it (if any), clear
+    it; ``False`` if that thread gave up."""
+    if sync[HANDED] == 0:
+        return True
+    if not wait_for(sync, MEASURED, sync[GO]):
+        return False
+    _clear_ranks(sc, sync[HANDED] - 1)
+    sync[HANDED] = 0
+    return True
 
 
 @njit(**INLINE)
 def fuse_gathered(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int, n_union: int,
                   k: int, n_explore: int, out_i: IntArray, out_s: FloatArray, out_m: IntArray) -> int:
     """:func:`fuse` on lists already gathered (``sc.union``, ``sc.ranks``, left as they are)."""
+    fused_scores(sc, fp, segment(cooc.hist_len, user), n_union)
+    return fuse_scored(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
+
+
+@njit(**INLINE)
+def fused_scores(sc: Scratch, fp: FusionParams, seg: int, n_union: int) -> None:
+    """The first step of :func:`fuse_gathered`: each union item's fused score and source mask into
+    ``sc.fused`` / ``sc.mask``, under the policy segment ``seg`` uses now. The only step of the fusion
+    that reads the measured hits and the learned scorer, which :func:`measure_gathered` then updates."""
     ranks = sc.ranks
-    seg = segment(cooc.hist_len, user)
     row = chosen_weighting(fp.hits, seg) if fp.adapt else 0
     w = sc.w  # RRF weights (unused by the learned policy)
     for s in range(N_SOURCES):
@@ -481,6 +516,12 @@ def fuse_gathered(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fusion
             fused = learned_score(fp.theta, fp.weights, ranks, seg, x)
         sc.fused[it], sc.mask[it] = fused, mask
 
+
+@njit(**INLINE)
+def fuse_scored(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int, n_union: int,
+                k: int, n_explore: int, out_i: IntArray, out_s: FloatArray, out_m: IntArray) -> int:
+    """The rest of :func:`fuse_gathered` after :func:`fused_scores`: the ``k`` best, exploration, the
+    list into ``out_*`` (returns its length)."""
     # The k best of the union, best first, into ls / li.
     for c in range(n_union):
         sc.mark[sc.union[c]] = True
