@@ -28,10 +28,10 @@ import stream_rec
 from stream_rec.events import EVENT_TYPES, Availability, Event
 from stream_rec.ids import IdIndex
 from stream_rec.models._kernels import INLINE, JIT
-from stream_rec.models.base import OnlineModel
-from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
 from stream_rec.models._sync import (ABORT, COUNT, GO, LEARNED, LIST, LISTED, MEASURE, MEASURE_THERE, MEASURED, NEED,
                                    SEG, THREADS, UNION, new_sync, store_release, wait_for)
+from stream_rec.models.base import OnlineModel
+from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
 from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, label,
                                       measure_gathered, measure_interval, measured, mf_list, new_scratch,
                                       rank_and_measure)
