@@ -89,7 +89,7 @@ _warm = False
 def warm_up() -> float:
     """Compile (or load from numba's on-disk cache) every kernel the service runs; returns seconds.
 
-    The first process on a machine compiles for about a minute; later ones load the cache in about
+    The first process on a machine compiles for one to two minutes; later ones load the cache in about
     a second. :class:`RecService` calls this once per process, before it loads state, so a worker is
     ready to go fast before it joins its consumer group.
     """
