@@ -231,15 +231,15 @@ class RecService:
         sync, side = new_sync(threads), scratch
         if threads > 1:
             side = self._side_scratch(len(scratch.excluded), len(scratch.ls))
-        fp = self.fusion.params()
+        fp, top_explore = self.fusion.params(), self.fusion.n_explore(top_n)
         args = (mf.state, cooc.state, pop.state, ranked, self.purchases.state, scratch, side, sync, fp, n_items, k,
                 self.fusion.n_explore(k), users, items, weights, ts_ms, bought, cats, scored, rows, mf_log, cooc_log,
-                log_n, top_n, self.fusion.n_explore(top_n))
+                log_n, top_n, top_explore)
         if threads == 1:
             _rank_then_learn(*args)
         else:
-            _two_threads(args, (mf.state, ranked[0], scratch, side, sync, fp, n_items, users, items, weights, mf_log,
-                                log_n, top_n, self.fusion.n_explore(top_n)))
+            _two_threads(sync, args, (mf.state, ranked[0], scratch, side, sync, fp, n_items, users, items, weights,
+                                      mf_log, log_n, top_n, top_explore))
         if logs:
             mf.touch(users=users, items=mf_log[: log_n[0]])
             cooc.touch(users=users, items=cooc_log[: log_n[1]])
@@ -561,10 +561,10 @@ def _rank_many(mf: MFState, cooc: CoocState, pop: PopularityState, bought: Purch
                 out_a[r, c] = -1  # explained by another source (co-occurrence did not propose it)
 
 
-def _two_threads(main_args: tuple[Any, ...], mf_args: tuple[Any, ...]) -> None:
-    """:func:`_rank_then_learn` here and :func:`_mf_thread` on a second thread, both free of the GIL;
-    if either fails, the other stops waiting for it (``sync[ABORT]``) and the error is raised here."""
-    sync = main_args[7]
+def _two_threads(sync: IntArray, main_args: tuple[Any, ...], mf_args: tuple[Any, ...]) -> None:
+    """:func:`_rank_then_learn` here and :func:`_mf_thread` on a second thread, both free of the GIL and
+    meeting through ``sync``; if either fails, the other stops waiting for it (``sync[ABORT]``) and the
+    error is raised here."""
     failed: list[BaseException] = []
 
     def mf_side() -> None:

@@ -1,8 +1,9 @@
 """Two compiled loops handing one event stream to each other across cores.
 
-The learning loop can run matrix factorisation (its list and its learning step) on a second thread
-beside the other sources (:func:`stream_rec.service._rank_then_learn`). The threads meet once or
-twice per event, a few microseconds apart, so they signal through counters in one shared int64
+The learning loop can run matrix factorisation (its list and its learning step) and the adaptive
+fusion's measuring on a second thread beside the other sources
+(:func:`stream_rec.service._rank_then_learn`). The threads meet a few times per event, microseconds
+apart, so they signal through counters in one shared int64
 array, written with release and read with acquire ordering: everything a thread wrote before it
 moved a counter is visible to the other once it sees the new value. A hand-over costs ~30 ns
 between the two cores of this machine (a lock or an event would cost tens of microseconds).

@@ -38,8 +38,8 @@ from numba import njit
 
 from stream_rec.models._arrays import as_index, grow
 from stream_rec.models._kernels import INLINE, JIT, select_sparse, stream_key, uniform
-from stream_rec.models._sync import (COUNT, GO, HANDED, LISTED, MEASURE, MEASURED, SEG, THREADS, UNION,
-                                     store_release, wait_for)
+from stream_rec.models._sync import (COUNT, GO, HANDED, LISTED, MEASURE, MEASURED, SEG, THREADS, UNION, store_release,
+                                     wait_for)
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_candidates, cooc_recent, cooc_release
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
 from stream_rec.models.popularity import (USER_CATEGORIES, DecayedPopularity, PopularityState, pop_category_top,
@@ -285,13 +285,19 @@ def _close_union(sc: Scratch, mf_li: IntArray, m: int, n_union: int) -> int:
 
 
 @njit(**INLINE)
-def _mf_listed(mf: MFState, sc: Scratch, side: Scratch, sync: IntArray, fp: FusionParams, user: int,
-               has_history: bool, n_items: int) -> int:
-    """Matrix factorisation's list for the event in hand, in ``side.li``: made now (one thread; ``side``
-    is ``sc``) or waited for from the other thread (-1 if it gave up)."""
+def _union(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, side: Scratch, sync: IntArray,
+           fp: FusionParams, user: int, has_history: bool, n_items: int, k: int) -> int:
+    """:func:`_gather` then :func:`_close_union` with matrix factorisation's list for the event in hand,
+    in ``side.li``: made here (one thread; ``side`` is ``sc``) or taken from the other thread once it
+    is there. Returns the union's size, -1 if the other thread gave up."""
+    n_union = _gather(cooc, pop, sc, fp, user, has_history, n_items, k)
     if sync[THREADS] > 1:
-        return sync[COUNT] if wait_for(sync, LISTED, sync[GO]) else -1
-    return mf_list(mf, fp, user, has_history, n_items, sc.excluded, side)
+        if not wait_for(sync, LISTED, sync[GO]):
+            return -1
+        m = sync[COUNT]
+    else:
+        m = mf_list(mf, fp, user, has_history, n_items, sc.excluded, side)
+    return _close_union(sc, side.li, m, n_union)
 
 
 @njit(**INLINE)
@@ -423,7 +429,8 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
     """
     n_union = _gather(cooc, pop, sc, fp, user, has_history, n_items, k)
     n_union = _close_union(sc, sc.li, mf_list(mf, fp, user, has_history, n_items, sc.excluded, sc), n_union)
-    n = fuse_gathered(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
+    fused_scores(sc, fp, segment(cooc.hist_len, user), n_union)
+    n = fuse_scored(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
     _clear_ranks(sc, n_union)
     return n
 
@@ -439,7 +446,7 @@ def rank_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scr
 
     With one thread (``side`` is ``sc``) everything happens here. With two (``sync``, see
     :mod:`stream_rec.models._sync`) the other thread makes matrix factorisation's list meanwhile
-    (:func:`_mf_listed`) and, when the lists measured are the ranked ones (``k == top_n``), measures
+    (:func:`_union`) and, when the lists measured are the ranked ones (``k == top_n``), measures
     them while this one finishes the list: the fused scores are taken first (:func:`fused_scores`, all
     that reads what measuring updates), and the union is left for :func:`measured` to clear. Returns
     -1 if the other thread gave up. Inlined into its one caller: a compiled call taking the five state
@@ -448,11 +455,9 @@ def rank_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scr
     if not (rank or measure):
         return 0
     n = 0
-    n_union = _gather(cooc, pop, sc, fp, user, has_history, n_items, k)
-    m = _mf_listed(mf, sc, side, sync, fp, user, has_history, n_items)
-    if m < 0:
+    n_union = _union(mf, cooc, pop, sc, side, sync, fp, user, has_history, n_items, k)
+    if n_union < 0:
         return -1
-    n_union = _close_union(sc, side.li, m, n_union)
     seg = segment(cooc.hist_len, user)
     if rank:
         fused_scores(sc, fp, seg, n_union)
@@ -465,8 +470,9 @@ def rank_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scr
     if measure and not handed:
         if k != top_n:  # the popular source reads max(depth, k) items: other lists
             _clear_ranks(sc, n_union)
-            n_union = _gather(cooc, pop, sc, fp, user, True, n_items, top_n)
-            n_union = _close_union(sc, side.li, _mf_listed(mf, sc, side, sync, fp, user, True, n_items), n_union)
+            n_union = _union(mf, cooc, pop, sc, side, sync, fp, user, True, n_items, top_n)
+            if n_union < 0:
+                return -1
         measure_gathered(seg, sc, sc, fp, item, n_union, top_n, top_explore)
     if handed:
         sync[HANDED] = n_union + 1
@@ -489,16 +495,8 @@ def measured(sc: Scratch, sync: IntArray) -> bool:
 
 
 @njit(**INLINE)
-def fuse_gathered(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int, n_union: int,
-                  k: int, n_explore: int, out_i: IntArray, out_s: FloatArray, out_m: IntArray) -> int:
-    """:func:`fuse` on lists already gathered (``sc.union``, ``sc.ranks``, left as they are)."""
-    fused_scores(sc, fp, segment(cooc.hist_len, user), n_union)
-    return fuse_scored(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
-
-
-@njit(**INLINE)
 def fused_scores(sc: Scratch, fp: FusionParams, seg: int, n_union: int) -> None:
-    """The first step of :func:`fuse_gathered`: each union item's fused score and source mask into
+    """The fusion's first step on a gathered union: each union item's fused score and source mask into
     ``sc.fused`` / ``sc.mask``, under the policy segment ``seg`` uses now. The only step of the fusion
     that reads the measured hits and the learned scorer, which :func:`measure_gathered` then updates."""
     ranks = sc.ranks
@@ -520,8 +518,8 @@ def fused_scores(sc: Scratch, fp: FusionParams, seg: int, n_union: int) -> None:
 @njit(**INLINE)
 def fuse_scored(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int, n_union: int,
                 k: int, n_explore: int, out_i: IntArray, out_s: FloatArray, out_m: IntArray) -> int:
-    """The rest of :func:`fuse_gathered` after :func:`fused_scores`: the ``k`` best, exploration, the
-    list into ``out_*`` (returns its length)."""
+    """The fusion's steps after :func:`fused_scores`, on the union left as it is: the ``k`` best,
+    exploration, the list into ``out_*`` (returns its length)."""
     # The k best of the union, best first, into ls / li.
     for c in range(n_union):
         sc.mark[sc.union[c]] = True
