@@ -111,6 +111,13 @@ class Purchases:
         self.reserve(int(users.max()) + 1, len(users))
         _add_many(self.state, users, items, ts_ms)
 
+    def clear(self, users: IntArray) -> None:
+        """Forget users' purchases (their records stay allocated, unreachable: a moved user's state is
+        about to be put in place)."""
+        if len(users):
+            self.reserve(int(users.max()) + 1, 0)
+            self._head[users] = -1
+
     def of(self, u: int) -> list[tuple[int, int]]:
         """``(item, last purchase ms)`` records of user ``u``, most recently first-bought item first."""
         out = []

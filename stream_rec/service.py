@@ -16,8 +16,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,26 +26,32 @@ from numba import njit
 
 import stream_rec
 from stream_rec.events import EVENT_TYPES, Availability, Event
-from stream_rec.ids import IdIndex
+from stream_rec.ids import IdIndex, row_keys
+from stream_rec.models._arrays import grow
 from stream_rec.models._kernels import INLINE, JIT
 from stream_rec.models._sync import (ABORT, COUNT, GO, LEARNED, LIST, LISTED, MEASURE, MEASURE_THERE, MEASURED, NEED,
                                    SEG, THREADS, UNION, new_sync, store_release, wait_for)
 from stream_rec.models.base import OnlineModel
-from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_learn_one
+from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_apply_remote, cooc_learn_one
 from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, label,
                                       measure_gathered, measure_interval, measured, mf_list, new_scratch,
                                       rank_and_measure)
-from stream_rec.models.mf import ImplicitMF, MFState, mf_learn_one
+from stream_rec.models.mf import ImplicitMF, MFState, mf_apply_remote, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
-from stream_rec.profiles import Profile, decode_profile, encode_profile
+from stream_rec.profiles import RECENT_EVENT_IDS, Profile, event_digest
 from stream_rec.purchases import Purchases, PurchasesState, purchases_add, purchases_mark
 from stream_rec.settings import Settings
+from stream_rec.state import item_updates as updates
+from stream_rec.state.changelog import MARKS_KEY, UserRow, decode_marks, decode_user_row, encode_marks, encode_user_row
+from stream_rec.state.item_updates import ItemLog, ItemUpdates, new_item_log
 from stream_rec.state.store import Store
-from stream_rec.types import FloatArray, IntArray
+from stream_rec.types import Float32Array, FloatArray, IntArray
 
 log = logging.getLogger(__name__)
 
-#: Where an event came from: ``(lane, offset)``; offsets grow within a lane.
+#: Where an event came from: ``(lane, offset)``; offsets grow within a lane. A worker's lanes are
+#: ``"<user partition>>topic:partition"`` (the source partition of the event, read in the user partition
+#: that holds its user); a lane without ``>`` belongs to partition 0 (offline evaluation, tests).
 Position = tuple[str, int]
 
 _TYPE_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
@@ -53,24 +59,49 @@ _PURCHASE = _TYPE_CODE["purchase"]
 #: Batches shorter than this learn on one thread whatever ``settings.threads`` says: starting the
 #: second one costs ~0.1 ms.
 _THREADS_FROM = 256
+#: Events of one batch whose learning may fail and be set aside; one more and the batch fails: so many
+#: bad events at once is a fault of the code or of the state, which dead-lettering would hide.
+_MOST_SET_ASIDE = 3
 
-_HWM = b"hwm/"
-_COUNT = b"count/"
+# Keys of the local cache (see :meth:`RecService.persist`). Users: the user id, valued as in the changelog.
+_MARKS = b"marks/"  # + partition: that partition's marks record, as in the changelog
+_CHECKPOINT = b"changelog/"  # + partition: the changelog offset the cached users of that partition reflect
+_ITEM_HWM = b"item-hwm"  # lane -> the last offset whose item half is in the item model
+_ITEM_LOG = b"item-log/"  # + partition of the item-updates topic: the next offset to apply
 _ID = b"id/"
-_PROFILE = b"profile/"
 _FUSION = b"fusion/hits"
 _CATEGORY = b"category/"
 
 
+def lane_partition(lane: str) -> int:
+    """The user partition a lane belongs to (see :data:`Position`).
+
+    >>> lane_partition("3>shop.browse:1"), lane_partition("evaluate")
+    (3, 0)
+    """
+    head, sep, _ = lane.partition(">")
+    return int(head) if sep else 0
+
+
 @dataclass
 class BatchResult:
-    """What one :meth:`RecService.apply` did: counts, the refreshed lists and the state to persist."""
+    """What one :meth:`RecService.apply` did: counts, the refreshed lists and the state to write.
+
+    ``item_updates`` (one message per user partition, for every other worker: send and flush them
+    first), then ``changelog`` (per user partition: the rows of the batch's users, then the partition's
+    marks record) go to Kafka; ``changes`` goes to the local cache (:meth:`RecService.persist`).
+    ``rejected`` are ``(index in the batch, error)`` of events whose learning failed: set aside, the
+    rest learned (dead-letter them).
+    """
 
     applied: int = 0
     duplicates: int = 0
     applied_by_type: dict[str, int] = field(default_factory=dict)
     recommendations: list[dict[str, Any]] = field(default_factory=list)
     changes: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
+    changelog: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
+    item_updates: dict[int, bytes] = field(default_factory=dict)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
 def build_models(settings: Settings) -> dict[str, OnlineModel]:
@@ -100,12 +131,15 @@ def warm_up() -> float:
     from stream_rec.state import MemoryStore
 
     started = time.perf_counter()
-    service = RecService(Settings(explore=0.5, threads=2), MemoryStore())
+    service = RecService(Settings(explore=0.5, threads=2), MemoryStore(), record_items=True)
     events = [Event("u", "a", "purchase", 1000), Event("u", "b", "view", 2000), Event("v", "a", "view", 3000)]
-    service.apply([(("warm-up", n), e) for n, e in enumerate(events)])
+    result = service.apply([(("warm-up", n), e) for n, e in enumerate(events)])
     service.rank_then_learn([(("warm-up", 3 + n), e) for n, e in enumerate(events)], np.ones(3, bool), 2)
     more = [Event(f"u{n % 3}", f"i{n % 5}", "view", 4000 + n) for n in range(_THREADS_FROM)]  # two threads
     service.rank_then_learn([(("warm-up", 6 + n), e) for n, e in enumerate(more)], np.ones(len(more), bool), 2)
+    other = RecService(Settings(), MemoryStore())
+    other.apply_item_updates(list(result.item_updates.values()))
+    other.restore(0, result.changelog[0])
     seconds = time.perf_counter() - started
     if seconds > 5:
         log.info("compiled the model kernels in %.0fs (cached for later starts)", seconds)
@@ -114,6 +148,9 @@ def warm_up() -> float:
 
 class RecService:
     """Online learning and ranking over a state store.
+
+    ``record_items`` makes every batch describe its item-side learning for other workers
+    (``BatchResult.item_updates``); a worker alone in its group, or offline evaluation, can leave it off.
 
     Examples
     --------
@@ -131,10 +168,12 @@ class RecService:
     1
     """
 
-    def __init__(self, settings: Settings, store: Store, *, sources: Sequence[str] | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, *, sources: Sequence[str] | None = None,
+                 record_items: bool = False) -> None:
         warm_up()
         self.settings = settings
         self.store = store
+        self.record_items = record_items
         self.weights = settings.event_weights()
         self._weight_of_code = np.array([self.weights[t] for t in EVENT_TYPES], dtype=np.float64)
         self.users = IdIndex()
@@ -142,11 +181,22 @@ class RecService:
         self.categories = IdIndex()
         self.profiles: dict[int, Profile] = {}
         self.purchases = Purchases()
+        self._type_counts = np.zeros((0, len(EVENT_TYPES)), dtype=np.int64)  # per user: applied events by type
+        self._digests = np.zeros(0, dtype=np.uint64)  # per user: the sum of its applied events' fingerprints
         self._unavailable: set[int] = set()
         self._side: Scratch | None = None  # the second learning thread's scratch (settings.threads == 2)
+        #: lane -> offset of the last event whose user half was applied (the marks of the user partitions)
         self.hwm: dict[str, int] = {}
+        #: lane -> {user: offset}: users restored from rows written after the lane's last marks record
+        self.ahead: dict[str, dict[int, int]] = {}
+        #: lane -> offset of the last event whose item half is in the item model (any worker's lanes)
+        self.item_hwm: dict[str, int] = {}
+        #: user partition -> the changelog offset after the last record the users of that partition reflect
+        self.checkpoints: dict[int, int] = {}
+        #: item-updates partition -> the next offset to apply
+        self.item_log: dict[int, int] = {}
+        self._lane_part: dict[str, int] = {}
         self._touched_lanes: set[str] = set()
-        self.counts: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.models = build_models(settings)
         # ``sources`` ranks with a subset of the models (e.g. ("mf",) to judge one alone); all still learn.
         # "recent" ranks the co-occurrence model's per-user history (the items a user just looked at).
@@ -160,7 +210,37 @@ class RecService:
                              sample_every=settings.fusion_sample_every)
         self.model_version = f"{stream_rec.__version__}+{_settings_digest(settings)}"
         self._names = _Names(self.items, self.categories, self.models["popular"])
+        self._tmp_row = np.zeros((1, settings.mf_factors), dtype=np.float32)
+        self._pending_updates: dict[int, list[bytes]] = {}
         self._load()
+
+    # -- ids --------------------------------------------------------------------------------------
+
+    def _index_users(self, ids: list[str]) -> list[int]:
+        """Indices of user ids; a new user's factors are seeded by its id (every worker alike)."""
+        known = len(self.users)
+        found = self.users.add_many(ids)
+        if len(self.users) > known:
+            new = np.arange(known, len(self.users), dtype=np.int64)
+            self.models["mf"].set_row_keys(new, row_keys(self.users.externals(new.tolist())), _NONE, _NONE_KEYS)
+            self._type_counts = grow(self._type_counts, len(self.users))
+            self._digests = grow(self._digests, len(self.users))
+        return found
+
+    def _index_items(self, ids: list[str]) -> list[int]:
+        """Indices of item ids; a new item's factors are seeded by its id, so every worker starts it alike."""
+        known = len(self.items)
+        found = self.items.add_many(ids)
+        if len(self.items) > known:
+            new = np.arange(known, len(self.items), dtype=np.int64)
+            self.models["mf"].set_row_keys(_NONE, _NONE_KEYS, new, row_keys(self.items.externals(new.tolist())))
+        return found
+
+    def partition_of(self, lane: str) -> int:
+        part = self._lane_part.get(lane)
+        if part is None:
+            part = self._lane_part[lane] = lane_partition(lane)
+        return part
 
     # -- learning ---------------------------------------------------------------------------------
 
@@ -171,21 +251,45 @@ class RecService:
         ``changes=False``; the learning is the same.
         """
         result = BatchResult()
-        fresh, _ = self._drop_duplicates(batch, result)
+        fresh, keep, item_side = self._drop_duplicates(batch, result)
         if not fresh:
+            if changes:
+                result.changelog = self._changelog({})
+                result.changes = self._changes([])
             return result
-        users, items, weights, ts_ms, bought, cats = self._arrays(fresh)
-        self._learn(users, items, weights, ts_ms, bought, cats, np.zeros(len(fresh), dtype=bool), 0, logs=True)
-        last_event = self._update_profiles(fresh, users, result)
+        arrays = self._arrays(fresh)
+        item_log = self._item_log(item_side)
+        failed = self._learn(*arrays, np.zeros(len(fresh), dtype=bool), 0, item_log, logs=True)
+        if failed:  # set aside: the rest is learned, these are handed back to be dead-lettered
+            result.rejected = [(keep[e], error) for e, error in failed]
+            ok = np.ones(len(fresh), dtype=bool)
+            ok[[e for e, _ in failed]] = False
+            fresh = [event for event, good in zip(fresh, ok) if good]
+            keep = [n for n, good in zip(keep, ok) if good]
+            arrays = tuple(a[ok] for a in arrays)
+            item_log = ItemLog(*(a[ok] if len(a) else a for a in item_log))
+            result.applied = len(fresh)
+        users, items, weights, ts_ms, _, cats = arrays
+        last_event = self._update_profiles(fresh, users, result, digests=True)
         if lists:
             touched = list(last_event)
-            lists = self._rank_many(touched, self.settings.top_n)
-            result.recommendations = [self._recommendation(last_event[u], *ranked) for u, ranked in zip(touched, lists)]
+            ranked = self._rank_many(touched, self.settings.top_n)
+            result.recommendations = [self._recommendation(last_event[u], *r) for u, r in zip(touched, ranked)]
+        positions = [batch[n][0] for n in keep]
+        if self.record_items:
+            result.item_updates = self._item_updates(positions, items, cats, weights, ts_ms, item_log)
         if changes:
-            result.changes = self._changes(last_event)
+            rows = self._user_rows(users, positions)
+            result.changelog = self._changelog(rows)
+            result.changes = self._changes([row for part_rows in rows.values() for row in part_rows])
         else:
             self._forget_changes()
         return result
+
+    def _item_log(self, item_side: list[bool]) -> ItemLog:
+        mf, cooc = self.models["mf"], self.models["cooc"]
+        return new_item_log(np.array(item_side, dtype=bool), mf.n_factors, mf.n_negatives, cooc.history_size,
+                            self.record_items)
 
     def rank_then_learn(self, batch: Sequence[tuple[Position, Event]], scored: np.ndarray, k: int) -> IntArray:
         """The prequential step of offline evaluation, one event at a time in compiled code.
@@ -194,24 +298,44 @@ class RecService:
         as :meth:`recommend` does (the same compiled :func:`~stream_rec.models.fusion.fuse`, bought
         items excluded); then learn the event with the same per-event steps :meth:`apply` runs.
         Returns ``(len(batch), k)`` item indices, padded with ``-1`` (all ``-1`` for an unscored or
-        duplicate event). Nothing is published and the state is not marked for persisting.
+        duplicate event). Nothing is published and the state is not marked for persisting; with
+        ``record_items`` the item updates of the events are kept for :meth:`pop_item_updates` (the
+        scale-out simulation hands them to the other simulated workers).
         """
         result = BatchResult()
-        fresh, keep = self._drop_duplicates(batch, result)
+        fresh, keep, item_side = self._drop_duplicates(batch, result)
         out = np.full((len(batch), k), -1, dtype=np.int64)
         if not fresh:
             return out
         users, items, weights, ts_ms, bought, cats = self._arrays(fresh)
-        out[keep] = self._learn(users, items, weights, ts_ms, bought, cats, np.asarray(scored, dtype=bool)[keep], k,
-                                logs=False)
+        item_log = self._item_log(item_side)
+        rows = np.full((len(users), k), -1, dtype=np.int64)
+        failed = self._learn(users, items, weights, ts_ms, bought, cats, np.asarray(scored, dtype=bool)[keep], k,
+                             item_log, logs=False, rows=rows)
+        if failed:
+            raise ValueError(f"learning failed on event {keep[failed[0][0]]} of the chunk: {failed[0][1]}")
+        out[keep] = rows
         self._update_profiles(fresh, users, result, triggers=False)
+        if self.record_items:
+            positions = [batch[n][0] for n in keep]
+            for part, message in self._item_updates(positions, items, cats, weights, ts_ms, item_log).items():
+                self._pending_updates.setdefault(part, []).append(message)
         self._forget_changes()
         return out
 
+    def pop_item_updates(self) -> dict[int, list[bytes]]:
+        """The item updates :meth:`rank_then_learn` recorded since the last call, per user partition."""
+        pending, self._pending_updates = self._pending_updates, {}
+        return pending
+
     def _learn(self, users: IntArray, items: IntArray, weights: FloatArray, ts_ms: IntArray, bought: np.ndarray,
-               cats: IntArray, scored: np.ndarray, k: int, *, logs: bool) -> IntArray:
-        """Learn a batch event by event in one compiled call, first ranking the ``scored`` ones (for
-        :meth:`rank_then_learn`); with ``logs`` the changed rows are recorded for persisting."""
+               cats: IntArray, scored: np.ndarray, k: int, item_log: ItemLog, *, logs: bool,
+               rows: IntArray | None = None) -> list[tuple[int, str]]:
+        """Learn a batch event by event in compiled code, first ranking the ``scored`` ones into ``rows``
+        (for :meth:`rank_then_learn`); with ``logs`` the changed rows are recorded for persisting.
+
+        An event whose learning raises is set aside and the loop goes on from the next one: returns the
+        ``(event, error)`` of those (its learning may have left part of its effect)."""
         n_users, n_items = len(self.users), len(self.items)
         mf, cooc, pop = (self.models[name] for name in ("mf", "cooc", "popular"))
         mf.reserve(n_users, n_items)
@@ -221,30 +345,45 @@ class RecService:
         self.purchases.reserve(n_users, int(bought.sum()))
         top_n = self.settings.top_n
         _, scratch = self.fusion.prepare(max(k, top_n), n_items)
-        rows = np.full((len(users), k), -1, dtype=np.int64)
+        if rows is None:
+            rows = np.full((len(users), k), -1, dtype=np.int64)
         n = len(users) if logs else 0
         mf_log = np.empty(n * (1 + mf.n_negatives), dtype=np.int64)
         cooc_log = np.empty(n * (1 + cooc.history_size), dtype=np.int64)
         log_n = np.zeros(2, dtype=np.int64)
         ranked = (self.fusion.mf.state, self.fusion.cooc.state, self.fusion.popular.state)
-        threads = 2 if self.settings.threads > 1 and len(users) >= _THREADS_FROM else 1
-        sync, side = new_sync(threads), scratch
-        if threads > 1:
-            side = self._side_scratch(len(scratch.excluded), len(scratch.ls))
         fp, top_explore = self.fusion.params(), self.fusion.n_explore(top_n)
-        args = (mf.state, cooc.state, pop.state, ranked, self.purchases.state, scratch, side, sync, fp, n_items, k,
-                self.fusion.n_explore(k), users, items, weights, ts_ms, bought, cats, scored, rows, mf_log, cooc_log,
-                log_n, top_n, top_explore)
-        if threads == 1:
-            _rank_then_learn(*args)
-        else:
-            _two_threads(sync, args, (mf.state, ranked[0], scratch, side, sync, fp, n_items, users, items, weights,
-                                      mf_log, log_n, top_n, top_explore))
+        failed: list[tuple[int, str]] = []
+        start, progress = 0, np.zeros(1, dtype=np.int64)
+        while start < len(users):
+            threads = 2 if self.settings.threads > 1 and len(users) - start >= _THREADS_FROM else 1
+            sync, side = new_sync(threads), scratch
+            if threads > 1:
+                side = self._side_scratch(len(scratch.excluded), len(scratch.ls))
+            args = (mf.state, cooc.state, pop.state, ranked, self.purchases.state, scratch, side, sync, fp, n_items, k,
+                    self.fusion.n_explore(k), users, items, weights, ts_ms, bought, cats, scored, rows, mf_log,
+                    cooc_log, log_n, top_n, top_explore, item_log, start, progress)
+            try:
+                if threads == 1:
+                    _rank_then_learn(*args)
+                else:
+                    _two_threads(sync, args, (mf.state, ranked[0], scratch, side, sync, fp, n_items, users, items,
+                                              weights, mf_log, log_n, top_n, top_explore, item_log, start))
+                break
+            except Exception as err:  # one event's learning failed: set it aside, go on after it
+                if len(failed) >= _MOST_SET_ASIDE:
+                    raise  # not one bad event: a fault of the code or the state, for the supervisor to see
+                bad = int(progress[0])
+                log.error("learning event %d of a batch failed, set aside: %r", bad, err)
+                failed.append((bad, f"{type(err).__name__}: {err}"))
+                scratch = self.fusion.reset_scratch(max(k, top_n), n_items)  # it may be left mid-ranking
+                self._side = None
+                start = bad + 1
         if logs:
             mf.touch(users=users, items=mf_log[: log_n[0]])
             cooc.touch(users=users, items=cooc_log[: log_n[1]])
-            pop.touch(items=items)
-        return rows
+            pop.touch(items=items[item_log.item_side])
+        return failed
 
     def _side_scratch(self, n_items: int, depth: int) -> Scratch:
         """The scratch of the second thread's matrix factorisation lists, kept as large as the fusion's."""
@@ -258,7 +397,7 @@ class RecService:
         available again. Returns how many items changed state."""
         changed = 0
         for update in updates:
-            item = self.items.add(update.item_id)  # an item may be withdrawn before its first event
+            item = self._index_items([update.item_id])[0]  # an item may be withdrawn before its first event
             if update.available == (item in self._unavailable):
                 changed += 1
                 if update.available:
@@ -279,8 +418,8 @@ class RecService:
         -1 where an event names none); new ids get indices. One pass over the events per field, in C
         where it can be (``map``, ``list.count``): at ~8,000 events a call these passes are most of
         the Python time of ``stream-rec evaluate``."""
-        users = np.array(self.users.add_many([e.user_id for e in fresh]), dtype=np.int64)
-        items = np.array(self.items.add_many([e.item_id for e in fresh]), dtype=np.int64)
+        users = np.array(self._index_users([e.user_id for e in fresh]), dtype=np.int64)
+        items = np.array(self._index_items([e.item_id for e in fresh]), dtype=np.int64)
         named = [e.category for e in fresh]
         if named.count(None) < len(named):
             cats = np.array([-1 if c is None else self.categories.add(c) for c in named], dtype=np.int64)
@@ -291,22 +430,26 @@ class RecService:
         ts_ms = np.array([e.ts_ms for e in fresh], dtype=np.int64)
         return users, items, weights, ts_ms, codes == _PURCHASE, cats
 
-    def persist(self, result: BatchResult) -> None:
-        """Write a batch's state in one atomic write (call after its recommendations are sent)."""
-        if result.changes:
-            self.store.write(result.changes)
-
-    def _drop_duplicates(self, batch: Sequence[tuple[Position, Event]], result: BatchResult) -> tuple[list[Event], list[int]]:
-        """The events not applied before, and their positions in ``batch``."""
+    def _drop_duplicates(self, batch: Sequence[tuple[Position, Event]],
+                         result: BatchResult) -> tuple[list[Event], list[int], list[bool]]:
+        """The events not applied before, their positions in ``batch``, and whether each one's item half
+        is still to learn (it is not when another worker's item update for it was applied here)."""
         fresh: list[Event] = []
         keep: list[int] = []
+        item_side: list[bool] = []
         seen_ids: set[tuple[str, str]] = set()
+        hwm, item_hwm, ahead = self.hwm, self.item_hwm, self.ahead
         for n, ((lane, offset), event) in enumerate(batch):
-            if offset <= self.hwm.get(lane, -1):
+            if offset <= hwm.get(lane, -1):
                 result.duplicates += 1
                 continue
-            self.hwm[lane] = offset
+            hwm[lane] = offset
             self._touched_lanes.add(lane)
+            if ahead and lane in ahead and offset <= ahead[lane].get(self.users.get(event.user_id), -1):
+                # Its user's row, written by a batch cut short, reflects it already; its item half went
+                # out before that row did and reaches the item model as an item update.
+                result.duplicates += 1
+                continue
             if event.event_id is not None:
                 key = (event.user_id, event.event_id)
                 profile = self.profiles.get(self.users.get(event.user_id))
@@ -316,11 +459,17 @@ class RecService:
                 seen_ids.add(key)
             fresh.append(event)
             keep.append(n)
+            item_side.append(offset > item_hwm.get(lane, -1))
+            if offset > item_hwm.get(lane, -1):
+                item_hwm[lane] = offset
+        if ahead:
+            for lane in [lane for lane in ahead if hwm.get(lane, -1) >= max(ahead[lane].values(), default=-1)]:
+                del ahead[lane]
         result.applied = len(fresh)
-        return fresh, keep
+        return fresh, keep, item_side
 
     def _update_profiles(self, fresh: list[Event], users: IntArray, result: BatchResult, *,
-                         triggers: bool = True) -> dict[int, Event]:
+                         triggers: bool = True, digests: bool = False) -> dict[int, Event]:
         """Count the batch into profiles and totals; with ``triggers``, each touched user's latest event."""
         user_list = users.tolist()
         profiles = self.profiles
@@ -334,9 +483,13 @@ class RecService:
             for event_id, u in zip(ids, user_list):
                 if event_id is not None:
                     profiles[u].remember(event_id)
-        by_type = Counter([event.type for event in fresh])
-        for name, n in by_type.items():
-            self.counts[name] += n
+        types = [event.type for event in fresh]
+        codes = np.array(list(map(_TYPE_CODE.__getitem__, types)), dtype=np.int64)
+        np.add.at(self._type_counts, (users, codes), 1)
+        if digests:
+            prints = np.array([event_digest(e.item_id, e.type, e.ts_ms) for e in fresh], dtype=np.uint64)
+            np.add.at(self._digests, users, prints)
+        for name, n in Counter(types).items():
             result.applied_by_type[name] = result.applied_by_type.get(name, 0) + n
         last_event: dict[int, Event] = {}
         if triggers:
@@ -345,6 +498,98 @@ class RecService:
                 if u not in last_event or event.ts_ms >= last_event[u].ts_ms:
                     last_event[u] = event
         return last_event
+
+    # -- item updates -----------------------------------------------------------------------------
+
+    def _item_updates(self, positions: list[Position], items: IntArray, cats: IntArray, weights: FloatArray,
+                      ts_ms: IntArray, item_log: ItemLog) -> dict[int, bytes]:
+        """One item-update message per user partition, for the events whose item half was learned here."""
+        out: dict[int, bytes] = {}
+        by_part: dict[int, list[int]] = {}
+        for e, (lane, _) in enumerate(positions):
+            if item_log.item_side[e]:
+                by_part.setdefault(self.partition_of(lane), []).append(e)
+        for part, rows in by_part.items():
+            sel = np.array(rows, dtype=np.int64)
+            lanes = sorted({positions[e][0] for e in rows})
+            lane_no = {lane: n for n, lane in enumerate(lanes)}
+            pair_n = item_log.pair_n[sel]
+            pair_start = np.zeros(len(sel) + 1, dtype=np.int64)
+            np.cumsum(pair_n, out=pair_start[1:])
+            mask = np.arange(item_log.pair_j.shape[1])[None, :] < pair_n[:, None]
+            pair_j, pair_w = item_log.pair_j[sel][mask], item_log.pair_w[sel][mask]
+            negs = item_log.neg[sel]
+            named = np.unique(np.concatenate([items[sel], negs[negs >= 0], pair_j]))
+            table = np.full(int(named.max(initial=-1)) + 1, -1, dtype=np.int64)
+            table[named] = np.arange(len(named))
+            cat_sel = cats[sel]
+            cat_named = np.unique(cat_sel[cat_sel >= 0])
+            cat_table = np.full(int(cat_named.max(initial=0)) + 1, -1, dtype=np.int64)
+            cat_table[cat_named] = np.arange(len(cat_named))
+            message = ItemUpdates(
+                lanes, self.items.externals(named.tolist()), self.categories.externals(cat_named.tolist()),
+                np.array([lane_no[positions[e][0]] for e in rows], dtype=np.int64),
+                np.array([positions[e][1] for e in rows], dtype=np.int64), table[items[sel]],
+                np.where(cat_sel >= 0, cat_table[np.maximum(cat_sel, 0)], -1), weights[sel], ts_ms[sel] / 1000.0,
+                item_log.step[sel], item_log.pu[sel], np.where(negs >= 0, table[np.maximum(negs, 0)], -1), pair_start,
+                table[pair_j], pair_w)
+            out[part] = updates.encode(message)
+        return out
+
+    def apply_item_updates(self, messages: Iterable[bytes], *, changes: bool = True) -> BatchResult:
+        """Learn the item half of other workers' events from their item updates, each event once.
+
+        Records of positions whose item half is in the model already (learned here, or applied from an
+        earlier copy) are skipped. Returns the records applied in ``applied`` and those skipped in
+        ``duplicates``; with ``changes``, the item rows to persist in ``changes``."""
+        result = BatchResult()
+        mf, cooc, pop = (self.models[name] for name in ("mf", "cooc", "popular"))
+        log_mf, log_cooc = [], []
+        for data in messages:
+            upd = updates.decode(data)
+            if len(upd) == 0:
+                continue
+            if upd.pu.shape[1] != mf.n_factors:
+                raise ValueError(f"an item update has {upd.pu.shape[1]} factors, this worker {mf.n_factors}: every "
+                                 "worker of a group needs the same STREAM_REC_MF_FACTORS")
+            keep = np.zeros(len(upd), dtype=bool)
+            for r, (lane_no, offset) in enumerate(zip(upd.lane.tolist(), upd.offset.tolist())):
+                lane = upd.lanes[lane_no]
+                if offset > self.item_hwm.get(lane, -1):
+                    self.item_hwm[lane] = offset
+                    keep[r] = True
+            result.duplicates += int(len(upd) - keep.sum())
+            if not keep.any():
+                continue
+            local = np.array(self._index_items(upd.ids), dtype=np.int64)
+            cat_local = np.array([self.categories.add(c) for c in upd.categories] or [0], dtype=np.int64)
+            n_items = len(self.items)
+            mf.reserve(0, n_items)
+            cooc.reserve(0, n_items)
+            pop.reserve(n_items)
+            pop.reserve_categories(len(self.categories))
+            rows = np.flatnonzero(keep)
+            items = local[upd.item[rows]]
+            cats = np.where(upd.category[rows] >= 0, cat_local[np.maximum(upd.category[rows], 0)], -1)
+            negs = np.where(upd.neg[rows] >= 0, local[np.maximum(upd.neg[rows], 0)], -1)
+            pair_j = local[upd.pair_j] if len(upd.pair_j) else upd.pair_j
+            mf_log = np.empty(len(rows) * (1 + negs.shape[1]), dtype=np.int64)
+            cooc_log = np.empty(len(rows) + len(pair_j), dtype=np.int64)
+            log_n = np.zeros(2, dtype=np.int64)
+            _apply_remote(mf.state, cooc.state, pop.state, self._tmp_row, items, cats, upd.weight[rows], upd.ts[rows],
+                          upd.step[rows], upd.pu[rows], negs, upd.pair_start[rows], upd.pair_start[rows + 1], pair_j,
+                          upd.pair_w, mf_log, cooc_log, log_n)
+            log_mf.append(mf_log[: log_n[0]])
+            log_cooc.append(cooc_log[: log_n[1]])
+            pop.touch(items=items)
+            result.applied += len(rows)
+        for logged in log_mf:
+            mf.touch(items=logged)
+        for logged in log_cooc:
+            cooc.touch(items=logged)
+        if changes:
+            result.changes = self._changes([])  # with the caller's item-updates offsets: see persist
+        return result
 
     # -- ranking ----------------------------------------------------------------------------------
 
@@ -398,28 +643,147 @@ class RecService:
             "generated_at": int(time.time() * 1000),
         }
 
-    # -- persistence ------------------------------------------------------------------------------
+    # -- user rows: the changelog and the local cache ---------------------------------------------
 
-    def _changes(self, touched_users: dict[int, Event]) -> dict[str, dict[bytes, bytes | None]]:
-        users: dict[bytes, bytes | None] = {}
+    def _user_rows(self, users: IntArray, positions: list[Position]) -> dict[int, list[tuple[bytes, bytes]]]:
+        """The rows of the batch's users, per user partition (that of the user's last event), each with
+        the user's last offset in every lane it had events in."""
+        marks: dict[int, dict[str, int]] = {}
+        part_of: dict[int, int] = {}
+        for u, (lane, offset) in zip(users.tolist(), positions):
+            marks.setdefault(u, {})[lane] = offset
+            part_of[u] = self.partition_of(lane)
+        out: dict[int, list[tuple[bytes, bytes]]] = {}
+        for u, row in zip(marks, self.export_users(list(marks), marks)):
+            out.setdefault(part_of[u], []).append((row.user_id.encode("utf-8", "surrogatepass"), encode_user_row(row)))
+        return out
+
+    def export_users(self, users: list[int], marks: dict[int, dict[str, int]] | None = None) -> list[UserRow]:
+        """Everything known about each user index, with item ids in place of indices."""
+        mf, cooc = self.models["mf"], self.models["cooc"]
+        st = cooc.state
+        externals = self.items.externals
+        rows = []
+        for u in users:
+            profile = self.profiles.get(u) or Profile()
+            n = int(st.hist_len[u]) if u < len(st.hist_len) else 0
+            bought = self.purchases.of(u)
+            seen = u < len(mf.state.user_seen) and bool(mf.state.user_seen[u])
+            rows.append(UserRow(
+                self.users.external(u), profile.n_events, tuple(self._type_counts[u].tolist()), int(self._digests[u]),
+                list(profile.event_ids or ()), list(zip(externals([i for i, _ in bought]), [t for _, t in bought])),
+                list(zip(externals(st.hist_item[u, :n].tolist()), st.hist_ts[u, :n].tolist(),
+                         st.hist_w[u, :n].astype(np.float64).tolist())),
+                mf.P[u].copy() if seen else None, int(mf.state.user_n[u]) if seen else 0,
+                (marks or {}).get(u, {})))
+        return rows
+
+    def _changelog(self, rows: dict[int, list[tuple[bytes, bytes]]]) -> dict[int, list[tuple[bytes, bytes]]]:
+        """Per user partition touched: its rows, then its marks record (written last)."""
+        out = {}
+        parts = set(rows) | {self.partition_of(lane) for lane in self._touched_lanes}
+        for part in sorted(parts):
+            out[part] = [*rows.get(part, []), (MARKS_KEY, encode_marks(self.marks_of(part)))]
+        return out
+
+    def marks_of(self, partition: int) -> dict[str, int]:
+        """The marks record of a user partition: its lanes' last applied offsets."""
+        return {lane: offset for lane, offset in self.hwm.items() if self.partition_of(lane) == partition}
+
+    def restore(self, partition: int, records: Iterable[tuple[bytes, bytes | None]],
+                next_offset: int | None = None) -> BatchResult:
+        """Replace what this worker holds about a user partition's users by the changelog records that
+        follow what it holds (``records`` in log order), and take the partition's marks from them.
+
+        Users whose rows were written after the partition's last marks record (a batch cut short) keep
+        their own marks: their events up to those are not applied again. ``next_offset`` is the
+        changelog offset after the last record read: what the cache then reflects. Returns the rows
+        restored in ``applied`` and the local cache's write in ``changes`` (:meth:`persist` it). A record
+        that cannot be read raises :class:`~stream_rec.state.changelog.ChangelogFormatError`.
+        """
+        latest: dict[bytes, bytes | None] = {}
+        marks = None
+        for key, value in records:
+            if key == MARKS_KEY:
+                marks = decode_marks(value) if value is not None else None
+            else:
+                latest[key] = value
+        rows = [decode_user_row(key, value) for key, value in latest.items() if value is not None]
+        if marks is not None:
+            for lane, offset in marks.items():
+                self.hwm[lane] = offset
+        for u, row in zip(self._install_rows(rows), rows):
+            for lane, offset in row.marks.items():
+                if offset > self.hwm.get(lane, -1):
+                    self.ahead.setdefault(lane, {})[u] = offset
+        result = BatchResult(applied=len(rows))
+        result.changes = self._changes(list(latest.items()))
+        result.changes["meta"][_MARKS + str(partition).encode()] = encode_marks(self.marks_of(partition))
+        if next_offset is not None:
+            self.checkpoints[partition] = next_offset
+            result.changes["meta"][_CHECKPOINT + str(partition).encode()] = str(next_offset).encode()
+        return result
+
+    def _install_rows(self, rows: list[UserRow]) -> list[int]:
+        """Put users' rows in place of whatever this worker held about them; returns their indices."""
+        if not rows:
+            return []
+        users = self._index_users([row.user_id for row in rows])
+        item_ids = [item for row in rows for item, _ in row.purchases] + [item for row in rows for item, _, _ in row.history]
+        self._index_items(item_ids)
+        idx = np.array(users, dtype=np.int64)
+        mf, cooc = self.models["mf"], self.models["cooc"]
+        n_users, n_items = len(self.users), len(self.items)
+        mf.reserve(n_users, n_items)
+        cooc.reserve(n_users, n_items)
+        self.purchases.reserve(n_users, sum(len(row.purchases) for row in rows))
+        self.purchases.clear(idx)
+        get_item = self.items.get
+        bought_u, bought_i, bought_t = [], [], []
+        with_mf = [n for n, row in enumerate(rows) if row.mf is not None]
+        for u, row in zip(users, rows):
+            self.profiles[u] = Profile(row.n_events, deque(row.event_ids, maxlen=RECENT_EVENT_IDS) if row.event_ids else None)
+            for item, ts in reversed(row.purchases):
+                bought_u.append(u)
+                bought_i.append(get_item(item))
+                bought_t.append(ts)
+        self._type_counts[idx] = np.array([row.counts for row in rows], dtype=np.int64)
+        self._digests[idx] = np.array([row.digest for row in rows], dtype=np.uint64)
+        self.purchases.add_many(np.array(bought_u, dtype=np.int64), np.array(bought_i, dtype=np.int64),
+                                np.array(bought_t, dtype=np.int64))
+        mf.set_user_rows(idx, np.array([row.mf is not None for row in rows]),
+                         np.array([rows[n].mf for n in with_mf], dtype=np.float32).reshape(len(with_mf), mf.n_factors),
+                         np.array([row.mf_events for row in rows], dtype=np.int64))
+        size = cooc.history_size
+        hist_item = np.full((len(rows), size), -1, dtype=np.int64)
+        hist_ts, hist_w = np.zeros((len(rows), size)), np.zeros((len(rows), size))
+        lengths = np.zeros(len(rows), dtype=np.int64)
+        for r, row in enumerate(rows):
+            recent = row.history[-size:]
+            lengths[r] = len(recent)
+            for c, (item, ts, w) in enumerate(recent):
+                hist_item[r, c], hist_ts[r, c], hist_w[r, c] = get_item(item), ts, w
+        cooc.set_histories(idx, hist_item, hist_ts, hist_w, lengths)
+        return users
+
+    def _changes(self, user_rows: list[tuple[bytes, bytes | None]]) -> dict[str, dict[bytes, bytes | None]]:
+        """The local cache's write: these user rows, the item rows learning changed, ids, marks."""
+        users: dict[bytes, bytes | None] = dict(user_rows)
+        self.users.pop_new()  # users are keyed by id in the cache: no index to remember
         items: dict[bytes, bytes | None] = {}
-        for key in self.users.pop_new():
-            users[_ID + key.encode()] = _int_bytes(self.users.get(key))
         for key in self.items.pop_new():
-            items[_ID + key.encode()] = _int_bytes(self.items.get(key))
-        categories = {_CATEGORY + key.encode(): _int_bytes(self.categories.get(key)) for key in self.categories.pop_new()}
-        for u in touched_users:
-            users[_PROFILE + _int_bytes(u)] = encode_profile(self.profiles[u], self.purchases.of(u))
+            items[_ID + key.encode("utf-8", "surrogatepass")] = _int_bytes(self.items.get(key))
+        categories = {_CATEGORY + key.encode("utf-8", "surrogatepass"): _int_bytes(self.categories.get(key))
+                      for key in self.categories.pop_new()}
         for name, model in self.models.items():
             prefix = name.encode() + b"/"
-            touched_u, touched_i = model.pop_touched()
-            for u in touched_u.tolist():
-                users[prefix + _int_bytes(u)] = model.user_state(u)
+            _, touched_i = model.pop_touched()
             for i in touched_i.tolist():
                 items[prefix + _int_bytes(i)] = model.item_state(i)
-        meta: dict[bytes, bytes | None] = {_HWM + lane.encode(): str(self.hwm[lane]).encode() for lane in self._touched_lanes}
+        parts = {self.partition_of(lane) for lane in self._touched_lanes}
         self._touched_lanes.clear()
-        meta.update({_COUNT + t.encode(): str(n).encode() for t, n in self.counts.items()})
+        meta: dict[bytes, bytes | None] = {_MARKS + str(p).encode(): encode_marks(self.marks_of(p)) for p in parts}
+        meta[_ITEM_HWM] = encode_marks(self.item_hwm)
         meta[_FUSION] = self.fusion.hits_state()
         meta.update(categories)
         return {"meta": meta, "users": users, "items": items}
@@ -432,57 +796,86 @@ class RecService:
         for model in self.models.values():
             model.pop_touched()
 
+    def persist(self, result: BatchResult, checkpoints: dict[int, int] | None = None,
+                item_log: dict[int, int] | None = None) -> None:
+        """Write a batch's state to the local cache in one atomic write (after its lists, changelog records
+        and item updates are sent), with the changelog offsets it reflects (``checkpoints``, per user
+        partition) and the item-updates offsets applied (``item_log``, per partition of that topic)."""
+        changes = result.changes
+        if not changes:
+            return
+        meta = changes.setdefault("meta", {})
+        for part, offset in (checkpoints or {}).items():
+            self.checkpoints[part] = offset
+            meta[_CHECKPOINT + str(part).encode()] = str(offset).encode()
+        for part, offset in (item_log or {}).items():
+            self.item_log[part] = offset
+            meta[_ITEM_LOG + str(part).encode()] = str(offset).encode()
+        self.store.write(changes)
+
     def _load(self) -> None:
         started = time.perf_counter()
         for key, value in self.store.items("meta"):
-            if key.startswith(_HWM):
-                self.hwm[key[len(_HWM):].decode()] = int(value)
-            elif key.startswith(_COUNT):
-                self.counts[key[len(_COUNT):].decode()] = int(value)
+            if key.startswith(_MARKS):
+                self.hwm.update(decode_marks(value))
+            elif key.startswith(_CHECKPOINT):
+                self.checkpoints[int(key[len(_CHECKPOINT):])] = int(value)
+            elif key.startswith(_ITEM_LOG):
+                self.item_log[int(key[len(_ITEM_LOG):])] = int(value)
+            elif key == _ITEM_HWM:
+                self.item_hwm = decode_marks(value)
             elif key.startswith(_CATEGORY):
-                self.categories.restore(key[len(_CATEGORY):].decode(), _from_int_bytes(value))
+                self.categories.restore(key[len(_CATEGORY):].decode("utf-8", "surrogatepass"), _from_int_bytes(value))
             elif key == _FUSION and not self.fusion.set_hits_state(value):
                 log.warning("the stored fusion statistics belong to another version: weights start equal again")
-        self._load_family("users", self.users, self.profiles)
-        self._load_family("items", self.items, None)
+        self.categories.pop_new()
+        self._load_items()
+        rows = [decode_user_row(key, value) for key, value in self.store.items("users")]
+        self._install_rows(rows)
         self._forget_changes()  # rows restored from the store are not changes
-        if self.hwm:
-            log.info("restored %d users, %d items, %d events in %.2fs", len(self.users), len(self.items),
-                     sum(self.counts.values()), time.perf_counter() - started)
+        if rows or len(self.items):
+            log.info("loaded %d users, %d items, %d events from the local state in %.2fs", len(self.users),
+                     len(self.items), self.events_total, time.perf_counter() - started)
 
-    def _load_family(self, family: str, index: IdIndex, profiles: dict[int, Profile] | None) -> None:
-        """Restore one column family: ids first, then each model's rows in one bulk call per model."""
+    def _load_items(self) -> None:
+        """Restore the items family: ids first, then each model's rows in one bulk call per model."""
         rows: dict[bytes, tuple[list[int], list[bytes]]] = {}
-        for key, value in self.store.items(family):
+        restored: list[tuple[str, int]] = []
+        for key, value in self.store.items("items"):
             if key.startswith(_ID):
-                index.restore(key[len(_ID):].decode(), _from_int_bytes(value))
+                restored.append((key[len(_ID):].decode("utf-8", "surrogatepass"), _from_int_bytes(value)))
             else:
                 name, _, raw_idx = key.partition(b"/")
                 indices, blobs = rows.setdefault(name, ([], []))
                 indices.append(_from_int_bytes(raw_idx))
                 blobs.append(value)
-        index.pop_new()
-        bought: dict[int, list[tuple[int, int]]] = {}
+        for item_id, idx in restored:
+            self.items.restore(item_id, idx)
+        self.items.pop_new()
+        if restored:
+            idx = np.array([i for _, i in restored], dtype=np.int64)
+            self.models["mf"].set_row_keys(_NONE, _NONE_KEYS, idx, row_keys([item for item, _ in restored]))
         for name, (indices, blobs) in rows.items():
-            idx = np.array(indices, dtype=np.int64)
-            if name == b"profile" and profiles is not None:
-                for u, value in zip(indices, blobs):
-                    profiles[u], bought[u] = decode_profile(value)
-            elif family == "users":
-                self.models[name.decode()].load_user_rows(idx, blobs)
-            else:
-                self.models[name.decode()].load_item_rows(idx, blobs)
-        self.purchases.restore_many(bought)
+            self.models[name.decode()].load_item_rows(np.array(indices, dtype=np.int64), blobs)
 
     @property
     def events_total(self) -> int:
-        """Events applied to this state, all time."""
-        return sum(self.counts.values())
+        """Events reflected in the user state this worker holds."""
+        return int(self._type_counts.sum())
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Events reflected in the user state this worker holds, by type."""
+        return dict(zip(EVENT_TYPES, self._type_counts.sum(axis=0).tolist()))
 
     def stats(self) -> dict[str, Any]:
         """Counts a person or a test can check against the input."""
-        return {"users": len(self.users), "items": len(self.items), "events": dict(self.counts),
+        return {"users": len(self.users), "items": len(self.items), "events": self.counts,
                 "events_total": self.events_total}
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+_NONE_KEYS = np.zeros(0, dtype=np.uint64)
 
 
 def _because(mask: int, anchor: int, item: int, names: _Names) -> dict[str, str]:
@@ -595,8 +988,9 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
                      side: Scratch, sync: IntArray, fp: FusionParams, n_items: int, k: int, n_explore: int,
                      users: IntArray, items: IntArray, weights: FloatArray, ts_ms: IntArray, purchase: np.ndarray,
                      cats: IntArray, scored: np.ndarray, out: IntArray, mf_log: IntArray, cooc_log: IntArray,
-                     log_n: IntArray, top_n: int, top_explore: int) -> bool:
-    """The learning of every path, event by event: rank the event's user first if ``scored[e]``
+                     log_n: IntArray, top_n: int, top_explore: int, item_log: ItemLog, start: int,
+                     progress: IntArray) -> bool:
+    """The learning of every path, event by event from ``start``: rank the event's user first if ``scored[e]``
     (:meth:`RecService.rank_then_learn`), measure the sources on every ``fp.sample_every``-th event
     of a known user (:func:`~stream_rec.models.fusion.rank_and_measure`), then learn the event.
 
@@ -613,13 +1007,21 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
     thread writes the other does not touch meanwhile (the measured hits and the learned scorer are
     read before the union is handed over), and the union puts the factorisation's list last either
     way, so the lists are the same with one thread or two. Returns ``False`` if the other thread gave up.
+
+    ``item_log`` says which events' item half to learn and records it for other workers (see
+    :mod:`stream_rec.state.item_updates`). ``progress[0]`` is the event in hand: if learning one raises,
+    the caller sets it aside and calls again from the next.
     """
     row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
     mf_n, cooc_n = log_n[0:1], log_n[1:2]
     interval = measure_interval(fp.sample_every, n_items)  # n_items is fixed for the call
     two = sync[THREADS] > 1
-    for e in range(len(users)):
+    item_side = item_log.item_side
+    for e in range(start, len(users)):
+        progress[0] = e
         u, i, w, t = users[e], items[e], weights[e], ts_ms[e] / 1000.0
+        if not (w >= 0.0 and ts_ms[e] >= 0):  # NaN fails both
+            raise ValueError("an event with a negative or undefined weight or time cannot be learned")
         now = pop.clock[0]  # the latest event learned: what the worker's clock says after a batch
         if two and not wait_for(sync, LEARNED, e):
             return False
@@ -644,9 +1046,11 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
             out[e, :n] = row_i[:n]
             _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
         if not two:
-            mf_learn_one(mf, u, i, w, mf_log, mf_n)
-        cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n)
-        pop_learn_one(pop, i, w, t, cats[e])
+            mf_learn_one(mf, u, i, w, mf_log, mf_n, item_side[e], item_log.pu, item_log.step, item_log.neg, e)
+        cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n, item_side[e], item_log.pair_n, item_log.pair_j,
+                       item_log.pair_w, e)
+        if item_side[e]:
+            pop_learn_one(pop, i, w, t, cats[e])
         if purchase[e]:
             purchases_add(bought, u, i, ts_ms[e])
         if not measured(sc, sync):
@@ -657,14 +1061,14 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
 @njit(**JIT)
 def _mf_thread(mf: MFState, ranked_mf: MFState, sc: Scratch, side: Scratch, sync: IntArray, fp: FusionParams,
                n_items: int, users: IntArray, items: IntArray, weights: FloatArray, mf_log: IntArray,
-               log_n: IntArray, top_n: int, top_explore: int) -> bool:
+               log_n: IntArray, top_n: int, top_explore: int, item_log: ItemLog, start: int) -> bool:
     """The other thread's part of :func:`_rank_then_learn` with two threads, for each event: matrix
     factorisation's list (when the loop needs one; with the exclusions it marked in ``sc``) into
     ``side``, its learning step, then, when the loop hands it the event's union, the measuring of every
     policy on it (:func:`~stream_rec.models.fusion.measure_gathered`, with ``side``'s work arrays).
     Returns ``False`` if the other thread gave up."""
     mf_n = log_n[0:1]
-    for e in range(len(users)):
+    for e in range(start, len(users)):
         store_release(sync, LEARNED, e)
         if not wait_for(sync, GO, e + 1):
             return False
@@ -674,7 +1078,8 @@ def _mf_thread(mf: MFState, ranked_mf: MFState, sc: Scratch, side: Scratch, sync
             m = mf_list(ranked_mf, fp, u, bool(mf.user_seen[u]), n_items, sc.excluded, side)
         sync[COUNT] = m
         store_release(sync, LISTED, e + 1)
-        mf_learn_one(mf, u, items[e], weights[e], mf_log, mf_n)
+        mf_learn_one(mf, u, items[e], weights[e], mf_log, mf_n, item_log.item_side[e], item_log.pu, item_log.step,
+                     item_log.neg, e)
         if need & MEASURE_THERE:
             if not wait_for(sync, MEASURE, e + 1):
                 return False
@@ -682,6 +1087,22 @@ def _mf_thread(mf: MFState, ranked_mf: MFState, sc: Scratch, side: Scratch, sync
             store_release(sync, MEASURED, e + 1)
     store_release(sync, LEARNED, len(users))
     return True
+
+
+@njit(**JIT)
+def _apply_remote(mf: MFState, cooc: CoocState, pop: PopularityState, tmp: Float32Array, items: IntArray,
+                  cats: IntArray, weights: FloatArray, ts: FloatArray, steps: FloatArray, pu: Float32Array,
+                  negs: IntArray, pair_from: IntArray, pair_to: IntArray, pair_j: IntArray, pair_w: FloatArray,
+                  mf_log: IntArray, cooc_log: IntArray, log_n: IntArray) -> None:
+    """Other workers' item updates, in order: each event's item half, as :func:`_rank_then_learn` learns
+    it (popularity, co-occurrence's totals and pairs, factorisation's steps on the item rows)."""
+    mf_n, cooc_n = log_n[0:1], log_n[1:2]
+    for r in range(len(items)):
+        i, w, t = items[r], weights[r], ts[r]
+        mf_apply_remote(mf, tmp, pu[r], i, steps[r], negs[r], mf_log, mf_n)
+        a, b = pair_from[r], pair_to[r]
+        cooc_apply_remote(cooc, i, w, t, pair_j[a:b], pair_w[a:b], cooc_log, cooc_n)
+        pop_learn_one(pop, i, w, t, cats[r])
 
 
 def _int_bytes(value: int) -> bytes:

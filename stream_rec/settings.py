@@ -39,6 +39,12 @@ class Settings:
     topic_events: str = _setting("stream-rec.events-by-user", "Internal topic: valid events re-keyed by user id.")
     topic_recommendations: str = _setting("stream-rec.recommendations", "Output topic: refreshed top-N per user, keyed by user id.")
     topic_dead_letter: str = _setting("stream-rec.dead-letter", "Rejected messages, untouched, with the reason in headers.")
+    topic_user_state: str = _setting(
+        "stream-rec.user-state", "Internal compacted changelog of user state, keyed by user id, partitioned like the "
+        "user-keyed events: a worker that gains a partition restores its users from it.")
+    topic_item_updates: str = _setting(
+        "stream-rec.item-updates", "Internal topic of item updates: what each worker learned about items, which every "
+        "other worker applies so that all of them rank from one item model.")
     partitions: int = _setting(4, "Partitions of the topics stream_rec creates (the most workers that can share the work).")
     top_n: int = _setting(20, "Items per recommendation list.")
     batch_max: int = _setting(2000, "Most events per micro-batch.")
@@ -83,6 +89,9 @@ class Settings:
         "evaluate (which uses 2 where there are two cores), or a worker with a core to itself and another free.")
     metrics_port: int = _setting(9464, "Prometheus metrics port of a worker (0 = no endpoint).")
     session_timeout_s: float = _setting(10.0, "How soon the group notices a dead worker and hands its partitions on.")
+    item_sync_ms: int = _setting(
+        500, "How often a worker applies the item updates other workers published (each worker publishes its own "
+        "with every micro-batch); lower is fresher, higher applies bigger batches.")
     rebalance_timeout_s: float = _setting(5.0, "How long a rebalance waits for members (Faust's default makes a fresh group take 30 s to join).")
     log_level: str = _setting("info", "Logging level.")
 
@@ -105,6 +114,7 @@ class Settings:
             "worker_id": bool(self.worker_id) and "/" not in self.worker_id,
             "input_keys": self.input_keys in ("any", "user_id"),
             "fetch_max_wait_ms": self.fetch_max_wait_ms >= 0,
+            "item_sync_ms": self.item_sync_ms >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -161,7 +171,7 @@ class Settings:
 
 #: Every topic setting: a demo, a bench run or a test gives each its own prefixed copy.
 TOPIC_FIELDS = ("topic_browse", "topic_click", "topic_purchase", "topic_items", "topic_events",
-                "topic_recommendations", "topic_dead_letter")
+                "topic_recommendations", "topic_dead_letter", "topic_user_state", "topic_item_updates")
 
 
 def _env_name(name: str) -> str:

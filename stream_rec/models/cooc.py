@@ -197,49 +197,88 @@ def _push_history(st: CoocState, u: int, i: int, w: float, t: float) -> None:
     st.hist_len[u] = n + 1
 
 
-@njit(**JIT)
-def cooc_learn_one(st: CoocState, u: int, i: int, w: float, t: float, log: IntArray, log_n: IntArray) -> None:
-    """Pair ``i`` with every item of ``u``'s history (both rows), then push ``i`` onto the history.
-
-    Items whose rows changed are appended to ``log`` (while it has room) at ``log_n[0]``.
-    """
-    params, row_ts, mass, nbr, cnt, nlen = st.params, st.row_ts, st.mass, st.nbr, st.cnt, st.nlen
-    total, dampt = st.total, st.dampt
-    gap, limit, hl = params[1], int(params[2]), params[0]
+@njit(**INLINE)
+def _learn_item(st: CoocState, i: int, w: float, t: float, log: IntArray, log_n: IntArray) -> float:
+    """Add an event of weight ``w`` at ``t`` to item ``i``'s total; returns the raw units of one weight
+    unit in row ``i`` at ``t`` (what its pairs are added in)."""
+    params = st.params
+    hl = params[0]
     if hl > 0.0 and abs(CANDIDATE_DAMPING * (t - params[3]) / hl) > _REBASE_ABOVE:
         _rebase(st, t)
     if not st.seen[i]:
-        st.seen[i], mass[i], row_ts[i] = True, 1.0, t
-    unit_i = _unit(params, row_ts, mass, cnt, nlen, total, i, t)
-    total[i] += w * unit_i
-    _refresh_damp(total, mass, row_ts, dampt, params, i)
+        st.seen[i], st.mass[i], st.row_ts[i] = True, 1.0, t
+    unit_i = _unit(params, st.row_ts, st.mass, st.cnt, st.nlen, st.total, i, t)
+    st.total[i] += w * unit_i
+    _refresh_damp(st.total, st.mass, st.row_ts, st.dampt, params, i)
     if log_n[0] < len(log):
         log[log_n[0]] = i
         log_n[0] += 1
-    hist_item, hist_ts, hist_w = st.hist_item, st.hist_ts, st.hist_w
-    in_session, newer_t = True, t
-    for r in range(st.hist_len[u] - 1, -1, -1):
-        # Walking newest to oldest, the first long silence ends the current session.
-        j, tj, wj = hist_item[u, r], hist_ts[u, r], hist_w[u, r]
-        in_session = in_session and newer_t - tj < gap
-        newer_t = tj
-        if j == i:
-            continue
-        pair = min(w, wj) * (SESSION_BOOST if in_session else 1.0)
-        # C[i, j] and C[j, i], each in its own row's units (rows decay independently).
-        _add_pair(nbr, cnt, nlen, i, j, pair * unit_i, limit)
-        _add_pair(nbr, cnt, nlen, j, i, pair * _unit(params, row_ts, mass, cnt, nlen, total, j, t), limit)
-        if log_n[0] < len(log):
-            log[log_n[0]] = j
-            log_n[0] += 1
+    return unit_i
+
+
+@njit(**INLINE)
+def _learn_pair(st: CoocState, i: int, j: int, pair: float, unit_i: float, t: float, log: IntArray,
+                log_n: IntArray) -> None:
+    """``C[i, j]`` and ``C[j, i]`` rise by ``pair``, each in its own row's units (rows decay independently)."""
+    params, nbr, cnt, nlen, limit = st.params, st.nbr, st.cnt, st.nlen, int(st.params[2])
+    _add_pair(nbr, cnt, nlen, i, j, pair * unit_i, limit)
+    _add_pair(nbr, cnt, nlen, j, i, pair * _unit(params, st.row_ts, st.mass, cnt, nlen, st.total, j, t), limit)
+    if log_n[0] < len(log):
+        log[log_n[0]] = j
+        log_n[0] += 1
+
+
+@njit(**JIT)
+def cooc_learn_one(st: CoocState, u: int, i: int, w: float, t: float, log: IntArray, log_n: IntArray,
+                   item_side: bool, pair_n: IntArray, pair_j: IntArray, pair_w: FloatArray, e: int) -> None:
+    """Pair ``i`` with every item of ``u``'s history (both rows), then push ``i`` onto the history.
+
+    Items whose rows changed are appended to ``log`` (while it has room) at ``log_n[0]``. Without
+    ``item_side`` only the history learns (the items' half was learned elsewhere and applied here, see
+    :func:`cooc_apply_remote`). With record arrays (``len(pair_n) > 0``) the pairs go to row ``e`` of
+    them, for other workers: ``pair_j[e, :pair_n[e]]`` and their weights.
+    """
+    record = item_side and len(pair_n) > 0
+    if item_side:
+        unit_i = _learn_item(st, i, w, t, log, log_n)
+        hist_item, hist_ts, hist_w = st.hist_item, st.hist_ts, st.hist_w
+        gap, in_session, newer_t, n = st.params[1], True, t, 0
+        for r in range(st.hist_len[u] - 1, -1, -1):
+            # Walking newest to oldest, the first long silence ends the current session.
+            j, tj, wj = hist_item[u, r], hist_ts[u, r], hist_w[u, r]
+            in_session = in_session and newer_t - tj < gap
+            newer_t = tj
+            if j == i:
+                continue
+            pair = min(w, wj) * (SESSION_BOOST if in_session else 1.0)
+            _learn_pair(st, i, j, pair, unit_i, t, log, log_n)
+            if record:
+                pair_j[e, n], pair_w[e, n] = j, pair
+                n += 1
+        if record:
+            pair_n[e] = n
     _push_history(st, u, i, w, t)
+
+
+@njit(**JIT)
+def cooc_apply_remote(st: CoocState, i: int, w: float, t: float, js: IntArray, ws: FloatArray, log: IntArray,
+                      log_n: IntArray) -> None:
+    """The item half of an event another worker learned (:func:`cooc_learn_one`'s record): ``i``'s total
+    and its pairs with the items ``js`` of that user's history, weighted ``ws``."""
+    unit_i = _learn_item(st, i, w, t, log, log_n)
+    for r in range(len(js)):
+        j = js[r]
+        if not st.seen[j]:
+            st.seen[j], st.mass[j], st.row_ts[j] = True, 1.0, t
+        _learn_pair(st, i, j, ws[r], unit_i, t, log, log_n)
 
 
 @njit(**JIT)
 def cooc_learn_many(st: CoocState, users: IntArray, items: IntArray, weights: FloatArray, ts: FloatArray,
                     log: IntArray, log_n: IntArray) -> None:
+    no_n, no_j, no_w = np.empty(0, np.int64), np.empty((0, 1), np.int64), np.empty((0, 1))
     for e in range(len(users)):
-        cooc_learn_one(st, users[e], items[e], weights[e], ts[e], log, log_n)
+        cooc_learn_one(st, users[e], items[e], weights[e], ts[e], log, log_n, True, no_n, no_j, no_w, e)
 
 
 @njit(**INLINE)
@@ -551,6 +590,19 @@ class CoOccurrence(TracksTouched):
         self._hist_ts[row, place[keep]] = rec["ts"][keep]
         self._hist_w[row, place[keep]] = rec["weight"][keep]
         self._hist_len[users] = kept
+
+    def set_histories(self, users: IntArray, items: IntArray, ts: FloatArray, weights: FloatArray,
+                      lengths: IntArray) -> None:
+        """Put users' histories in place (a user's state moved here): row ``r`` of ``items``/``ts``/``weights``
+        holds user ``users[r]``'s recent items, oldest first, ``lengths[r]`` of them (at most the history size)."""
+        if len(users) == 0:
+            return
+        self.reserve(int(users.max()) + 1, int(items.max(initial=-1)) + 1)
+        size = self.history_size
+        self._hist_item[users] = items[:, :size]
+        self._hist_ts[users] = ts[:, :size]
+        self._hist_w[users] = weights[:, :size]
+        self._hist_len[users] = np.minimum(lengths, size)
 
     def load_item_rows(self, items: IntArray, rows: list[bytes]) -> None:
         """:meth:`set_item_state` for many items at once (a restart): one growth, then the rows."""

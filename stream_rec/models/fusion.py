@@ -743,6 +743,11 @@ class Fusion:
             self._scratch = new_scratch(max(n_items, 2 * len(self._scratch.excluded)), max(depth, len(self._scratch.ls)))
         return n_items, self._scratch
 
+    def reset_scratch(self, k: int, n_items: int) -> Scratch:
+        """A new, all-clear scratch (after a ranking was interrupted half way)."""
+        self._scratch = new_scratch(max(n_items, 1), max(self.candidates_per_source, k))
+        return self.prepare(k, n_items)[1]
+
     def recommend(
         self, user: int, k: int, exclude: IntArray | None = None, has_history: bool = True,
         n_items: int | None = None,

@@ -71,13 +71,21 @@ class MFState(NamedTuple):
     params: FloatArray  # learning_rate, l2, init_scale, max_norm (0 = none), n_negatives, all_items, ...
     Q8: np.ndarray  # int8 (item capacity, n_factors): Q quantised per row, kept current once switched on
     q8_scale: Float32Array  # per item: Q[i] ~ q8_scale[i] * Q8[i]
+    user_key: np.ndarray  # uint64 per user: seeds the row's initial value (0: the index does)
+    item_key: np.ndarray  # uint64 per item: the same for item rows, so every worker starts an item alike
 
 
 @njit(**INLINE)
-def _init_row(mat: np.ndarray, idx: int, key: np.uint64, scale: float) -> None:
+def _init_row(mat: np.ndarray, idx: int, key: np.uint64, row_key: np.uint64, scale: float) -> None:
+    """A new row's initial value: a pure function of the seed and ``row_key`` (a hash of the external id,
+    so that every worker starts an item's row alike), or of the index where no ``row_key`` is set."""
     d = mat.shape[1]
-    for f in range(d):
-        mat[idx, f] = np.float32((2.0 * uniform(key, idx * d + f) - 1.0) * scale)
+    if row_key == 0:
+        for f in range(d):
+            mat[idx, f] = np.float32((2.0 * uniform(key, idx * d + f) - 1.0) * scale)
+    else:
+        for f in range(d):
+            mat[idx, f] = np.float32((2.0 * uniform(key ^ row_key, f) - 1.0) * scale)
 
 
 @njit(**INLINE)
@@ -194,22 +202,47 @@ def _log_row(log: IntArray, log_n: IntArray, j: int) -> None:
         log_n[0] += 1
 
 
-@njit(**JIT)
-def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: IntArray) -> None:
-    """Learn one event: the all-items step, a positive step on ``(u, i)``, then one step towards 0 per
-    sampled negative.
+@njit(**INLINE)
+def _user_step(P: Float32Array, Q: Float32Array, max_norm: float, u: int, j: int, target: float, step: float,
+               shrink: float) -> None:
+    """The user's half of :func:`_sgd_step`: ``p_u`` moves as that step moves it, ``q_j`` stays (its half
+    of the event was learned already, on the worker whose item update was applied here)."""
+    err = np.float32((target - _row_dot(P, Q, u, j)) * step)
+    keep = np.float32(shrink)
+    for f in range(P.shape[1]):
+        P[u, f] = P[u, f] * keep + err * Q[j, f]
+    if max_norm > 0.0:
+        _clip_row(P, u, max_norm)
 
-    The items whose rows changed are appended to ``log`` (while it has room) at ``log_n[0]``.
-    """
-    lr, l2, scale = st.params[_LR], st.params[_L2], st.params[_INIT]
-    if not st.user_seen[u]:
-        _init_row(st.P, u, st.keys[0], scale)
-        st.user_seen[u] = True
+
+@njit(**INLINE)
+def _seen_item(st: MFState, i: int) -> None:
     if not st.item_seen[i]:
-        _init_row(st.Q, i, st.keys[1], scale)
+        _init_row(st.Q, i, st.keys[1], st.item_key[i], st.params[_INIT])
         st.item_seen[i] = True
         _gram_add(st.gram, st.Q, i, 1.0)
         st.counters[1] = max(st.counters[1], i + 1)
+        if st.params[_QUANT_ON] > 0.0:
+            _quantize_row(st.Q, st.Q8, st.q8_scale, i)
+
+
+@njit(**JIT)
+def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: IntArray, item_side: bool,
+                 rec_pu: Float32Array, rec_step: FloatArray, rec_neg: IntArray, e: int) -> None:
+    """Learn one event: the all-items step, a positive step on ``(u, i)``, then one step towards 0 per
+    sampled negative.
+
+    The items whose rows changed are appended to ``log`` (while it has room) at ``log_n[0]``. Without
+    ``item_side`` only the user's row learns (the items' half of this event was learned elsewhere and
+    applied here: see :func:`mf_apply_remote`). With record arrays (``len(rec_step) > 0``) the item
+    half is written to row ``e`` of them for other workers: the user's factors before the positive step,
+    that step's size and the negatives stepped (-1: none).
+    """
+    lr, l2, scale = st.params[_LR], st.params[_L2], st.params[_INIT]
+    if not st.user_seen[u]:
+        _init_row(st.P, u, st.keys[0], st.user_key[u], scale)
+        st.user_seen[u] = True
+    _seen_item(st, i)
     quantized = st.params[_QUANT_ON] > 0.0  # the int8 copy is in use: keep every changed row current
     pos = st.counters[0]
     shrink = 1.0 - lr * l2
@@ -218,28 +251,72 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
     st.user_n[u] += 1
     P, Q, G, max_norm = st.P, st.Q, st.gram, st.params[_MAX_NORM]
     _all_items_step(G, P, u, lr * st.params[_ALL_ITEMS], st.params)
-    _sgd_step(P, Q, G, max_norm, u, i, 1.0, min(lr * w * boost, MAX_STEP), shrink)
-    _log_row(log, log_n, i)
-    if quantized:
-        _quantize_row(Q, st.Q8, st.q8_scale, i)
+    step = min(lr * w * boost, MAX_STEP)
+    record = item_side and len(rec_step) > 0
+    if record:
+        for f in range(P.shape[1]):
+            rec_pu[e, f] = P[u, f]
+        rec_step[e] = step
+    if item_side:
+        _sgd_step(P, Q, G, max_norm, u, i, 1.0, step, shrink)
+        _log_row(log, log_n, i)
+        if quantized:
+            _quantize_row(Q, st.Q8, st.q8_scale, i)
+    else:
+        _user_step(P, Q, max_norm, u, i, 1.0, step, shrink)
     # 3. a few items drawn uniformly (a draw that lands on an index never seen is skipped)
     n_neg, span = int(st.params[_N_NEG]), st.counters[1]
     for m in range(n_neg):
+        if record:
+            rec_neg[e, m] = -1
         j = int(uniform(st.keys[2], pos * n_neg + m) * span)
         if j == i or not st.item_seen[j]:
+            continue
+        if not item_side:
+            _user_step(P, Q, max_norm, u, j, 0.0, lr, shrink)
             continue
         _sgd_step(P, Q, G, max_norm, u, j, 0.0, lr, shrink)
         _log_row(log, log_n, j)
         if quantized:
             _quantize_row(Q, st.Q8, st.q8_scale, j)
+        if record:
+            rec_neg[e, m] = j
     st.counters[0] = pos + 1
+
+
+@njit(**JIT)
+def mf_apply_remote(st: MFState, tmp: Float32Array, pu: Float32Array, i: int, step: float, negs: IntArray,
+                    log: IntArray, log_n: IntArray) -> None:
+    """The item half of an event another worker learned (:func:`mf_learn_one`'s record): the same steps
+    on ``q_i`` and the negatives' rows, with that worker's user factors ``pu`` in the one-row ``tmp``."""
+    lr, l2 = st.params[_LR], st.params[_L2]
+    shrink = 1.0 - lr * l2
+    Q, G, max_norm = st.Q, st.gram, st.params[_MAX_NORM]
+    quantized = st.params[_QUANT_ON] > 0.0
+    for f in range(tmp.shape[1]):
+        tmp[0, f] = pu[f]
+    _seen_item(st, i)
+    _sgd_step(tmp, Q, G, max_norm, 0, i, 1.0, step, shrink)
+    _log_row(log, log_n, i)
+    if quantized:
+        _quantize_row(Q, st.Q8, st.q8_scale, i)
+    for m in range(len(negs)):
+        j = negs[m]
+        if j < 0:
+            continue
+        _seen_item(st, j)
+        _sgd_step(tmp, Q, G, max_norm, 0, j, 0.0, lr, shrink)
+        _log_row(log, log_n, j)
+        if quantized:
+            _quantize_row(Q, st.Q8, st.q8_scale, j)
 
 
 @njit(**JIT)
 def mf_learn_many(st: MFState, users: IntArray, items: IntArray, weights: FloatArray, log: IntArray,
                   log_n: IntArray) -> None:
+    no_pu, no_step, no_neg = np.empty((0, st.P.shape[1]), np.float32), np.empty(0), np.empty((0, 1), np.int64)
     for e in range(len(users)):
-        mf_learn_one(st, users[e], items[e], weights[e], log, log_n)
+        mf_learn_one(st, users[e], items[e], weights[e], log, log_n, True, no_pu, no_step, no_neg, e)
 
 
 #: From this many items on, scores come from BLAS (sgemv, ~2.5x the compiled loop at 100k items); below,
@@ -395,6 +472,8 @@ class ImplicitMF(TracksTouched):
                                  quantize_above, 0.0], dtype=np.float64)
         self.Q8 = np.zeros((0, n_factors), dtype=np.int8)
         self._q8_scale = np.zeros(0, dtype=np.float32)
+        self._user_key = np.zeros(0, dtype=np.uint64)
+        self._item_key = np.zeros(0, dtype=np.uint64)
         self._scores = np.zeros(0, dtype=np.float32)
         self._touched = TouchLog()
 
@@ -402,7 +481,7 @@ class ImplicitMF(TracksTouched):
     def state(self) -> MFState:
         """The arrays the compiled kernels work on (valid until the next growth)."""
         return MFState(self.P, self.Q, self._user_seen, self._user_n, self._item_seen, self._gram, self._counters, self._keys,
-                       self._params, self.Q8, self._q8_scale)
+                       self._params, self.Q8, self._q8_scale, self._user_key, self._item_key)
 
     @property
     def quantize_above(self) -> float:
@@ -434,7 +513,16 @@ class ImplicitMF(TracksTouched):
         self.Q = grow(self.Q, n_items)
         self.Q8 = grow(self.Q8, n_items)
         self._q8_scale = grow(self._q8_scale, n_items)
+        self._user_key = grow(self._user_key, n_users)
+        self._item_key = grow(self._item_key, n_items)
         self._item_seen = grow(self._item_seen, n_items, False)
+
+    def set_row_keys(self, users: IntArray, user_keys: np.ndarray, items: IntArray, item_keys: np.ndarray) -> None:
+        """Seed new rows by a hash of their external ids (:func:`stream_rec.ids.row_keys`) instead of their
+        indices, so that workers which index one item differently still start its row alike."""
+        self.reserve(int(users.max(initial=-1)) + 1, int(items.max(initial=-1)) + 1)
+        self._user_key[users] = user_keys
+        self._item_key[items] = item_keys
 
     def _known_user(self, user: int) -> bool:
         return 0 <= user < len(self._user_seen) and bool(self._user_seen[user])
@@ -510,6 +598,16 @@ class ImplicitMF(TracksTouched):
             self.P[users] = flat[:, :d]
             self._user_n[users] = flat[:, d].astype(np.int64)
             self._user_seen[users] = True
+
+    def set_user_rows(self, users: IntArray, learned: np.ndarray, factors: Float32Array, counts: IntArray) -> None:
+        """Put users' rows in place (a user's state moved here): ``factors`` (one row per ``learned`` user,
+        in order) and the events each learned from; a user not ``learned`` is marked unseen."""
+        if len(users) == 0:
+            return
+        self.reserve(int(users.max()) + 1, 0)
+        self.P[users[learned]] = factors
+        self._user_n[users] = np.where(learned, counts, 0)
+        self._user_seen[users] = learned
 
     def load_item_rows(self, items: IntArray, rows: list[bytes]) -> None:
         """:meth:`set_item_state` for many items at once (a restart)."""
