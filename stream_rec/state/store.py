@@ -349,6 +349,7 @@ def quarantine(path: str | os.PathLike[str]) -> Path:
     >>> moved = quarantine(root / "state")
     >>> moved.name.startswith("state.corrupt-"), (root / "state").exists(), moved.is_dir()
     (True, False, True)
+    >>> import shutil; shutil.rmtree(root)
     """
     source = Path(path)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
