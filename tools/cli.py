@@ -81,17 +81,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_state(args: argparse.Namespace) -> int:
     from stream_rec.service import RecService
-    from stream_rec.state import RocksStore
+    from stream_rec.state import RocksStore, StateError
 
     settings = Settings.from_env(**{k: v for k, v in (("worker_id", args.worker_id), ("data_dir", args.data_dir)) if v})
     if not settings.state_path.is_dir():
         print(f"no state at {settings.state_path}", file=sys.stderr)
         return 1
-    store = RocksStore(settings.state_path)
     try:
-        print(json.dumps(RecService(settings, store).stats()))
-    finally:
-        store.close()
+        store = RocksStore(settings.state_path)
+        try:
+            stats = RecService(settings, store).stats()  # loading reads every row: a damaged block raises here
+        finally:
+            store.close()
+    except StateError as err:  # corrupt, locked, another format version, or a disk that refuses writes
+        print(f"stream-rec state: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(stats))
     return 0
 
 

@@ -49,6 +49,53 @@ def test_state_of_a_missing_folder_says_so(tmp_path: Path, capsys: pytest.Captur
     assert "no state at" in capsys.readouterr().err
 
 
+def _worker_state(data_dir: Path) -> tuple[Path, dict]:
+    """A closed worker state (a small synthetic shop learned through RecService) under ``data_dir/w1``,
+    and the counts the service that wrote it had."""
+    from stream_rec.service import RecService
+    from stream_rec.settings import Settings
+    from stream_rec.state import RocksStore
+    from stream_rec.synth import ShopConfig, SyntheticShop
+
+    settings = Settings(data_dir=str(data_dir), worker_id="w1")
+    store = RocksStore(settings.state_path)
+    service = RecService(settings, store)
+    shop = SyntheticShop(ShopConfig(n_users=40, n_items=300, n_categories=5, n_events=1500, seed=3))
+    events = [decode(json.dumps(e).encode(), None, now_ms=10**13) for e in shop.events()]
+    service.persist(service.apply([(("lane", n), e) for n, e in enumerate(events)]))
+    store.close()
+    return settings.state_path, service.stats()
+
+
+def test_state_of_a_damaged_folder_names_it_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On main, 4 KiB of noise in a table file gave exit 0 and 0 items: rocksdict's iteration ended quietly."""
+    state, written = _worker_state(tmp_path)
+    args = ["state", "--data-dir", str(tmp_path), "--worker-id", "w1"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == written and written["users"] > 30
+    table = max(state.glob("*.sst"), key=lambda p: p.stat().st_size)
+    with open(table, "r+b") as f:
+        f.write(bytes(range(64)))  # the first data block; the index and footer stay whole, so it opens
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("stream-rec state: ") and "is corrupt" in err
+    assert str(state) in err and table.name in err
+
+
+def test_state_of_a_folder_in_use_says_so_without_a_traceback(tmp_path: Path) -> None:
+    from stream_rec.state import RocksStore
+
+    holder = RocksStore(tmp_path / "w1" / "state")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tools.cli", "state", "--data-dir", str(tmp_path),
+                               "--worker-id", "w1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        holder.close()
+    assert proc.returncode == 1
+    assert "in use by another process" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_generate_to_stdout_is_jsonl() -> None:
     proc = subprocess.run([sys.executable, "-m", "tools.cli", "generate", "--events", "20", "--users", "5",
                            "--items", "10"], capture_output=True, text=True, cwd=ROOT, check=True)
