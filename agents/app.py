@@ -8,8 +8,8 @@ How events reach the service depends on ``STREAM_REC_INPUT_KEYS``.
     decode and validate a micro-batch; dead-letter the bad messages untouched; forward the valid ones to
     the internal topic keyed by user id, so each user's events meet in one partition, owned by one worker.
 ``learn``   (the internal user-keyed topic)
-    hand a micro-batch to :class:`stream_rec.service.RecService`, publish one refreshed list per touched
-    user, flush, then persist state and applied offsets in one RocksDB write.
+    hand a micro-batch to :class:`stream_rec.service.RecService`, publish its item updates, one refreshed
+    list per touched user and its users' rows (:mod:`agents.state`), flush, then write the local cache.
 
 ``user_id`` (producers key every message by its user id): one agent, ``learn_direct``, on the three input
 topics does both jobs: decode, dead-letter, apply, publish, persist. No internal topic: each event passes
@@ -17,7 +17,9 @@ through Faust once instead of twice and is never re-sent.
 
 In both modes the task ``follow_availability`` reads the whole items topic outside the consumer group
 (every worker needs every withdrawn item) and hands the messages to the service; lists computed after a
-withdrawal leave the item out.
+withdrawal leave the item out; and ``follow_item_updates`` applies what the other workers learned about
+items. Before a batch's events of a user partition are applied, the partition is restored from the
+user-state changelog if this worker has not held it since (:class:`agents.state.KafkaState`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.types import EventT
 
+from agents.state import KafkaState
 from agents.transport import Transport
 from stream_rec.events import Availability, Event, InvalidEvent, Limits, decode, decode_availability
 from stream_rec.heap import collections_paused
@@ -128,19 +131,35 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         counts[True, valid.type] += 1
         return valid
 
-    async def learn_batch(items: list[tuple[Position, Event]], batch: Sequence[EventT], started: float) -> None:
-        with collections_paused():
-            # Synchronous, and nothing built here outlives the block but the encoded lists: no collection
-            # needs to run in it, nor owes one after it (stream_rec.heap).
-            result = service.apply(items)
-            lists = [(payload["user_id"].encode(), encode_recommendation(payload)) for payload in result.recommendations]
-            result.recommendations.clear()
-        for key, value in lists:
-            await send(settings.topic_recommendations, key, value)
-        # Lists (and dead letters) go out before state is written: a crash in between re-applies the
-        # batch and re-sends them (at-least-once output), never loses them.
-        await app.producer.flush()
-        service.persist(result)
+    state = KafkaState(app, settings, bootstrap, service, metrics)
+
+    async def learn_batch(items: list[tuple[Position, Event]], sources: list[EventT], batch: Sequence[EventT],
+                          started: float) -> None:
+        """Learn ``items`` (from the messages ``sources``) and publish what they changed (agents.state)."""
+        if not state.items_ready.is_set():
+            await state.items_ready.wait()  # rank from the shared item model, not from a cold one
+        async with state.lock:
+            await state.restore({service.partition_of(position[0]) for position, _ in items})
+            with collections_paused():
+                # Synchronous, and nothing built here outlives the block but the encoded lists: no collection
+                # needs to run in it, nor owes one after it (stream_rec.heap).
+                result = service.apply(items)
+                lists = [(payload["user_id"].encode(), encode_recommendation(payload))
+                         for payload in result.recommendations]
+                result.recommendations.clear()
+            await state.publish_item_updates(result)
+            for key, value in lists:
+                await send(settings.topic_recommendations, key, value)
+            for n, error in result.rejected:
+                msg = sources[n].message
+                headers = dead_letter_headers("learn_failed", error, msg.topic, msg.partition, msg.offset)
+                await send(settings.topic_dead_letter, msg.key, msg.value or b"", headers=headers)
+                metrics.dead_letters.labels("learn_failed").inc()
+            # Lists, dead letters and rows go out before the local cache is written and the batch acked: a
+            # crash in between re-applies what the changelog does not hold and re-sends the lists
+            # (at-least-once output), never loses them.
+            checkpoints = await state.publish_changelog(result)
+            service.persist(result, checkpoints)
         _observe(metrics, result, len(lists), batch, started)
         metrics.state_events.set(service.events_total)
 
@@ -155,15 +174,17 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 started = time.perf_counter()
                 now_ms = int(time.time() * 1000)
                 counts: Counter[tuple[bool, str]] = Counter()
-                items = []
+                items, sources = [], []
                 for event in batch:
                     valid = await check(event, now_ms, counts)
                     if valid is not None:
                         msg = event.message
-                        items.append(((f"{msg.topic}:{msg.partition}", msg.offset), valid))
+                        # The lane names the user partition first (that of the changelog the user's row goes to).
+                        items.append(((f"{msg.partition}>{msg.topic}:{msg.partition}", msg.offset), valid))
+                        sources.append(event)
                         if msg.key != valid.user_id.encode():
                             counts[True, _MISKEYED] += 1
-                await learn_batch(items, batch, started)
+                await learn_batch(items, sources, batch, started)
                 _count(metrics, counts)
     else:
         @app.agent(inputs)
@@ -188,7 +209,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 for event in batch:
                     valid, lane, offset = decode_keyed(event.message.value)
                     items.append(((f"{event.message.partition}>{lane}", offset), valid))
-                await learn_batch(items, batch, started)
+                await learn_batch(items, list(batch), batch, started)
 
     @app.task
     async def follow_availability() -> None:
@@ -217,11 +238,24 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         finally:
             await consumer.stop()
 
+    @app.task
+    async def follow_item_updates() -> None:
+        """Every worker applies what the others learned about items (agents.state)."""
+        await state.follow_item_updates()
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def on_revoked(sender: faust.App, revoked: set, **_: object) -> None:
+        # Called once the batch in hand is done (Faust waits for the streams to drain): another worker
+        # may own these next, so each is restored again from the changelog before this one applies to it.
+        user_topics = set(topic_stream) if settings.input_keys == "user_id" else {settings.topic_events}
+        state.revoke({tp.partition for tp in revoked if tp.topic in user_topics})
+
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(sender: faust.App, assigned: set, **_: object) -> None:
         user_topics = set(topic_stream) if settings.input_keys == "user_id" else {settings.topic_events}
         owned = sorted({tp.partition for tp in assigned if tp.topic in user_topics})
         metrics.assigned_partitions.set(len(owned))
+        state.restore_soon(owned)
         log.info("worker %s owns partitions %s of %s", settings.worker_id, owned, ", ".join(sorted(user_topics)))
 
     return app

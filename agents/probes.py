@@ -27,16 +27,35 @@ from agents.topics import ensure_topics
 from agents.worker import DEFAULT_BOOTSTRAP, run_worker
 from stream_rec.events import Event
 from stream_rec.metrics import Metrics
-from stream_rec.service import BatchResult, Position
+from stream_rec.service import BatchResult, Position, lane_partition
 from stream_rec.settings import Settings
 from stream_rec.state.store import Store
 
 
 class StubService:
-    """``RecService``'s public surface at almost no cost: counts events, returns one tiny list per user."""
+    """``RecService``'s public surface at almost no cost: counts events, returns one tiny list per user,
+    keeps no state (so nothing to restore, publish or follow)."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.events_total = 0
+        self.hwm: dict[str, int] = {}
+        self.checkpoints: dict[int, int] = {}
+        self.item_log: dict[int, int] = {}
+
+    def partition_of(self, lane: str) -> int:
+        return lane_partition(lane)
+
+    def restore(self, partition: int, records: Any, next_offset: int | None = None) -> BatchResult:
+        return BatchResult()
+
+    def marks_of(self, partition: int) -> dict[str, int]:
+        return {}
+
+    def forget_lanes(self, lanes: Any) -> None:
+        pass
+
+    def apply_item_updates(self, messages: Any) -> BatchResult:
+        return BatchResult()
 
     def apply(self, batch: Sequence[tuple[Position, Event]]) -> BatchResult:
         last: dict[str, Event] = {}
@@ -50,7 +69,7 @@ class StubService:
             for user, e in last.items()]
         return BatchResult(applied=len(batch), recommendations=lists)
 
-    def persist(self, result: BatchResult) -> None:
+    def persist(self, result: BatchResult, checkpoints: Any = None, item_log: Any = None) -> None:
         pass
 
     def stats(self) -> dict[str, Any]:

@@ -15,7 +15,17 @@ log = logging.getLogger(__name__)
 
 def all_topics(settings: Settings) -> list[str]:
     return [*settings.input_topics().values(), settings.topic_items, settings.topic_events,
-            settings.topic_recommendations, settings.topic_dead_letter]
+            settings.topic_recommendations, settings.topic_dead_letter, settings.topic_user_state,
+            settings.topic_item_updates]
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Configs of the topics that need more than the cluster's defaults.
+
+    The user-state changelog keeps the latest row per user (compacted). The item updates are kept for
+    ever: a worker that starts without a local state rebuilds its item model from all of them."""
+    return {settings.topic_user_state: {"cleanup.policy": "compact"},
+            settings.topic_item_updates: {"retention.ms": "-1", "retention.bytes": "-1"}}
 
 
 class BrokerUnreachable(RuntimeError):
@@ -50,9 +60,11 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
     try:
         existing = set(admin.list_topics())
         missing = [t for t in all_topics(settings) if t not in existing]
+        configs = topic_configs(settings)
         for topic in missing:
             try:
-                admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=1)])
+                admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=1,
+                                              topic_configs=configs.get(topic, {}))])
             except TopicAlreadyExistsError:
                 pass  # another worker created it between our listing and our request
         if missing:

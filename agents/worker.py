@@ -1,4 +1,4 @@
-"""``stream-rec worker``: load state, create topics, serve metrics, run the Faust worker until stopped."""
+"""``stream-rec worker``: open the local state, create topics, serve metrics, run the Faust worker until stopped."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 import faust
+import orjson
 from prometheus_client import start_http_server
 
 from agents.app import create_app
@@ -14,14 +15,16 @@ from stream_rec.heap import settle
 from stream_rec.metrics import Metrics
 from stream_rec.service import RecService
 from stream_rec.settings import Settings
-from stream_rec.state import RocksStore
+from stream_rec.state import RocksStore, StateCorruptError, StateFormatError, quarantine
+from stream_rec.state.changelog import ChangelogFormatError
 
 log = logging.getLogger(__name__)
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+_IDENTITY = b"identity"
 
 
 def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = RecService) -> None:
-    """Run one worker until SIGTERM/SIGINT; state is loaded before the worker joins the group.
+    """Run one worker until SIGTERM/SIGINT; the local state is loaded before the worker joins the group.
 
     ``service_factory`` lets the benchmark put a stand-in behind the very same Faust side
     (:class:`agents.probes.StubService`).
@@ -31,9 +34,8 @@ def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksSto
     metrics = Metrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="0.0.0.0", registry=metrics.registry)
-    store = RocksStore(settings.state_path)
+    store, service = open_state(settings, service_factory)
     try:
-        service = service_factory(settings, store)
         log.info("worker %s loaded state: %s", settings.worker_id, service.stats())
         metrics.state_events.set(service.events_total)
         app = create_app(settings, bootstrap, service, metrics)
@@ -42,3 +44,45 @@ def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksSto
         worker.execute_from_commandline()
     finally:
         store.close()
+
+
+def identity(settings: Settings) -> bytes:
+    """What a state folder must have been written for: this group, its changelog and its partitions."""
+    return orjson.dumps({"app_id": settings.app_id, "user_state": settings.topic_user_state,
+                         "item_updates": settings.topic_item_updates, "partitions": settings.partitions})
+
+
+def open_state(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = RecService
+               ) -> tuple[RocksStore, RecService]:
+    """The local state and the service loaded from it. The folder is a cache of what Kafka holds: one that
+    is damaged, of another format, or written for another group is moved aside (kept as evidence) and
+    started anew, and the worker restores what it needs from Kafka; none is ever read as less than it holds.
+    A folder another process holds open raises :class:`~stream_rec.state.StoreLockedError`."""
+    path = settings.state_path
+    for attempt in (1, 2):
+        try:
+            store = RocksStore(path)
+        except (StateCorruptError, StateFormatError) as err:
+            _set_aside(path, err)
+            continue
+        try:
+            found = store.get("meta", _IDENTITY)
+            if found is not None and found != identity(settings):
+                raise StateFormatError(f"the state in {path} was written for another group or topics "
+                                       f"({found.decode(errors='replace')})")
+            service = service_factory(settings, store)
+        except (StateCorruptError, StateFormatError, ChangelogFormatError) as err:
+            store.close()
+            _set_aside(path, err)
+            continue
+        if store.fresh:
+            log.warning("no local state in %s: this worker restores what it needs from Kafka (the user-state "
+                        "changelog of each partition it gets, and every item update)", path)
+        store.write({"meta": {_IDENTITY: identity(settings)}})
+        return store, service
+    raise RuntimeError(f"cannot open a state in {path}")
+
+
+def _set_aside(path: object, err: Exception) -> None:
+    moved = quarantine(path)  # type: ignore[arg-type]
+    log.error("the local state cannot be used: %s; moved it to %s, rebuilding it from Kafka", err, moved)

@@ -47,6 +47,8 @@ REASONS: Final = (
     "wrong_stream",
     "future_ts",
 )
+#: Reasons the worker gives beyond decoding: an event whose learning raised (set aside, the batch goes on).
+RUNTIME_REASONS: Final = ("learn_failed",)
 MAX_ID_CHARS: Final = 256
 MAX_PROPERTIES: Final = 32
 MAX_PROPERTY_CHARS: Final = 256

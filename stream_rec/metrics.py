@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from stream_rec.events import EVENT_TYPES, REASONS
+from stream_rec.events import EVENT_TYPES, REASONS, RUNTIME_REASONS
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -26,7 +26,15 @@ class Metrics:
         self.applied = Counter("stream_rec_learn_events_applied_total", "Events applied to the models.", registry=r)
         self.duplicates = Counter("stream_rec_learn_duplicates_total", "Redelivered events recognised and skipped.", registry=r)
         self.recommendations = Counter("stream_rec_output_recommendations_total", "Recommendation lists published.", registry=r)
-        self.state_events = Gauge("stream_rec_state_events", "Events applied to this worker's persisted state, all time.", registry=r)
+        self.state_events = Gauge("stream_rec_state_events", "Events reflected in the user state this worker holds.", registry=r)
+        self.restored_rows = Counter("stream_rec_state_restored_users_total",
+                                     "User rows restored from the changelog (partitions this worker gained).", registry=r)
+        self.restore_seconds = Histogram("stream_rec_state_restore_duration_seconds",
+                                         "Time to bring one gained partition up to date with the changelog.",
+                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self.item_updates = Counter("stream_rec_state_item_updates_total",
+                                    "Other workers' item-update records: applied, skipped (applied already, e.g. this "
+                                    "worker's own) or unreadable.", ["result"], registry=r)
         self.assigned_partitions = Gauge("stream_rec_worker_assigned_partitions",
                                          "Partitions of the user-keyed topic this worker owns now.", registry=r)
         self.batch_seconds = Histogram("stream_rec_learn_batch_duration_seconds", "Processing time of one micro-batch.",
@@ -36,5 +44,7 @@ class Metrics:
                                            buckets=_LATENCY_BUCKETS, registry=r)
         for event_type in EVENT_TYPES:  # export zeros from the start, so dashboards see every series
             self.events_in.labels(event_type)
-        for reason in REASONS:
+        for reason in (*REASONS, *RUNTIME_REASONS):
             self.dead_letters.labels(reason)
+        for result in ("applied", "skipped", "unreadable"):
+            self.item_updates.labels(result)

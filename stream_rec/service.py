@@ -43,7 +43,7 @@ from stream_rec.purchases import Purchases, PurchasesState, purchases_add, purch
 from stream_rec.settings import Settings
 from stream_rec.state import item_updates as updates
 from stream_rec.state.changelog import MARKS_KEY, UserRow, decode_marks, decode_user_row, encode_marks, encode_user_row
-from stream_rec.state.item_updates import ItemLog, ItemUpdates, new_item_log
+from stream_rec.state.item_updates import ItemLog, ItemUpdateError, ItemUpdates, new_item_log
 from stream_rec.state.store import Store
 from stream_rec.types import Float32Array, FloatArray, IntArray
 
@@ -62,6 +62,9 @@ _THREADS_FROM = 256
 #: Events of one batch whose learning may fail and be set aside; one more and the batch fails: so many
 #: bad events at once is a fault of the code or of the state, which dead-lettering would hide.
 _MOST_SET_ASIDE = 3
+#: Events per item-update message: ~330 bytes each with 32 factors (~830 with 128), so a message stays
+#: well under Kafka's customary 1 MB limit.
+UPDATES_PER_MESSAGE = 1000
 
 # Keys of the local cache (see :meth:`RecService.persist`). Users: the user id, valued as in the changelog.
 _MARKS = b"marks/"  # + partition: that partition's marks record, as in the changelog
@@ -87,8 +90,8 @@ def lane_partition(lane: str) -> int:
 class BatchResult:
     """What one :meth:`RecService.apply` did: counts, the refreshed lists and the state to write.
 
-    ``item_updates`` (one message per user partition, for every other worker: send and flush them
-    first), then ``changelog`` (per user partition: the rows of the batch's users, then the partition's
+    ``item_updates`` (messages per user partition, for every other worker: send and flush them first),
+    then ``changelog`` (per user partition: the rows of the batch's users, then the partition's
     marks record) go to Kafka; ``changes`` goes to the local cache (:meth:`RecService.persist`).
     ``rejected`` are ``(index in the batch, error)`` of events whose learning failed: set aside, the
     rest learned (dead-letter them).
@@ -100,7 +103,7 @@ class BatchResult:
     recommendations: list[dict[str, Any]] = field(default_factory=list)
     changes: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
     changelog: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
-    item_updates: dict[int, bytes] = field(default_factory=dict)
+    item_updates: dict[int, list[bytes]] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -138,7 +141,7 @@ def warm_up() -> float:
     more = [Event(f"u{n % 3}", f"i{n % 5}", "view", 4000 + n) for n in range(_THREADS_FROM)]  # two threads
     service.rank_then_learn([(("warm-up", 6 + n), e) for n, e in enumerate(more)], np.ones(len(more), bool), 2)
     other = RecService(Settings(), MemoryStore())
-    other.apply_item_updates(list(result.item_updates.values()))
+    other.apply_item_updates([m for messages in result.item_updates.values() for m in messages])
     other.restore(0, result.changelog[0])
     seconds = time.perf_counter() - started
     if seconds > 5:
@@ -318,8 +321,8 @@ class RecService:
         self._update_profiles(fresh, users, result, triggers=False)
         if self.record_items:
             positions = [batch[n][0] for n in keep]
-            for part, message in self._item_updates(positions, items, cats, weights, ts_ms, item_log).items():
-                self._pending_updates.setdefault(part, []).append(message)
+            for part, messages in self._item_updates(positions, items, cats, weights, ts_ms, item_log).items():
+                self._pending_updates.setdefault(part, []).extend(messages)
         self._forget_changes()
         return out
 
@@ -502,14 +505,17 @@ class RecService:
     # -- item updates -----------------------------------------------------------------------------
 
     def _item_updates(self, positions: list[Position], items: IntArray, cats: IntArray, weights: FloatArray,
-                      ts_ms: IntArray, item_log: ItemLog) -> dict[int, bytes]:
-        """One item-update message per user partition, for the events whose item half was learned here."""
-        out: dict[int, bytes] = {}
+                      ts_ms: IntArray, item_log: ItemLog) -> dict[int, list[bytes]]:
+        """Item-update messages per user partition (at most :data:`UPDATES_PER_MESSAGE` events each, well
+        under Kafka's 1 MB message limit), for the events whose item half was learned here."""
+        out: dict[int, list[bytes]] = {}
         by_part: dict[int, list[int]] = {}
         for e, (lane, _) in enumerate(positions):
             if item_log.item_side[e]:
                 by_part.setdefault(self.partition_of(lane), []).append(e)
-        for part, rows in by_part.items():
+        chunks = [(part, rows[c:c + UPDATES_PER_MESSAGE]) for part, rows in by_part.items()
+                  for c in range(0, len(rows), UPDATES_PER_MESSAGE)]
+        for part, rows in chunks:
             sel = np.array(rows, dtype=np.int64)
             lanes = sorted({positions[e][0] for e in rows})
             lane_no = {lane: n for n, lane in enumerate(lanes)}
@@ -533,7 +539,7 @@ class RecService:
                 np.where(cat_sel >= 0, cat_table[np.maximum(cat_sel, 0)], -1), weights[sel], ts_ms[sel] / 1000.0,
                 item_log.step[sel], item_log.pu[sel], np.where(negs >= 0, table[np.maximum(negs, 0)], -1), pair_start,
                 table[pair_j], pair_w)
-            out[part] = updates.encode(message)
+            out.setdefault(part, []).append(updates.encode(message))
         return out
 
     def apply_item_updates(self, messages: Iterable[bytes], *, changes: bool = True) -> BatchResult:
@@ -541,12 +547,17 @@ class RecService:
 
         Records of positions whose item half is in the model already (learned here, or applied from an
         earlier copy) are skipped. Returns the records applied in ``applied`` and those skipped in
-        ``duplicates``; with ``changes``, the item rows to persist in ``changes``."""
+        ``duplicates``, messages that cannot be read in ``rejected``; with ``changes``, the item rows to
+        persist in ``changes``."""
         result = BatchResult()
         mf, cooc, pop = (self.models[name] for name in ("mf", "cooc", "popular"))
         log_mf, log_cooc = [], []
-        for data in messages:
-            upd = updates.decode(data)
+        for n, data in enumerate(messages):
+            try:
+                upd = updates.decode(data)
+            except ItemUpdateError as err:  # set aside (``rejected``): one bad message costs only itself
+                result.rejected.append((n, str(err)))
+                continue
             if len(upd) == 0:
                 continue
             if upd.pu.shape[1] != mf.n_factors:
@@ -685,6 +696,14 @@ class RecService:
         for part in sorted(parts):
             out[part] = [*rows.get(part, []), (MARKS_KEY, encode_marks(self.marks_of(part)))]
         return out
+
+    def forget_lanes(self, lanes: Iterable[str]) -> None:
+        """Forget what was applied from ``lanes`` (their source partitions were made anew, from offset 0)."""
+        for lane in lanes:
+            self.hwm.pop(lane, None)
+            self.item_hwm.pop(lane, None)
+            self.ahead.pop(lane, None)
+            self._touched_lanes.add(lane)
 
     def marks_of(self, partition: int) -> dict[str, int]:
         """The marks record of a user partition: its lanes' last applied offsets."""

@@ -3,12 +3,13 @@
 Three column families keep different kinds of state apart:
 
 ``meta``
-    the state-format version and the applied-offset high-water marks;
+    the state-format version, the marks of the user partitions, the changelog and item-update offsets
+    the cache reflects;
 ``users``
-    user-keyed rows (histories, user factors), which grow with the users a worker owns;
+    one row per user, keyed by user id, the same bytes as the user's changelog record
+    (:mod:`stream_rec.state.changelog`);
 ``items``
-    item-keyed rows (item factors, co-occurrence, popularity), which every worker needs and which can
-    later be shared across workers.
+    item-keyed rows (item factors, co-occurrence, popularity), which every worker holds.
 
 A micro-batch's changes across all three go in one :meth:`Store.write`, which is atomic, so the
 offsets recorded in ``meta`` always describe exactly the state beside them.
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 FAMILIES = ("meta", "users", "items")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _VERSION_KEY = b"format_version"
 
 #: One atomic change: family -> key -> new value (``None`` deletes the key).
