@@ -38,7 +38,7 @@ class Settings:
         "worker reads all of it from the start (keep it compacted).")
     topic_events: str = _setting("stream-rec.events-by-user", "Internal topic: valid events re-keyed by user id.")
     topic_recommendations: str = _setting("stream-rec.recommendations", "Output topic: refreshed top-N per user, keyed by user id.")
-    topic_dead_letter: str = _setting("stream-rec.dead-letter", "Rejected messages, untouched, with the reason in headers.")
+    topic_dead_letter: str = _setting("stream-rec.dead-letter", "Rejected messages, untouched (cut to fit 1,000,000 bytes when larger), with the reason in headers.")
     partitions: int = _setting(4, "Partitions of the topics stream_rec creates (the most workers that can share the work).")
     top_n: int = _setting(20, "Items per recommendation list.")
     batch_max: int = _setting(2000, "Most events per micro-batch.")
