@@ -28,6 +28,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -35,12 +36,12 @@ from faust.types import EventT
 
 from agents.state import KafkaState
 from agents.transport import Transport
-from stream_rec.events import Availability, Event, InvalidEvent, Limits, decode, decode_availability
+from stream_rec.events import Availability, Event, InvalidEvent, Limits, decode, decode_availability, internal_error
 from stream_rec.heap import collections_paused
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, Position, RecService
 from stream_rec.settings import Settings
-from stream_rec.wire import dead_letter_headers, decode_keyed, encode_keyed, encode_recommendation
+from stream_rec.wire import MAX_DEAD_LETTER_BYTES, dead_letter, dead_letter_headers, decode_keyed, encode_keyed, encode_recommendation
 
 log = logging.getLogger(__name__)
 _MISKEYED = "\0miskeyed"  # a counts label that no event type or reason can take
@@ -118,14 +119,33 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     limits = Limits(max_bytes=settings.max_message_bytes, max_future_ms=settings.max_future_ms)
     within = settings.batch_wait_ms / 1000.0
 
+    # A dead-letter copy must fit the producer's request limit and a broker's default message limit.
+    dead_letter_max = min(app.conf.producer_max_request_size, MAX_DEAD_LETTER_BYTES)
+
+    async def send_dead_letter(msg: Any, err: InvalidEvent) -> None:
+        """``msg`` (Faust's message or aiokafka's record) untouched, or cut to fit and saying so, to the dead letters."""
+        if err.reason == "internal":
+            log.error("dead-lettering %s[%s]@%s after an unforeseen failure: %s", msg.topic, msg.partition, msg.offset, err)
+        headers = dead_letter_headers(err.reason, str(err), msg.topic, msg.partition, msg.offset)
+        key, value, headers = dead_letter(msg.key, msg.value, headers, max_bytes=dead_letter_max)
+        try:
+            await send(settings.topic_dead_letter, key, value, headers=headers)
+        except Exception:  # losing this bad message's copy costs less than crashing the agent with its batch
+            log.exception("could not dead-letter %s[%s]@%s (%s)", msg.topic, msg.partition, msg.offset, err.reason)
+
     async def check(event: EventT, now_ms: int, counts: Counter[tuple[bool, str]]) -> Event | None:
-        """The message's event, or None after dead-lettering it; counts (valid, type or reason)."""
+        """The message's event, or None after dead-lettering it; counts (valid, type or reason).
+
+        Whatever fails on one message, decoding it or encoding its user id as the key it is routed by,
+        dead-letters that message alone: an exception here would restart the agent and cost its batch.
+        """
         msg = event.message
         try:
             valid = decode(msg.value, topic_stream[msg.topic], now_ms=now_ms, limits=limits)
-        except InvalidEvent as err:
-            headers = dead_letter_headers(err.reason, str(err), msg.topic, msg.partition, msg.offset)
-            await send(settings.topic_dead_letter, msg.key, msg.value or b"", headers=headers)
+            valid.user_id.encode()
+        except Exception as exc:  # decode raises InvalidEvent; anything else is a bug, still this message's alone
+            err = exc if isinstance(exc, InvalidEvent) else internal_error(exc)
+            await send_dead_letter(msg, err)
             counts[False, err.reason] += 1
             return None
         counts[True, valid.type] += 1
@@ -151,9 +171,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
             for key, value in lists:
                 await send(settings.topic_recommendations, key, value)
             for n, error in result.rejected:
-                msg = sources[n].message
-                headers = dead_letter_headers("learn_failed", error, msg.topic, msg.partition, msg.offset)
-                await send(settings.topic_dead_letter, msg.key, msg.value or b"", headers=headers)
+                await send_dead_letter(sources[n].message, InvalidEvent("learn_failed", error))
                 metrics.dead_letters.labels("learn_failed").inc()
             # Lists, dead letters and rows go out before the local cache is written and the batch acked: a
             # crash in between re-applies what the changelog does not hold and re-sends the lists
@@ -227,9 +245,9 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                     for msg in messages:
                         try:
                             updates.append(decode_availability(msg.value, limits=limits))
-                        except InvalidEvent as err:
-                            headers = dead_letter_headers(err.reason, str(err), msg.topic, msg.partition, msg.offset)
-                            await send(settings.topic_dead_letter, msg.key, msg.value or b"", headers=headers)
+                        except Exception as exc:  # as in check()
+                            err = exc if isinstance(exc, InvalidEvent) else internal_error(exc)
+                            await send_dead_letter(msg, err)
                             metrics.dead_letters.labels(err.reason).inc()
                 if updates:
                     service.set_availability(updates)

@@ -12,13 +12,15 @@ Each type belongs to one stream: views to *browse*, clicks and add-to-carts to *
 
 :func:`decode` turns raw bytes into an :class:`Event` or raises :class:`InvalidEvent` whose ``reason`` is
 one of :data:`REASONS` and whose message names the field; the runtime sends the untouched bytes to the
-dead-letter topic with that reason.
+dead-letter topic with that reason. It raises nothing else, whatever the bytes: ``internal`` marks a
+failure the checks did not foresee (a bug), with the exception in the message.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -46,12 +48,23 @@ REASONS: Final = (
     "unknown_type",
     "wrong_stream",
     "future_ts",
+    "internal",
 )
 #: Reasons the worker gives beyond decoding: an event whose learning raised (set aside, the batch goes on).
 RUNTIME_REASONS: Final = ("learn_failed",)
 MAX_ID_CHARS: Final = 256
 MAX_PROPERTIES: Final = 32
+#: The longest property key or string value.
 MAX_PROPERTY_CHARS: Final = 256
+#: Timestamps, quantities and integer property values must fit the signed 64 bits that numpy and RocksDB rows
+#: hold; an integer id (it becomes a string) or price (a double) may be unsigned.
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+_UINT64_MAX: Final = 2**64 - 1
+_FLOAT_MAX: Final = 1.7976931348623157e308
+#: Characters no id may contain: ids become Kafka and RocksDB keys, and keys starting with NUL are reserved.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class InvalidEvent(ValueError):
@@ -87,7 +100,7 @@ class Limits:
 
 
 def decode(raw: bytes | None, stream: str | None = None, *, now_ms: int, limits: Limits = Limits()) -> Event:
-    """Decode and validate one message.
+    """Decode and validate one message: an :class:`Event`, or :class:`InvalidEvent` and nothing else.
 
     Parameters
     ----------
@@ -109,30 +122,35 @@ def decode(raw: bytes | None, stream: str | None = None, *, now_ms: int, limits:
     ... except InvalidEvent as err:
     ...     print(err.reason, "-", err)
     wrong_stream - type 'view' does not belong on the purchase stream (expected one of: purchase)
+    >>> try:
+    ...     decode(b'{"user_id": "u1\\\\u0000", "item_id": "i1", "type": "view", "ts": 1000}', now_ms=2000)
+    ... except InvalidEvent as err:
+    ...     print(err.reason, "-", err)
+    bad_field - field 'user_id' contains the control character U+0000
     """
-    obj = _parse(raw, limits.max_bytes)
-    version = obj.get("v", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise InvalidEvent("unsupported_version", f"field 'v': schema version {version!r} is not supported (expected 1)")
-    etype = _required_str(obj, "type")
-    if etype not in EVENT_TYPES:
-        raise InvalidEvent("unknown_type", f"field 'type': unknown event type {etype!r} (expected one of: {', '.join(EVENT_TYPES)})")
-    if stream is not None and etype not in STREAM_TYPES[stream]:
-        allowed = ", ".join(sorted(STREAM_TYPES[stream]))
-        raise InvalidEvent("wrong_stream", f"type {etype!r} does not belong on the {stream} stream (expected one of: {allowed})")
-    ts_ms = _timestamp(obj, now_ms + limits.max_future_ms)
-    return Event(
-        user_id=_required_str(obj, "user_id"),
-        item_id=_required_str(obj, "item_id"),
-        type=etype,
-        ts_ms=ts_ms,
-        event_id=_optional_str(obj, "event_id"),
-        session_id=_optional_str(obj, "session_id"),
-        category=_optional_str(obj, "category"),
-        price=_optional_number(obj, "price"),
-        quantity=_optional_quantity(obj),
-        properties=_properties(obj),
-    )
+    try:
+        obj = _parse(raw, limits.max_bytes)
+        version = obj.get("v", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise InvalidEvent("unsupported_version", f"field 'v': schema version {_show(version)} is not supported (expected 1)")
+        etype = _event_type(obj.get("type"), stream)
+        ts_ms = _timestamp(obj.get("ts"), now_ms + limits.max_future_ms)
+        return Event(
+            user_id=_required_id(obj, "user_id"),
+            item_id=_required_id(obj, "item_id"),
+            type=etype,
+            ts_ms=ts_ms,
+            event_id=_optional_id(obj, "event_id"),
+            session_id=_optional_id(obj, "session_id"),
+            category=_optional_id(obj, "category"),
+            price=_price(obj.get("price")),
+            quantity=_quantity(obj.get("quantity")),
+            properties=_properties(obj.get("properties")),
+        )
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # a case the checks missed: still this message's fault alone
+        raise internal_error(exc) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,14 +167,43 @@ def decode_availability(raw: bytes | None, *, limits: Limits = Limits()) -> Avai
     >>> decode_availability(b'{"item_id": "sku-1", "available": false}')
     Availability(item_id='sku-1', available=False)
     """
-    obj = _parse(raw, limits.max_bytes)
-    item_id = _required_str(obj, "item_id")
-    if "available" not in obj:
-        raise InvalidEvent("missing_field", "field 'available' is required")
-    available = obj["available"]
-    if not isinstance(available, bool):
-        raise InvalidEvent("bad_field", f"field 'available' must be true or false, got {type(available).__name__}")
-    return Availability(item_id, available)
+    try:
+        obj = _parse(raw, limits.max_bytes)
+        item_id = _required_id(obj, "item_id")
+        available = obj.get("available")
+        if available is None:
+            raise InvalidEvent("missing_field", "field 'available' is required")
+        if not isinstance(available, bool):
+            raise InvalidEvent("bad_field", f"field 'available' must be true or false, got {_kind(available)}")
+        return Availability(item_id, available)
+    except InvalidEvent:
+        raise
+    except Exception as exc:
+        raise internal_error(exc) from exc
+
+
+def internal_error(exc: BaseException) -> InvalidEvent:
+    """The :class:`InvalidEvent` (reason ``internal``) standing for an unforeseen failure on one message.
+
+    >>> str(internal_error(KeyError("x")))
+    "stream_rec failed on this message: KeyError: 'x'"
+    """
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose text cannot be built still names its type
+        text = type(exc).__name__
+    return InvalidEvent("internal", f"stream_rec failed on this message: {text[:900]}")
+
+
+def _parse_int(text: str) -> int | float:
+    # Integers as orjson reads them, so that a message means the same whichever parser read it: those of
+    # 64 bits (signed, or unsigned) as ints, longer ones as the nearest double (infinite past ~1e308), which
+    # also spares converting a huge literal (quadratic in its digits; Python refuses past 4,300).
+    if len(text) <= 20:
+        value = int(text)
+        if INT64_MIN <= value <= _UINT64_MAX:
+            return value
+    return float(text)
 
 
 def _reject_constant(name: str) -> float:
@@ -173,76 +220,114 @@ def _parse(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
         obj = orjson.loads(raw)  # ~4x json.loads on an event
     except orjson.JSONDecodeError:
         obj = _loads_slowly(raw)
-    if not isinstance(obj, dict):
-        raise InvalidEvent("not_object", f"the message is a JSON {type(obj).__name__}, not an object")
+    if obj.__class__ is not dict:
+        raise InvalidEvent("not_object", f"the message is {_kind(obj)}, not a JSON object")
     return obj
 
 
 def _loads_slowly(raw: bytes) -> Any:
-    """What orjson refused, through json: it names the fault (and takes integers past 64 bits)."""
+    """What orjson refused, through json: it names the fault, and reads what orjson will not (NaN, numbers
+    past a double's range, unpaired surrogates), which the field checks then judge."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, parse_int=_parse_int)
     except InvalidEvent:
         raise
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidEvent("not_json", f"the message is not JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidEvent("not_json", f"the message is not JSON: {str(exc)[:200]}") from None
     except RecursionError:  # "[[[[...": valid JSON nested deeper than the parser's stack
         raise InvalidEvent("not_json", "the message is JSON nested too deeply to be an event") from None
 
 
-def _required_str(obj: dict[str, Any], name: str) -> str:
-    if name not in obj or obj[name] is None:
-        raise InvalidEvent("missing_field", f"field {name!r} is required")
-    value = _optional_str(obj, name)
-    if not value:
-        raise InvalidEvent("bad_field", f"field {name!r} must not be empty")
-    return value
+_JSON_KINDS: Final = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
+                      bool: "a boolean", type(None): "null"}
 
 
-def _optional_str(obj: dict[str, Any], name: str) -> str | None:
-    value = obj.get(name)
+def _kind(value: Any) -> str:
+    """A value's JSON type for a message, without printing the value."""
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    """A short, printable rendering of a value from a message (never a deep or huge repr)."""
+    if isinstance(value, str):
+        return repr(value[:60]) + ("..." if len(value) > 60 else "")
+    if isinstance(value, (bool, int, float)) or value is None:
+        return repr(value)  # ints have at most 64 bits here (orjson, _parse_int)
+    return f"({_kind(value)})"
+
+
+def _field_name(key: str) -> str:
+    """A property's field name for a message: its key, escaped when it is not plain text."""
+    shown = key if key.isprintable() else repr(key)[1:-1]
+    return "properties." + (shown if len(shown) <= 60 else shown[:60] + "...")
+
+
+def _event_type(value: Any, stream: str | None) -> str:
+    if value not in EVENT_TYPES:  # a tuple: compares, so unhashable values do not raise
+        _reject_type(value)
+    if stream is not None and value not in STREAM_TYPES[stream]:
+        allowed = ", ".join(sorted(STREAM_TYPES[stream]))
+        raise InvalidEvent("wrong_stream", f"type {value!r} does not belong on the {stream} stream (expected one of: {allowed})")
+    return value  # type: ignore[no-any-return]
+
+
+def _reject_type(value: Any) -> None:
     if value is None:
-        return None
+        raise InvalidEvent("missing_field", "field 'type' is required")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidEvent("bad_field", f"field 'type' must be a string, got {_kind(value)}")
+    if value == "":
+        raise InvalidEvent("bad_field", "field 'type' must not be empty")
+    raise InvalidEvent("unknown_type", f"field 'type': unknown event type {_show(str(value))} (expected one of: {', '.join(EVENT_TYPES)})")
+
+
+def _required_id(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if value.__class__ is str and 0 < len(value) <= MAX_ID_CHARS and value.isprintable():
+        return value
+    if value is None:
+        raise InvalidEvent("missing_field", f"field {name!r} is required")
+    text = _id_slowly(name, value)
+    if not text:
+        raise InvalidEvent("bad_field", f"field {name!r} must not be empty")
+    return text
+
+
+def _optional_id(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is None or (value.__class__ is str and len(value) <= MAX_ID_CHARS and value.isprintable()):
+        return value
+    return _id_slowly(name, value)
+
+
+def _id_slowly(name: str, value: Any) -> str:
+    """An id that is not short printable text: an integer, or text to look at closely, or a fault."""
     # Numeric ids are common in shop logs; accept ints and normalise them to strings, nothing else.
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise InvalidEvent("bad_field", f"field {name!r} must be a string, got {type(value).__name__}")
+        raise InvalidEvent("bad_field", f"field {name!r} must be a string, got {_kind(value)}")
     if len(value) > MAX_ID_CHARS:
         raise InvalidEvent("bad_field", f"field {name!r} is longer than {MAX_ID_CHARS} characters")
+    _check_text(name, value)
+    if found := _CONTROL.search(value):
+        raise InvalidEvent("bad_field", f"field {name!r} contains the control character U+{ord(found.group()):04X}")
     return value
 
 
-def _finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidEvent("bad_field", f"field {name!r} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise InvalidEvent("non_finite", f"field {name!r} is not a finite number")
-    return float(value)
+def _check_text(name: str, text: str) -> None:
+    # The only Python strings that UTF-8 cannot encode are those with surrogates (from "\ud800" escapes, or
+    # encoded surrogates that the fallback parser lets through).
+    if _SURROGATE.search(text):
+        raise InvalidEvent("bad_field", f"field '{name}' is not valid Unicode (it contains an unpaired surrogate)")
 
 
-def _optional_number(obj: dict[str, Any], name: str) -> float | None:
-    value = obj.get(name)
-    return None if value is None else _finite(name, value)
-
-
-def _optional_quantity(obj: dict[str, Any]) -> int | None:
-    value = obj.get("quantity")
+def _timestamp(value: Any, latest_ms: int) -> int:
+    if value.__class__ is int and 0 <= value <= latest_ms:
+        return value
     if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidEvent("bad_field", "field 'quantity' must be a positive integer")
-    return value
-
-
-def _timestamp(obj: dict[str, Any], latest_ms: int) -> int:
-    if "ts" not in obj or obj["ts"] is None:
         raise InvalidEvent("missing_field", "field 'ts' is required")
-    value = obj["ts"]
-    if isinstance(value, str):
-        ts_ms = _iso_to_ms(value)
-    else:
-        ts_ms = int(_finite("ts", value))
+    ts_ms = _iso_to_ms(value) if isinstance(value, str) else _integer("ts", value)
     if ts_ms < 0:
         raise InvalidEvent("bad_field", "field 'ts' must not be before 1970")
     if ts_ms > latest_ms:
@@ -250,18 +335,48 @@ def _timestamp(obj: dict[str, Any], latest_ms: int) -> int:
     return ts_ms
 
 
+def _integer(name: str, value: Any) -> int:
+    """A number as a 64-bit integer (a float loses its fraction), or a fault naming the field."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEvent("non_finite", f"field {name!r} is not a finite number (or is too large for a double)")
+        value = int(value)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent("bad_field", f"field {name!r} must be a number, got {_kind(value)}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidEvent("bad_field", f"field {name!r} is out of the 64-bit integer range")
+    return value
+
+
 def _iso_to_ms(text: str) -> int:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidEvent("bad_field", f"field 'ts': {text!r} is neither epoch milliseconds nor ISO-8601") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # a shop log without an offset is taken as UTC
-    return int(moment.timestamp() * 1000)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)  # a shop log without an offset is taken as UTC
+        return int(moment.timestamp() * 1000)
+    except (ValueError, OverflowError):  # years are 1-9999, so within 64 bits: absurd ones are judged by range
+        raise InvalidEvent("bad_field", f"field 'ts': {_show(text)} is neither epoch milliseconds nor ISO-8601") from None
 
 
-def _properties(obj: dict[str, Any]) -> dict[str, Any] | None:
-    props = obj.get("properties")
+def _price(value: Any) -> float | None:
+    if value.__class__ is float and -_FLOAT_MAX <= value <= _FLOAT_MAX:  # finite: NaN fails both
+        return value
+    if value is None:
+        return None
+    if isinstance(value, float):
+        raise InvalidEvent("non_finite", "field 'price' is not a finite number (or is too large for a double)")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent("bad_field", f"field 'price' must be a number, got {_kind(value)}")
+    return float(value)  # at most 64 bits (orjson, _parse_int): always finite
+
+
+def _quantity(value: Any) -> int | None:
+    if value is None or (value.__class__ is int and 1 <= value <= INT64_MAX):
+        return value
+    raise InvalidEvent("bad_field", "field 'quantity' must be a positive integer of at most 64 bits")
+
+
+def _properties(props: Any) -> dict[str, Any] | None:
     if props is None:
         return None
     if not isinstance(props, dict):
@@ -269,11 +384,32 @@ def _properties(obj: dict[str, Any]) -> dict[str, Any] | None:
     if len(props) > MAX_PROPERTIES:
         raise InvalidEvent("bad_field", f"field 'properties' has more than {MAX_PROPERTIES} entries")
     for key, value in props.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidEvent("non_finite", f"field 'properties.{key}' is not a finite number")
-        if not isinstance(value, (str, int, float, bool)) or (isinstance(value, str) and len(value) > MAX_PROPERTY_CHARS):
-            raise InvalidEvent("bad_field", f"field 'properties.{key}' must be a short string, number or boolean")
+        if not (len(key) <= MAX_PROPERTY_CHARS and key.isprintable()):
+            _check_property_key(key)
+        if value.__class__ is str:
+            if len(value) > MAX_PROPERTY_CHARS or not value.isprintable():
+                _check_property_text(key, value)
+        elif value.__class__ is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise InvalidEvent("bad_field", f"field '{_field_name(key)}' is out of the 64-bit integer range")
+        elif value.__class__ is float:
+            if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+                raise InvalidEvent("non_finite", f"field '{_field_name(key)}' is not a finite number (or is too large for a double)")
+        elif value.__class__ is not bool:
+            raise InvalidEvent("bad_field", f"field '{_field_name(key)}' must be a short string, number or boolean, got {_kind(value)}")
     return props
+
+
+def _check_property_key(key: str) -> None:
+    if len(key) > MAX_PROPERTY_CHARS:
+        raise InvalidEvent("bad_field", f"field '{_field_name(key)}': the key is longer than {MAX_PROPERTY_CHARS} characters")
+    _check_text(_field_name(key), key)
+
+
+def _check_property_text(key: str, value: str) -> None:
+    if len(value) > MAX_PROPERTY_CHARS:
+        raise InvalidEvent("bad_field", f"field '{_field_name(key)}' is longer than {MAX_PROPERTY_CHARS} characters")
+    _check_text(_field_name(key), value)  # control characters are fine in free text; surrogates are not
 
 
 def stream_of(event_type: str) -> str:

@@ -38,7 +38,7 @@ class Settings:
         "worker reads all of it from the start (keep it compacted).")
     topic_events: str = _setting("stream-rec.events-by-user", "Internal topic: valid events re-keyed by user id.")
     topic_recommendations: str = _setting("stream-rec.recommendations", "Output topic: refreshed top-N per user, keyed by user id.")
-    topic_dead_letter: str = _setting("stream-rec.dead-letter", "Rejected messages, untouched, with the reason in headers.")
+    topic_dead_letter: str = _setting("stream-rec.dead-letter", "Rejected messages, untouched (cut to fit 1,000,000 bytes when larger), with the reason in headers.")
     topic_user_state: str = _setting(
         "stream-rec.user-state", "Internal compacted changelog of user state, keyed by user id, partitioned like the "
         "user-keyed events: a worker that gains a partition restores its users from it.")

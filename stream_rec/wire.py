@@ -36,12 +36,70 @@ def encode_recommendation(rec: dict[str, Any]) -> bytes:
     return orjson.dumps(rec)
 
 
+#: The most a dead-letter record may weigh, key, value and headers together, as the producer counts it:
+#: Faust's default ``producer_max_request_size``, which is also under a broker's default limit (Kafka's
+#: ``message.max.bytes``: 1,048,588 bytes, 1,000,012 on older brokers).
+MAX_DEAD_LETTER_BYTES = 1_000_000
+#: Longest dead-letter key kept whole: a key is routing data, and a huge one must not crowd out the value.
+MAX_DEAD_LETTER_KEY_BYTES = 1024
+MAX_ERROR_CHARS = 1000
+# aiokafka's upper bound on a record beyond its key, value and headers (the batch header, 61 bytes, and the
+# record's own varints, 21), rounded up.
+_RECORD_OVERHEAD = 100
+
+
 def dead_letter_headers(reason: str, message: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    """Headers of a dead-lettered message: why, and exactly where it came from."""
+    r"""Headers of a dead-lettered message: why, and exactly where it came from (each a few kB at most).
+
+    Text that UTF-8 cannot encode (an unpaired surrogate a message carried) is escaped, not fatal:
+
+    >>> dict(dead_letter_headers("bad_field", "field 'properties.\ud800' ...", "shop.browse", 0, 7))["stream_rec.error"]
+    b"field 'properties.\\ud800' ..."
+    """
     return [
-        ("stream_rec.reason", reason.encode()),
-        ("stream_rec.error", message[:1000].encode()),
-        ("stream_rec.source_topic", topic.encode()),
+        ("stream_rec.reason", _text(reason)),
+        ("stream_rec.error", _text(message[:MAX_ERROR_CHARS])),
+        ("stream_rec.source_topic", _text(topic)),
         ("stream_rec.source_partition", str(partition).encode()),
         ("stream_rec.source_offset", str(offset).encode()),
     ]
+
+
+def dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], *,
+                max_bytes: int = MAX_DEAD_LETTER_BYTES) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """``(key, value, headers)`` of a dead-letter record that weighs at most ``max_bytes``.
+
+    A message is copied untouched when it fits. Otherwise its key is cut to
+    :data:`MAX_DEAD_LETTER_KEY_BYTES` and then its value to what is left; the copy says so in headers:
+    ``stream_rec.truncated`` (``key``, ``value`` or ``key,value``) and the original sizes in bytes,
+    ``stream_rec.original_size`` (the value's) and ``stream_rec.original_key_size``.
+
+    >>> key, value, headers = dead_letter(b"k", b"x" * 2000, [("stream_rec.reason", b"too_large")], max_bytes=1000)
+    >>> key, len(value) < 1000, dict(headers)["stream_rec.truncated"], dict(headers)["stream_rec.original_size"]
+    (b'k', True, b'value', b'2000')
+    """
+    value = value or b""
+    if _record_bytes(key, value, headers) <= max_bytes:
+        return key, value, headers
+    cut, extra = [], []
+    if key is not None and len(key) > MAX_DEAD_LETTER_KEY_BYTES:
+        cut.append("key")
+        extra.append(("stream_rec.original_key_size", str(len(key)).encode()))
+        key = key[:MAX_DEAD_LETTER_KEY_BYTES]
+    headers = headers + extra + [("stream_rec.original_size", str(len(value)).encode())]
+    room = max_bytes - _record_bytes(key, b"", headers + [("stream_rec.truncated", b"key,value")])
+    if len(value) > room:
+        cut.append("value")
+        value = value[:max(room, 0)]
+    return key, value, headers + [("stream_rec.truncated", ",".join(cut).encode())]
+
+
+def _text(text: str) -> bytes:
+    # Whatever a message carried (an unpaired surrogate, say) must not stop its own dead-lettering.
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _record_bytes(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> int:
+    """An upper bound on the record's size as the producer reckons it against its request limit."""
+    size = _RECORD_OVERHEAD + len(key or b"") + len(value) + 5 * (3 + 2 * len(headers))  # a varint is at most 5 bytes
+    return size + sum(len(name.encode()) + len(data) for name, data in headers)

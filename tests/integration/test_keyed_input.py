@@ -69,7 +69,7 @@ def test_every_event_applied_once_and_bad_messages_dead_lettered(keyed: Settings
     for topic, raw, reason in bad:
         assert by_value[raw]["stream_rec.reason"].decode() == reason
         assert by_value[raw]["stream_rec.source_topic"].decode() == topic
-    assert {r: metrics[f"stream_rec_ingest_dead_letters_total{{reason={r}}}"] for r in REASONS} == Counter(r for _, _, r in bad)
+    assert Counter({r: metrics[f"stream_rec_ingest_dead_letters_total{{reason={r}}}"] for r in REASONS}) == Counter(r for _, _, r in bad)
 
 
 def test_restart_after_kill_9_loses_nothing_and_applies_nothing_twice(keyed: Settings, tmp_path: Path) -> None:

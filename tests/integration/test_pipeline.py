@@ -117,7 +117,7 @@ def test_malformed_messages_are_dead_lettered_and_valid_ones_around_them_process
         assert headers["stream_rec.source_topic"].decode() == topic
         assert int(headers["stream_rec.source_partition"]) >= 0 and int(headers["stream_rec.source_offset"]) >= 0
         assert headers["stream_rec.error"]
-    assert {r: metrics[f"stream_rec_ingest_dead_letters_total{{reason={r}}}"] for r in REASONS} == Counter(r for _, _, r in bad)
+    assert Counter({r: metrics[f"stream_rec_ingest_dead_letters_total{{reason={r}}}"] for r in REASONS}) == Counter(r for _, _, r in bad)
     assert state_of(settings).stats()["events"] == type_counts(valid)
 
 
