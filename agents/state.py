@@ -30,11 +30,13 @@ import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, RecService
 from stream_rec.settings import Settings
+from stream_rec.state.changelog import FENCE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,11 @@ class KafkaState:
         reader = await self._changelog_reader()
         tp = TopicPartition(self.settings.topic_user_state, part)
         reader.assign([tp])
-        end = (await reader.end_offsets([tp]))[tp]
         start = self.service.checkpoints.get(part, 0)
+        # Where the changelog ends now: the offset of a fence record this worker writes (it owns the
+        # partition, so nothing else is written meanwhile; a broker's "latest offset" is not trusted:
+        # Tansu 0.6 answers the last record batch's first offset + 1).
+        end = await self._fence(self.settings.topic_user_state, part)
         if start > end:
             # The changelog holds less than this worker wrote to it: it was deleted and made again (a
             # broker that keeps everything in memory was restarted). This worker's cache is then the
@@ -112,14 +117,15 @@ class KafkaState:
             start = end
         reader.seek(tp, start)
         records: list[tuple[bytes, bytes | None]] = []
-        while start < end and await reader.position(tp) < end:
+        position = start
+        while position < end:
             fetched = await reader.getmany(tp, timeout_ms=1000, max_records=_FETCH_RECORDS)
             for message in fetched.get(tp, []):
-                if message.offset < end:
+                position = message.offset + 1
+                if message.offset < end and not message.key.startswith(FENCE_KEY):
                     records.append((message.key, message.value))
-        result = self.service.restore(part, records, next_offset=end)
+        result = self.service.restore(part, records, next_offset=end + 1)
         self.service.persist(result)
-        await self._drop_stale_marks(part)
         self.metrics.restored_rows.inc(result.applied)
         seconds = time.monotonic() - started
         self.metrics.restore_seconds.observe(seconds)
@@ -127,24 +133,13 @@ class KafkaState:
             log.info("partition %d: restored %d users from %d changelog records (offsets %d-%d) in %.2fs", part,
                      result.applied, len(records), start, end, seconds)
 
-    async def _drop_stale_marks(self, part: int) -> None:
-        """Forget a lane's marks when its source partition now ends before them: the topic was made again
-        (a memory broker restarted), and its new events must not be taken for ones applied already."""
-        lanes = [lane for lane in self.service.marks_of(part)]
-        sources = {}
-        for lane in lanes:
-            topic, _, partition = lane.partition(">")[2].rpartition(":")
-            if topic and partition.isdigit():
-                sources[lane] = TopicPartition(topic, int(partition))
-        if not sources:
-            return
-        reader = await self._changelog_reader()
-        ends = await reader.end_offsets(list(set(sources.values())))
-        stale = [lane for lane, tp in sources.items() if self.service.hwm.get(lane, -1) >= ends.get(tp, 0)]
-        if stale:
-            log.warning("source partitions %s end before the offsets applied from them: they were recreated; "
-                        "their new events start from the beginning", ", ".join(sorted(stale)))
-            self.service.forget_lanes(stale)
+    async def _fence(self, topic: str, part: int) -> int:
+        """Write a fence record to ``topic[part]``: its offset is where what was written before it ends."""
+        value = orjson.dumps({"worker": self.settings.worker_id, "ms": int(time.time() * 1000)})
+        await self.app.maybe_start_producer()
+        future = await self.app.producer.send(topic, FENCE_KEY, value, part, None, None)
+        await self.app.producer.flush()
+        return int((await future).offset)
 
     async def _changelog_reader(self) -> AIOKafkaConsumer:
         if self._reader is None:
@@ -189,7 +184,8 @@ class KafkaState:
             parts = await _partitions(consumer, topic)
             tps = [TopicPartition(topic, p) for p in parts]
             consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
+            # Caught up once past fences written now (a broker's "latest offset" is not trusted, see _restore).
+            ends = {tp: await self._fence(topic, tp.partition) for tp in tps}
             for tp in tps:
                 start = self.service.item_log.get(tp.partition, 0)
                 if start > ends[tp]:
@@ -197,10 +193,9 @@ class KafkaState:
                                 "was recreated; reading it from its start", topic, tp.partition, ends[tp], start)
                     start = 0
                 consumer.seek(tp, start)
-            behind = {tp: end for tp, end in ends.items() if end > self.service.item_log.get(tp.partition, 0)}
-            if behind:
-                log.info("applying %d item updates published since this worker's state was saved",
-                         sum(end - self.service.item_log.get(tp.partition, 0) for tp, end in behind.items()))
+            behind = sum(max(0, end - self.service.item_log.get(tp.partition, 0)) for tp, end in ends.items())
+            if behind > len(tps):
+                log.info("applying the item updates published since this worker's state was saved (%d messages)", behind)
             started = time.monotonic()
             pause = self.settings.item_sync_ms / 1000.0
             while True:
@@ -209,9 +204,9 @@ class KafkaState:
                     await self._apply(fetched)
                 if not self.items_ready.is_set():
                     positions = {tp: await consumer.position(tp) for tp in tps}
-                    if all(positions[tp] >= end for tp, end in ends.items()):
+                    if all(positions[tp] > end for tp, end in ends.items()):
                         self.items_ready.set()
-                        if behind:
+                        if behind > len(tps):
                             log.info("item model caught up in %.1fs", time.monotonic() - started)
                     continue
                 await asyncio.sleep(pause)
@@ -222,7 +217,7 @@ class KafkaState:
         async with self.lock:
             messages, offsets = [], {}
             for tp, batch in fetched.items():
-                messages.extend(m.value for m in batch if m.value)
+                messages.extend(m.value for m in batch if m.value and m.key is None)  # not fences
                 offsets[tp.partition] = batch[-1].offset + 1
             result = self.service.apply_item_updates(messages)
             for n, error in result.rejected:

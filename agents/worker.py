@@ -23,7 +23,12 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 _IDENTITY = b"identity"
 
 
-def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = RecService) -> None:
+def worker_service(settings: Settings, store: RocksStore) -> RecService:
+    """A worker's service: it records its item updates for the other workers (and for its own rebuild)."""
+    return RecService(settings, store, record_items=True)
+
+
+def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = worker_service) -> None:
     """Run one worker until SIGTERM/SIGINT; the local state is loaded before the worker joins the group.
 
     ``service_factory`` lets the benchmark put a stand-in behind the very same Faust side
@@ -52,7 +57,7 @@ def identity(settings: Settings) -> bytes:
                          "item_updates": settings.topic_item_updates, "partitions": settings.partitions})
 
 
-def open_state(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = RecService
+def open_state(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = worker_service
                ) -> tuple[RocksStore, RecService]:
     """The local state and the service loaded from it. The folder is a cache of what Kafka holds: one that
     is damaged, of another format, or written for another group is moved aside (kept as evidence) and

@@ -725,7 +725,7 @@ class RecService:
         for key, value in records:
             if key == MARKS_KEY:
                 marks = decode_marks(value) if value is not None else None
-            else:
+            elif not key.startswith(b"\x00"):  # fences and any other record of stream_rec's own
                 latest[key] = value
         rows = [decode_user_row(key, value) for key, value in latest.items() if value is not None]
         if marks is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from stream_rec.events import EVENT_TYPES
 from stream_rec.profiles import event_digest
-from stream_rec.state.changelog import MARKS_KEY, UserRow, decode_user_row
+from stream_rec.state.changelog import UserRow, decode_user_row
 from tools.produce import read_topic
 
 _MASK = 2**64 - 1
@@ -50,7 +50,7 @@ def changelog_rows(bootstrap: str, topic: str, *, idle_ms: int = 2000) -> dict[s
     """The latest row of every user in the user-state changelog (tombstones remove a user)."""
     latest: dict[bytes, bytes | None] = {}
     for message in read_topic(bootstrap, topic, idle_ms=idle_ms):
-        if message.key != MARKS_KEY:
+        if not message.key.startswith(b"\x00"):  # marks records and fences
             latest[message.key] = message.value
     return {key.decode(): decode_user_row(key, value) for key, value in latest.items() if value is not None}
 

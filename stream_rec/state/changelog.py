@@ -30,6 +30,8 @@ import orjson
 
 #: Key of a partition's marks record (no user id starts with a control character).
 MARKS_KEY = b"\x00marks"
+#: Key of a fence: a record a worker writes to learn where a partition ends (readers skip it).
+FENCE_KEY = b"\x00fence"
 ROW_MAGIC = b"U"
 ROW_VERSION = 1
 _HEAD = struct.Struct("<cBI")  # magic, version, length of the JSON part
