@@ -27,6 +27,7 @@ from stream_rec.logs import PRESETS, read_log
 from stream_rec.evaluation.baselines import MODEL_NAMES, ServiceModel, Vocabulary, build
 from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Prequential
 from stream_rec.evaluation.report import table, write_json, write_plots
+from stream_rec.evaluation.scale_out import CLOCKS, WORKER_RATE, build_scale_out
 from stream_rec.heap import settle
 from stream_rec.settings import Settings
 from tools.logargs import add_log_format_arguments, log_format
@@ -116,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
     vocab = Vocabulary.empty()
     try:
         competitors = build(names, vocab, settings, refit_every=args.refit_every)
+        if args.workers:
+            group = build_scale_out(settings, vocab, _ints(args.workers, "--workers"), _syncs(args.sync_ms),
+                                    clock=args.clock, rate=args.rate)
+            competitors.update(group)
+            names += list(group)
     except ValueError as err:
         raise SystemExit(f"stream-rec evaluate: {err}") from None
     evaluation = Prequential(competitors, vocab, settings, batch_size=args.batch_size,
@@ -141,6 +147,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} takes numbers of at least 1, got {text!r}")
+    return values
+
+
+def _syncs(text: str) -> list[float | None]:
+    """``100,1000,none`` -> [100.0, 1000.0, None]: milliseconds between exchanges, ``none`` for never."""
+    out: list[float | None] = []
+    for part in (x.strip().lower() for x in text.split(",") if x.strip()):
+        if part == "none":
+            out.append(None)
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--sync-ms takes milliseconds or 'none', got {part!r}") from None
+        if value <= 0:
+            raise ValueError(f"--sync-ms must be positive, got {part!r}")
+        out.append(value)
+    return out
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``evaluate`` on a ``stream-rec`` subparsers object."""
     p = subparsers.add_parser("evaluate", help="prequential evaluation of our models and baselines on an event log",
@@ -164,6 +197,19 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, choices=(1, 2), default=default_threads(),
                    help="threads of our models' learning loop: 2 runs matrix factorisation on a second core, same "
                         "results (default: %(default)s, 2 where the machine has two cores)")
+    p.add_argument("--workers", metavar="N[,N...]",
+                   help="also simulate the fused model run by N workers in one group (users partitioned as the group "
+                        "partitions them), each N as its own row, e.g. 1,2,4,8")
+    p.add_argument("--sync-ms", default="100,1000,10000,none", metavar="T[,T...]",
+                   help="with --workers: how often the simulated workers exchange item updates, in milliseconds of "
+                        "the simulated clock; 'none' never exchanges them (default: %(default)s)")
+    p.add_argument("--clock", choices=CLOCKS, default="replay",
+                   help="with --workers: the simulated clock; replay drains the log as a backfill does, --rate "
+                        "events/s per worker; event uses the events' own timestamps, as a live shop sends them "
+                        "(default: %(default)s)")
+    p.add_argument("--rate", type=float, default=WORKER_RATE,
+                   help="with --clock replay: events per second each simulated worker drains (default: %(default)s, "
+                        "a full worker's rate in stream-rec bench)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots (HR@10 over time, final figures)")
     p.set_defaults(func=run)
