@@ -31,6 +31,7 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.types import EventT
 
+from agents.group import BalancedAssignor
 from agents.transport import Transport
 from stream_rec.events import Availability, Event, InvalidEvent, Limits, decode, decode_availability
 from stream_rec.heap import collections_paused
@@ -63,8 +64,11 @@ def faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> 
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=max(settings.session_timeout_s / 4, 0.5),
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
+        # Faust's assignor, balanced: every worker gets partitions when there are enough (agents/group.py).
+        table_standby_replicas=1,
+        PartitionAssignor=BalancedAssignor,
         broker_commit_every=settings.batch_max,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
@@ -216,6 +220,10 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                     metrics.unavailable.set(len(service.unavailable))
         finally:
             await consumer.stop()
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def on_revoked(sender: faust.App, revoked: set, **_: object) -> None:
+        metrics.assigned_partitions.set(0)  # a rebalance revokes everything before it assigns anew
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(sender: faust.App, assigned: set, **_: object) -> None:
