@@ -18,6 +18,11 @@ through Faust once instead of twice and is never re-sent.
 In both modes the task ``follow_availability`` reads the whole items topic outside the consumer group
 (every worker needs every withdrawn item) and hands the messages to the service; lists computed after a
 withdrawal leave the item out.
+
+Every agent, task and rebalance callback is wrapped by :func:`agents.lifecycle.guarded`: an exception
+escaping one ends the worker with a non-zero code (Faust would restart the agent or leave it dead). The task
+:class:`agents.broker_watch.BrokerWatch` ends it when no broker answers, and repairs what a broker that lost
+its data lost.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.types import EventT
 
+from agents.broker_watch import BrokerWatch
 from agents.group import BalancedAssignor
+from agents.lifecycle import exit_on_crash, guarded, state_write
 from agents.transport import Transport
 from stream_rec.events import Availability, Event, InvalidEvent, Limits, decode, decode_availability
 from stream_rec.heap import collections_paused
@@ -80,6 +87,7 @@ def faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> 
         app.transport = Transport(app.conf.broker_consumer, app)
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
+    @guarded
     async def shorten_fetch_wait(sender: faust.App, assigned: set, **_: object) -> None:
         _set_fetch_max_wait(app, settings.fetch_max_wait_ms)
 
@@ -144,7 +152,8 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         # Lists (and dead letters) go out before state is written: a crash in between re-applies the
         # batch and re-sends them (at-least-once output), never loses them.
         await app.producer.flush()
-        service.persist(result)
+        with state_write():  # a failure here ends the worker (agents.lifecycle)
+            service.persist(result)
         _observe(metrics, result, len(lists), batch, started)
         metrics.state_events.set(service.events_total)
 
@@ -154,6 +163,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         # reads (co-partitioning): apply straight from the input, no second hop. The lanes are the source
         # topic-partitions.
         @app.agent(inputs)
+        @guarded
         async def learn_direct(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(settings.batch_max, within):
                 started = time.perf_counter()
@@ -171,6 +181,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 _count(metrics, counts)
     else:
         @app.agent(inputs)
+        @guarded
         async def ingest(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(settings.batch_max, within):
                 now_ms = int(time.time() * 1000)
@@ -185,6 +196,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 _count(metrics, counts)
 
         @app.agent(keyed)
+        @guarded
         async def learn(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(settings.batch_max, within):
                 started = time.perf_counter()
@@ -195,6 +207,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 await learn_batch(items, batch, started)
 
     @app.task
+    @guarded
     async def follow_availability() -> None:
         """Every worker reads the whole items topic, outside the consumer group: any user may be shown
         any item, so every worker must know every withdrawn one. The topic is read from its start at each
@@ -221,11 +234,23 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         finally:
             await consumer.stop()
 
+    watch = BrokerWatch(settings, bootstrap, service)
+    app.task(guarded(watch.run))
+    app.task(guarded(exit_on_crash))
+
+    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    @guarded
+    async def check_marks(sender: faust.App, assigned: set, **_: object) -> None:
+        # Before the streams resume, if the broker answers at once: a recreated topic starts below its marks.
+        await watch.forget_stale_marks()
+
     @app.on_partitions_revoked.connect  # type: ignore[misc]
+    @guarded
     async def on_revoked(sender: faust.App, revoked: set, **_: object) -> None:
         metrics.assigned_partitions.set(0)  # a rebalance revokes everything before it assigns anew
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
+    @guarded  # Faust would only mark the app crashed and go on without streams
     async def on_assigned(sender: faust.App, assigned: set, **_: object) -> None:
         user_topics = set(topic_stream) if settings.input_keys == "user_id" else {settings.topic_events}
         owned = sorted({tp.partition for tp in assigned if tp.topic in user_topics})

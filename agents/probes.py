@@ -37,6 +37,10 @@ class StubService:
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.events_total = 0
+        self.hwm: dict[str, int] = {}  # no marks: redeliveries are counted again
+
+    def forget_positions(self, lanes: Sequence[str]) -> list[str]:
+        return []
 
     def apply(self, batch: Sequence[tuple[Position, Event]]) -> BatchResult:
         last: dict[str, Event] = {}
@@ -87,7 +91,7 @@ def main(argv: Sequence[str]) -> int:
     if argv == ["noop"]:
         run_noop(settings)
     elif argv == ["stub"]:
-        run_worker(settings, service_factory=StubService)  # type: ignore[arg-type]
+        return run_worker(settings, service_factory=StubService)  # type: ignore[arg-type]
     else:
         print("usage: python -m agents.probes noop|stub", file=sys.stderr)
         return 2

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import faust
 from prometheus_client import start_http_server
 
+from agents import lifecycle
 from agents.app import create_app
 from agents.topics import ensure_topics
 from stream_rec.heap import settle
@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
-def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = RecService) -> None:
+def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = RecService) -> int:
     """Run one worker until SIGTERM/SIGINT; state is loaded before the worker joins the group.
+
+    Returns the exit code: 0 after a clean stop. A worker that cannot go on ends the process itself with
+    one of the codes in :mod:`agents.lifecycle`.
 
     ``service_factory`` lets the benchmark put a stand-in behind the very same Faust side
     (:class:`agents.probes.StubService`).
@@ -37,8 +40,9 @@ def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksSto
         log.info("worker %s loaded state: %s", settings.worker_id, service.stats())
         metrics.state_events.set(service.events_total)
         app = create_app(settings, bootstrap, service, metrics)
-        worker = faust.Worker(app, loglevel=settings.log_level.upper(), override_logging=False)
+        worker = lifecycle.Worker(app, stop_timeout_s=settings.stop_timeout_s, loglevel=settings.log_level.upper(),
+                                  override_logging=False)
         log.debug("%d start-up objects exempted from garbage collection", settle())
-        worker.execute_from_commandline()
+        return lifecycle.run(worker)
     finally:
         store.close()

@@ -296,6 +296,26 @@ class RecService:
         if result.changes:
             self.store.write(result.changes)
 
+    def forget_positions(self, lanes: Iterable[str]) -> list[str]:
+        """Drop the applied-offset marks of ``lanes``, at once and in the store; returns those that had one.
+
+        For a source partition that starts again below its mark (a broker that lost its data numbers a
+        recreated topic from 0 again): its events would otherwise all be skipped as already applied.
+
+        >>> from stream_rec.state import MemoryStore
+        >>> service = RecService(Settings(explore=0.0), MemoryStore())
+        >>> event = Event(user_id="u", item_id="i", type="view", ts_ms=1)
+        >>> service.apply([(("lane", 7), event)]).applied, service.apply([(("lane", 0), event)]).duplicates
+        (1, 1)
+        >>> service.forget_positions(["lane", "other"]), service.apply([(("lane", 0), event)]).applied
+        (['lane'], 1)
+        """
+        gone = [lane for lane in lanes if self.hwm.pop(lane, None) is not None]
+        self._touched_lanes.difference_update(gone)
+        if gone:
+            self.store.write({"meta": {_HWM + lane.encode(): None for lane in gone}})
+        return gone
+
     def _drop_duplicates(self, batch: Sequence[tuple[Position, Event]], result: BatchResult) -> tuple[list[Event], list[int]]:
         """The events not applied before, and their positions in ``batch``."""
         fresh: list[Event] = []

@@ -91,6 +91,10 @@ class Settings:
     rebalance_timeout_s: float = _setting(
         5.0, "How long a rebalance waits for members to rejoin (Faust's default makes a fresh group take 30 s to "
         "join).")
+    broker_unreachable_s: float = _setting(
+        60.0, "A worker that has reached no broker for this long exits (code 69) for its supervisor to restart it.")
+    stop_timeout_s: float = _setting(
+        8.0, "Longest graceful stop after SIGTERM or SIGINT; a worker still stopping then exits with code 75.")
     log_level: str = _setting("info", "Logging level.")
 
     def __post_init__(self) -> None:
@@ -115,6 +119,8 @@ class Settings:
             "session_timeout_s": self.session_timeout_s >= 1.0,
             "heartbeat_interval_s": 0.0 < self.heartbeat_interval_s <= self.session_timeout_s / 3,
             "rebalance_timeout_s": self.rebalance_timeout_s >= 1.0,
+            "broker_unreachable_s": self.broker_unreachable_s > 0.0,
+            "stop_timeout_s": self.stop_timeout_s > 0.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
