@@ -20,6 +20,11 @@ In both modes the task ``follow_availability`` reads the whole items topic outsi
 withdrawal leave the item out; and ``follow_item_updates`` applies what the other workers learned about
 items. Before a batch's events of a user partition are applied, the partition is restored from the
 user-state changelog if this worker has not held it since (:class:`agents.state.KafkaState`).
+
+Every agent, task and rebalance callback is wrapped by :func:`agents.lifecycle.guarded`: an exception
+escaping one ends the worker with a non-zero code (Faust would restart the agent or leave it dead). The task
+:class:`agents.broker_watch.BrokerWatch` ends it when no broker answers, and repairs what a broker that lost
+its data lost.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.types import EventT
 
+from agents.broker_watch import BrokerWatch
+from agents.group import BalancedAssignor
+from agents.lifecycle import exit_on_crash, guarded, state_write
 from agents.state import KafkaState
 from agents.transport import Transport
 from stream_rec.events import Availability, Event, InvalidEvent, Limits, decode, decode_availability, internal_error
@@ -67,8 +75,11 @@ def faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> 
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=max(settings.session_timeout_s / 4, 0.5),
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
+        # Faust's assignor, balanced: every worker gets partitions when there are enough (agents/group.py).
+        table_standby_replicas=1,
+        PartitionAssignor=BalancedAssignor,
         broker_commit_every=settings.batch_max,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
@@ -80,6 +91,7 @@ def faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> 
         app.transport = Transport(app.conf.broker_consumer, app)
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
+    @guarded
     async def shorten_fetch_wait(sender: faust.App, assigned: set, **_: object) -> None:
         _set_fetch_max_wait(app, settings.fetch_max_wait_ms)
 
@@ -103,8 +115,10 @@ def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
-def create_app(settings: Settings, bootstrap: str, service: RecService, metrics: Metrics) -> faust.App:
-    """The worker app for ``settings`` against ``bootstrap``, learning into ``service``."""
+def create_app(settings: Settings, bootstrap: str, service: RecService, metrics: Metrics,
+               topic_ids: dict[str, str] | None = None) -> faust.App:
+    """The worker app for ``settings`` against ``bootstrap``, learning into ``service``; ``topic_ids`` are
+    the topics' ids now (:func:`agents.topics.topic_ids`), checked against those the state was built from."""
     app = faust_app(settings, bootstrap)
     topic_stream = {topic: stream for stream, topic in settings.input_topics().items()}
     inputs = app.topic(*topic_stream, **RAW)
@@ -152,6 +166,8 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         return valid
 
     state = KafkaState(app, settings, bootstrap, service, metrics)
+    if topic_ids:
+        state.adopt_topic_ids(topic_ids)
 
     async def learn_batch(items: list[tuple[Position, Event]], sources: list[EventT], batch: Sequence[EventT],
                           started: float) -> None:
@@ -159,6 +175,8 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         if not state.items_ready.is_set():
             await state.items_ready.wait()  # rank from the shared item model, not from a cold one
         async with state.lock:
+            if not state.verified:  # the first batch since an assignment: were topics made anew meanwhile?
+                await state.check_topics(locked=True)
             await state.restore({service.partition_of(position[0]) for position, _ in items})
             with collections_paused():
                 # Synchronous, and nothing built here outlives the block but the encoded lists: no collection
@@ -177,7 +195,8 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
             # crash in between re-applies what the changelog does not hold and re-sends the lists
             # (at-least-once output), never loses them.
             checkpoints = await state.publish_changelog(result)
-            service.persist(result, checkpoints)
+            with state_write():  # a failure here ends the worker (agents.lifecycle)
+                service.persist(result, checkpoints)
         _observe(metrics, result, len(lists), batch, started)
         metrics.state_events.set(service.events_total)
 
@@ -187,6 +206,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         # reads (co-partitioning): apply straight from the input, no second hop. The lanes are the source
         # topic-partitions.
         @app.agent(inputs)
+        @guarded
         async def learn_direct(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(settings.batch_max, within):
                 started = time.perf_counter()
@@ -206,6 +226,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 _count(metrics, counts)
     else:
         @app.agent(inputs)
+        @guarded
         async def ingest(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(settings.batch_max, within):
                 now_ms = int(time.time() * 1000)
@@ -220,6 +241,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 _count(metrics, counts)
 
         @app.agent(keyed)
+        @guarded
         async def learn(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(settings.batch_max, within):
                 started = time.perf_counter()
@@ -230,6 +252,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 await learn_batch(items, list(batch), batch, started)
 
     @app.task
+    @guarded
     async def follow_availability() -> None:
         """Every worker reads the whole items topic, outside the consumer group: any user may be shown
         any item, so every worker must know every withdrawn one. The topic is read from its start at each
@@ -257,22 +280,31 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
             await consumer.stop()
 
     @app.task
+    @guarded
     async def follow_item_updates() -> None:
         """Every worker applies what the others learned about items (agents.state)."""
         await state.follow_item_updates()
 
+    watch = BrokerWatch(settings, bootstrap, state)
+    app.task(guarded(watch.run))
+    app.task(guarded(exit_on_crash))
+
     @app.on_partitions_revoked.connect  # type: ignore[misc]
+    @guarded
     async def on_revoked(sender: faust.App, revoked: set, **_: object) -> None:
+        metrics.assigned_partitions.set(0)  # a rebalance revokes everything before it assigns anew
         # Called once the batch in hand is done (Faust waits for the streams to drain): another worker
         # may own these next, so each is restored again from the changelog before this one applies to it.
         user_topics = set(topic_stream) if settings.input_keys == "user_id" else {settings.topic_events}
         state.revoke({tp.partition for tp in revoked if tp.topic in user_topics})
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
+    @guarded  # Faust would only mark the app crashed and go on without streams
     async def on_assigned(sender: faust.App, assigned: set, **_: object) -> None:
         user_topics = set(topic_stream) if settings.input_keys == "user_id" else {settings.topic_events}
         owned = sorted({tp.partition for tp in assigned if tp.topic in user_topics})
         metrics.assigned_partitions.set(len(owned))
+        state.owned = set(owned)
         state.restore_soon(owned)
         log.info("worker %s owns partitions %s of %s", settings.worker_id, owned, ", ".join(sorted(user_topics)))
 

@@ -51,8 +51,16 @@ class StubService:
     def marks_of(self, partition: int) -> dict[str, int]:
         return {}
 
-    def forget_lanes(self, lanes: Any) -> None:
-        pass
+    def forget_positions(self, lanes: Sequence[str]) -> list[str]:
+        return []
+
+    reseed = False
+
+    def adopt_topic_ids(self, ids: Any, **_: Any) -> list[str]:
+        return []
+
+    def users_of(self, partition: int, partitions: int) -> list[int]:
+        return []
 
     def apply_item_updates(self, messages: Any) -> BatchResult:
         return BatchResult()
@@ -106,7 +114,7 @@ def main(argv: Sequence[str]) -> int:
     if argv == ["noop"]:
         run_noop(settings)
     elif argv == ["stub"]:
-        run_worker(settings, service_factory=StubService)  # type: ignore[arg-type]
+        return run_worker(settings, service_factory=StubService)  # type: ignore[arg-type]
     else:
         print("usage: python -m agents.probes noop|stub", file=sys.stderr)
         return 2

@@ -33,10 +33,11 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents.topics import topic_ids
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, RecService
 from stream_rec.settings import Settings
-from stream_rec.state.changelog import FENCE_KEY
+from stream_rec.state.changelog import FENCE_KEY, MARKS_KEY, encode_marks, encode_user_row
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class KafkaState:
         self._reader: AIOKafkaConsumer | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._generation = 0  # revocations so far: a restore that spans one does not count
+        self.owned: set[int] = set()  # the user partitions this worker owns now
+        #: the topics' ids were checked since the last assignment: a batch checks them first otherwise,
+        #: so no event of a recreated topic is taken for one applied from the old
+        self.verified = False
 
     # -- user partitions ---------------------------------------------------------------------------
 
@@ -74,6 +79,31 @@ class KafkaState:
             await self._restore(part)
             if generation == self._generation:  # not taken away meanwhile
                 self.restored.add(part)
+
+    def adopt_topic_ids(self, ids: dict[str, str]) -> list[str]:
+        """Tell the service the topics' ids now (see :meth:`RecService.adopt_topic_ids`); returns the topics
+        made anew since the state was built, after logging what that costs."""
+        recreated = self.service.adopt_topic_ids(ids, changelog=self.settings.topic_user_state,
+                                                 item_updates=self.settings.topic_item_updates)
+        if recreated:
+            log.warning("topics %s were deleted and made again since this worker's state was saved (a broker that "
+                        "lost its data?): what was applied from them is forgotten, their events count anew%s",
+                        ", ".join(sorted(recreated)),
+                        "; this worker writes its users back to the new changelog" if self.service.reseed else "")
+            if self.settings.topic_user_state in recreated:
+                self.revoke(set(self.restored))  # restore (and so re-seed) each owned partition again
+                self.restore_soon(self.owned)
+        return recreated
+
+    async def check_topics(self, *, locked: bool = False) -> list[str]:
+        """Fetch the topics' ids and adopt them (after an assignment, and when the broker came back or a
+        topic was missing); ``locked``: the caller holds :attr:`lock` already."""
+        ids = await asyncio.get_running_loop().run_in_executor(None, topic_ids, self.settings, self.bootstrap)
+        self.verified = True
+        if locked:
+            return self.adopt_topic_ids(ids)
+        async with self.lock:
+            return self.adopt_topic_ids(ids)
 
     def restore_soon(self, partitions: Iterable[int]) -> None:
         """Restore newly assigned partitions in the background, so the worker holds its users' state (and
@@ -97,6 +127,7 @@ class KafkaState:
         """Partitions taken away: another worker may write them before this one gets them back."""
         self._generation += 1
         self.restored.difference_update(partitions)
+        self.verified = False
 
     async def _restore(self, part: int) -> None:
         started = time.monotonic()
@@ -126,12 +157,27 @@ class KafkaState:
                     records.append((message.key, message.value))
         result = self.service.restore(part, records, next_offset=end + 1)
         self.service.persist(result)
+        if self.service.reseed and not any(not key.startswith(b"\x00") for key, _ in records):
+            await self._reseed(part)
         self.metrics.restored_rows.inc(result.applied)
         seconds = time.monotonic() - started
         self.metrics.restore_seconds.observe(seconds)
         if records or start == 0:
             log.info("partition %d: restored %d users from %d changelog records (offsets %d-%d) in %.2fs", part,
                      result.applied, len(records), start, end, seconds)
+
+    async def _reseed(self, part: int) -> None:
+        """Write this worker's users of ``part`` to a changelog partition that was made anew and holds none:
+        its copy is then the only one."""
+        users = self.service.users_of(part, self.settings.partitions)
+        rows = [(row.user_id.encode("utf-8", "surrogatepass"), encode_user_row(row))
+                for row in self.service.export_users(users)]
+        if not rows:
+            return
+        offsets = await self.publish_changelog(BatchResult(changelog={
+            part: [*rows, (MARKS_KEY, encode_marks(self.service.marks_of(part)))]}))
+        self.service.persist(BatchResult(changes={"meta": {}}), checkpoints=offsets)
+        log.warning("partition %d: wrote %d users back to the changelog made anew", part, len(rows))
 
     async def _fence(self, topic: str, part: int) -> int:
         """Write a fence record to ``topic[part]``: its offset is where what was written before it ends."""

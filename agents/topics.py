@@ -71,3 +71,15 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
             log.info("created topics %s", ", ".join(missing))
     finally:
         admin.close()
+
+
+def topic_ids(settings: Settings, bootstrap: str) -> dict[str, str]:
+    """Kafka's id of each of stream_rec's topics: a topic deleted and created again gets a new one, which is
+    how a worker tells that the offsets it applied up to no longer mean anything there."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin")
+    try:
+        described = admin.describe_topics(all_topics(settings))
+    finally:
+        admin.close()
+    return {str(topic["name"]): str(topic["topic_id"]) for topic in described
+            if not topic.get("error_code") and topic.get("topic_id")}

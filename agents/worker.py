@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import faust
 import orjson
 from prometheus_client import start_http_server
 
+from agents import lifecycle
 from agents.app import create_app
-from agents.topics import ensure_topics
+from agents.topics import ensure_topics, topic_ids
 from stream_rec.heap import settle
 from stream_rec.metrics import Metrics
 from stream_rec.service import RecService
@@ -28,8 +28,11 @@ def worker_service(settings: Settings, store: RocksStore) -> RecService:
     return RecService(settings, store, record_items=True)
 
 
-def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = worker_service) -> None:
+def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = worker_service) -> int:
     """Run one worker until SIGTERM/SIGINT; the local state is loaded before the worker joins the group.
+
+    Returns the exit code: 0 after a clean stop. A worker that cannot go on ends the process itself with
+    one of the codes in :mod:`agents.lifecycle`.
 
     ``service_factory`` lets the benchmark put a stand-in behind the very same Faust side
     (:class:`agents.probes.StubService`).
@@ -43,10 +46,11 @@ def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksSto
     try:
         log.info("worker %s loaded state: %s", settings.worker_id, service.stats())
         metrics.state_events.set(service.events_total)
-        app = create_app(settings, bootstrap, service, metrics)
-        worker = faust.Worker(app, loglevel=settings.log_level.upper(), override_logging=False)
+        app = create_app(settings, bootstrap, service, metrics, topic_ids(settings, bootstrap))
+        worker = lifecycle.Worker(app, stop_timeout_s=settings.stop_timeout_s, loglevel=settings.log_level.upper(),
+                                  override_logging=False)
         log.debug("%d start-up objects exempted from garbage collection", settle())
-        worker.execute_from_commandline()
+        return lifecycle.run(worker)
     finally:
         store.close()
 

@@ -83,3 +83,39 @@ def row_keys(ids: Sequence[str]) -> np.ndarray:
         digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
         out[n] = int.from_bytes(digest, "little") | 1
     return out
+
+
+_M32 = 0xFFFFFFFF
+_MURMUR_M = 0x5BD1E995  # MurmurHash2's multiplier
+_KAFKA_SEED = 0x9747B28C  # the seed Kafka's default partitioner hashes keys with
+
+
+def kafka_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2 of the key's UTF-8 bytes, sign bit cleared,
+    modulo the partitions) gives a message keyed by ``key``: where a worker's user rows and events go.
+
+    >>> kafka_partition("u42", 4) == kafka_partition("u42", 4), 0 <= kafka_partition("u42", 4) < 4
+    (True, True)
+    """
+    return (_murmur2(key.encode("utf-8", "surrogatepass")) & 0x7FFFFFFF) % partitions
+
+
+def _murmur2(data: bytes) -> int:
+    """32-bit MurmurHash2 (Austin Appleby's), with Kafka's seed; ``tests/unit/test_ids.py`` checks it
+    against Kafka's client."""
+    n = len(data)
+    h = (_KAFKA_SEED ^ n) & _M32
+    whole = n - n % 4
+    for k in np.frombuffer(data[:whole], dtype="<u4").tolist():
+        k = (k * _MURMUR_M) & _M32
+        k ^= k >> 24
+        k = (k * _MURMUR_M) & _M32
+        h = ((h * _MURMUR_M) & _M32) ^ k
+    tail = data[whole:]
+    if tail:
+        for shift, byte in enumerate(tail):
+            h ^= byte << (8 * shift)
+        h = (h * _MURMUR_M) & _M32
+    h ^= h >> 13
+    h = (h * _MURMUR_M) & _M32
+    return h ^ (h >> 15)

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from numba import njit
 
 import stream_rec
 from stream_rec.events import EVENT_TYPES, Availability, Event
-from stream_rec.ids import IdIndex, row_keys
+from stream_rec.ids import IdIndex, kafka_partition, row_keys
 from stream_rec.models._arrays import grow
 from stream_rec.models._kernels import INLINE, JIT
 from stream_rec.models._sync import (ABORT, COUNT, GO, LEARNED, LIST, LISTED, MEASURE, MEASURE_THERE, MEASURED, NEED,
@@ -71,6 +72,7 @@ _MARKS = b"marks/"  # + partition: that partition's marks record, as in the chan
 _CHECKPOINT = b"changelog/"  # + partition: the changelog offset the cached users of that partition reflect
 _ITEM_HWM = b"item-hwm"  # lane -> the last offset whose item half is in the item model
 _ITEM_LOG = b"item-log/"  # + partition of the item-updates topic: the next offset to apply
+_TOPIC_IDS = b"topic-ids"  # topic -> the id of the topic the state was built from (a recreated one has another)
 _ID = b"id/"
 _FUSION = b"fusion/hits"
 _CATEGORY = b"category/"
@@ -198,6 +200,10 @@ class RecService:
         self.checkpoints: dict[int, int] = {}
         #: item-updates partition -> the next offset to apply
         self.item_log: dict[int, int] = {}
+        #: topic -> the id of the topic (Kafka's topic id) the marks and offsets above were taken from
+        self.topic_ids: dict[str, str] = {}
+        #: the user-state changelog was made anew: each partition's users are written to it again on restore
+        self.reseed = False
         self._lane_part: dict[str, int] = {}
         self._touched_lanes: set[str] = set()
         self.models = build_models(settings)
@@ -697,13 +703,62 @@ class RecService:
             out[part] = [*rows.get(part, []), (MARKS_KEY, encode_marks(self.marks_of(part)))]
         return out
 
-    def forget_lanes(self, lanes: Iterable[str]) -> None:
-        """Forget what was applied from ``lanes`` (their source partitions were made anew, from offset 0)."""
-        for lane in lanes:
+    def forget_positions(self, lanes: Iterable[str]) -> list[str]:
+        """Forget what was applied from ``lanes``, at once and in the store; returns those that had a mark.
+
+        For a source partition made anew (a broker that lost its data numbers a recreated topic from 0
+        again): its events would otherwise all be skipped as already applied.
+
+        >>> from stream_rec.state import MemoryStore
+        >>> service = RecService(Settings(explore=0.0), MemoryStore())
+        >>> event = Event(user_id="u", item_id="i", type="view", ts_ms=1)
+        >>> service.apply([(("lane", 7), event)]).applied, service.apply([(("lane", 0), event)]).duplicates
+        (1, 1)
+        >>> service.forget_positions(["lane", "other"]), service.apply([(("lane", 0), event)]).applied
+        (['lane'], 1)
+        """
+        gone = [lane for lane in lanes if lane in self.hwm or lane in self.item_hwm]
+        for lane in gone:
             self.hwm.pop(lane, None)
             self.item_hwm.pop(lane, None)
             self.ahead.pop(lane, None)
-            self._touched_lanes.add(lane)
+        if gone:
+            parts = {self.partition_of(lane) for lane in gone}
+            meta = {_MARKS + str(p).encode(): encode_marks(self.marks_of(p)) for p in parts}
+            meta[_ITEM_HWM] = encode_marks(self.item_hwm)
+            self.store.write({"meta": meta})
+        return gone
+
+    def adopt_topic_ids(self, ids: dict[str, str], *, changelog: str, item_updates: str) -> list[str]:
+        """Compare the topics' ids now with those the state was built from; returns the topics made anew
+        (deleted and created again, e.g. by a broker that kept everything in memory and restarted).
+
+        A recreated topic numbers its messages from 0 again: what was applied from the old one is forgotten
+        (its marks), a recreated item-updates topic is read from its start, and a recreated changelog is
+        written again from this state (``reseed``), since this state is then the only copy of its users.
+        """
+        recreated = [topic for topic, topic_id in ids.items()
+                     if self.topic_ids.get(topic) not in (None, topic_id)]
+        meta: dict[bytes, bytes | None] = {}
+        if recreated:
+            gone = set(recreated)
+            self.forget_positions([lane for lane in {*self.hwm, *self.item_hwm} if _lane_topic(lane) in gone])
+            if changelog in gone:
+                meta.update({_CHECKPOINT + str(p).encode(): None for p in self.checkpoints})
+                self.checkpoints.clear()
+                self.reseed = True
+            if item_updates in gone:
+                meta.update({_ITEM_LOG + str(p).encode(): None for p in self.item_log})
+                self.item_log.clear()
+        self.topic_ids.update(ids)
+        meta[_TOPIC_IDS] = orjson.dumps(self.topic_ids)
+        self.store.write({"meta": meta})
+        return recreated
+
+    def users_of(self, partition: int, partitions: int) -> list[int]:
+        """The users this worker holds whose rows belong to ``partition`` (Kafka's default partitioner)."""
+        return [u for u in range(len(self.users)) if u in self.profiles
+                and kafka_partition(self.users.external(u), partitions) == partition]
 
     def marks_of(self, partition: int) -> dict[str, int]:
         """The marks record of a user partition: its lanes' last applied offsets."""
@@ -843,6 +898,8 @@ class RecService:
                 self.item_log[int(key[len(_ITEM_LOG):])] = int(value)
             elif key == _ITEM_HWM:
                 self.item_hwm = decode_marks(value)
+            elif key == _TOPIC_IDS:
+                self.topic_ids = {str(k): str(v) for k, v in orjson.loads(value).items()}
             elif key.startswith(_CATEGORY):
                 self.categories.restore(key[len(_CATEGORY):].decode("utf-8", "surrogatepass"), _from_int_bytes(value))
             elif key == _FUSION and not self.fusion.set_hits_state(value):
@@ -1122,6 +1179,11 @@ def _apply_remote(mf: MFState, cooc: CoocState, pop: PopularityState, tmp: Float
         a, b = pair_from[r], pair_to[r]
         cooc_apply_remote(cooc, i, w, t, pair_j[a:b], pair_w[a:b], cooc_log, cooc_n)
         pop_learn_one(pop, i, w, t, cats[r])
+
+
+def _lane_topic(lane: str) -> str:
+    """The source topic of a lane (see :data:`Position`)."""
+    return lane.rpartition(">")[2].rpartition(":")[0]
 
 
 def _int_bytes(value: int) -> bytes:

@@ -88,11 +88,22 @@ class Settings:
         "fusion's measuring on a second core beside the other sources, with the same results; for stream-rec "
         "evaluate (which uses 2 where there are two cores), or a worker with a core to itself and another free.")
     metrics_port: int = _setting(9464, "Prometheus metrics port of a worker (0 = no endpoint).")
-    session_timeout_s: float = _setting(10.0, "How soon the group notices a dead worker and hands its partitions on.")
+    session_timeout_s: float = _setting(
+        6.0, "How long the group waits for a silent worker before handing its partitions on (kill -9, a hung "
+        "host). 6 s is the lowest Apache Kafka accepts by default (group.min.session.timeout.ms).")
+    heartbeat_interval_s: float = _setting(
+        0.5, "How often a worker tells the group it is alive, and so how soon it hears of a rebalance (at most a "
+        "third of session_timeout_s).")
+    rebalance_timeout_s: float = _setting(
+        5.0, "How long a rebalance waits for members to rejoin (Faust's default makes a fresh group take 30 s to "
+        "join).")
+    broker_unreachable_s: float = _setting(
+        60.0, "A worker that has reached no broker for this long exits (code 69) for its supervisor to restart it.")
+    stop_timeout_s: float = _setting(
+        8.0, "Longest graceful stop after SIGTERM or SIGINT; a worker still stopping then exits with code 75.")
     item_sync_ms: int = _setting(
         500, "How often a worker applies the item updates other workers published (each worker publishes its own "
         "with every micro-batch); lower is fresher, higher applies bigger batches.")
-    rebalance_timeout_s: float = _setting(5.0, "How long a rebalance waits for members (Faust's default makes a fresh group take 30 s to join).")
     log_level: str = _setting("info", "Logging level.")
 
     def __post_init__(self) -> None:
@@ -115,6 +126,11 @@ class Settings:
             "input_keys": self.input_keys in ("any", "user_id"),
             "fetch_max_wait_ms": self.fetch_max_wait_ms >= 0,
             "item_sync_ms": self.item_sync_ms >= 1,
+            "session_timeout_s": self.session_timeout_s >= 1.0,
+            "heartbeat_interval_s": 0.0 < self.heartbeat_interval_s <= self.session_timeout_s / 3,
+            "rebalance_timeout_s": self.rebalance_timeout_s >= 1.0,
+            "broker_unreachable_s": self.broker_unreachable_s > 0.0,
+            "stop_timeout_s": self.stop_timeout_s > 0.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -51,11 +51,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     overrides = {name: value for name, value in (("worker_id", args.worker_id), ("data_dir", args.data_dir),
                                                   ("kafka_bootstrap", args.bootstrap)) if value is not None}
     try:
-        run_worker(Settings.from_env(**overrides))
+        return run_worker(Settings.from_env(**overrides))
     except BrokerUnreachable as err:
         print(f"stream-rec worker: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

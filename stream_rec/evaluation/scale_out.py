@@ -21,9 +21,8 @@ from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
-from aiokafka.partitioner import murmur2
-
 from stream_rec.evaluation.baselines import Batch, Competitor, Vocabulary
+from stream_rec.ids import kafka_partition
 from stream_rec.service import RecService
 from stream_rec.settings import Settings
 from stream_rec.state import MemoryStore
@@ -32,15 +31,6 @@ from stream_rec.types import IntArray
 #: A full worker's measured rate (``stream-rec bench``, 5,000-6,000 events/s): the default backfill pace.
 WORKER_RATE = 5000.0
 CLOCKS = ("replay", "event")
-
-
-def user_partition(user_id: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a message keyed by ``user_id``.
-
-    >>> user_partition("u42", 4) == user_partition("u42", 4), 0 <= user_partition("u42", 4) < 4
-    (True, True)
-    """
-    return (murmur2(user_id.encode("utf-8", "surrogatepass")) & 0x7FFFFFFF) % partitions
 
 
 class ScaleOut(Competitor):
@@ -122,7 +112,7 @@ class ScaleOut(Competitor):
     def _partition_of(self, user: int, user_id: str) -> int:
         part = self._partition.get(user)
         if part is None:
-            part = self._partition[user] = user_partition(user_id, self.partitions)
+            part = self._partition[user] = kafka_partition(user_id, self.partitions)
         return part
 
     def _rank_then_learn(self, w: int, batch: Batch, rows: IntArray, parts: IntArray, scored: npt.NDArray[np.bool_],
