@@ -102,7 +102,7 @@ class Settings:
     stop_timeout_s: float = _setting(
         8.0, "Longest graceful stop after SIGTERM or SIGINT; a worker still stopping then exits with code 75.")
     item_sync_ms: int = _setting(
-        500, "How often a worker applies the item updates other workers published (each worker publishes its own "
+        100, "How often a worker applies the item updates other workers published (each worker publishes its own "
         "with every micro-batch); lower is fresher, higher applies bigger batches.")
     log_level: str = _setting("info", "Logging level.")
 

@@ -203,10 +203,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--sync-ms", default="100,1000,10000,none", metavar="T[,T...]",
                    help="with --workers: how often the simulated workers exchange item updates, in milliseconds of "
                         "the simulated clock; 'none' never exchanges them (default: %(default)s)")
-    p.add_argument("--clock", choices=CLOCKS, default="replay",
-                   help="with --workers: the simulated clock; replay drains the log as a backfill does, --rate "
-                        "events/s per worker; event uses the events' own timestamps, as a live shop sends them "
-                        "(default: %(default)s)")
+    p.add_argument("--clock", choices=CLOCKS, default="event",
+                   help="with --workers: the simulated clock; event: the events' own timestamps, as a live shop "
+                        "sends them; replay: the log drained as fast as the workers go (--rate events/s each), as a "
+                        "backfill does, so the most events pass between two exchanges (default: %(default)s)")
     p.add_argument("--rate", type=float, default=WORKER_RATE,
                    help="with --clock replay: events per second each simulated worker drains (default: %(default)s, "
                         "a full worker's rate in stream-rec bench)")

@@ -9,9 +9,9 @@ worker), and records the item half of each event as the item updates a real work
 updates the others recorded since the last exchange, with the code a worker's ``follow_item_updates``
 runs; ``sync_ms=None`` never exchanges them (each worker learns items from its own users only).
 
-The simulated clock is the stream as a backfill runs it (``rate`` events per second per worker, so a
-group of N drains N times as fast: the most events pass between two exchanges) or, with
-``clock="event"``, the events' own timestamps (a live shop, where events arrive as they happen).
+The simulated clock is the events' own timestamps (``clock="event"``: a live shop, where events arrive
+as they happen) or the stream as a backfill drains it (``clock="replay"``: ``rate`` events per second per
+worker, so a group of N drains N times as fast, and the most events pass between two exchanges).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ScaleOut(Competitor):
     sequential = True
 
     def __init__(self, name: str, settings: Settings, vocab: Vocabulary, workers: int, sync_ms: float | None, *,
-                 partitions: int | None = None, clock: str = "replay", rate: float = WORKER_RATE,
+                 partitions: int | None = None, clock: str = "event", rate: float = WORKER_RATE,
                  sources: Sequence[str] | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -63,51 +63,61 @@ class ScaleOut(Competitor):
         self._to_vocab = [np.zeros(0, dtype=np.int64) for _ in range(workers)]
         self._partition: dict[int, int] = {}  # vocabulary user -> partition
         self._events = 0
-        self._next_sync: float | None = None
+        self._inbox: list[list[bytes]] = [[] for _ in range(workers)]  # updates sent, not applied yet
         self.exchanged = 0  # item-update records applied across workers
 
     def rank_then_learn(self, batch: Batch, scored: npt.NDArray[np.bool_], k: int) -> IntArray:
+        """The chunk's events, each ranked by its user's worker before it learns the event.
+
+        The clock is cut into windows of ``sync_ms``; an update a worker records in one window reaches the
+        others at its end (each applies what it was sent just before it next ranks). Within a window the
+        workers are independent, so each ranks and learns its events of the window in one call; windows in
+        which only one worker has events are run together (nobody sends it anything meanwhile).
+        """
         n = len(batch.events)
         out = np.full((n, k), -1, dtype=np.int64)
         parts = np.array([self._partition_of(u, e.user_id) for u, e in zip(batch.users.tolist(), batch.events)],
                          dtype=np.int64)
         owner = parts % self.workers
-        if self.clock == "replay":
-            now = (self._events + np.arange(n)) / self.rate
+        if self.sync_s is None or self.workers == 1:
+            window = np.zeros(n, dtype=np.int64)
         else:
-            now = np.maximum.accumulate(batch.ts)  # a late event does not turn the clock back
-        sharing = self.sync_s is not None and self.workers > 1
-        start = 0
-        while start < n:
-            stop = n
-            if sharing:
-                assert self.sync_s is not None
-                if self._next_sync is None:
-                    self._next_sync = self._boundary_after(now[start])
-                if now[start] >= self._next_sync:
-                    self._exchange()
-                    self._next_sync = self._boundary_after(now[start])
-                stop = max(int(np.searchsorted(now, self._next_sync, side="left")), start + 1)
-            for w in range(self.workers):
-                rows = start + np.flatnonzero(owner[start:stop] == w)
-                if len(rows):
-                    out[rows] = self._rank_then_learn(w, batch, rows, parts, scored, k)
-            start = stop
+            now = (self._events + np.arange(n)) / self.rate if self.clock == "replay" else batch.ts
+            # A late event does not turn the clock back.
+            window = np.maximum.accumulate(np.floor(np.asarray(now) / self.sync_s).astype(np.int64))
+        i = 0
+        while i < n:
+            j = int(np.searchsorted(window, window[i], side="right"))
+            here = np.unique(owner[i:j])
+            if len(here) == 1:
+                w = int(here[0])
+                while j < n:  # the following windows hold only this worker's events: nobody sends it anything
+                    j2 = int(np.searchsorted(window, window[j], side="right"))
+                    if not (owner[j:j2] == w).all():
+                        break
+                    j = j2
+                groups = [(w, np.arange(i, j))]
+            else:
+                groups = [(int(w), i + np.flatnonzero(owner[i:j] == w)) for w in here]
+            sent = []
+            for w, rows in groups:
+                self._receive(w)
+                out[rows] = self._rank_then_learn(w, batch, rows, parts, scored, k)
+                sent.append((w, self.services[w].pop_item_updates()))
+            for w, messages in sent:  # at the window's end
+                flat = [m for ms in messages.values() for m in ms]
+                for v in range(self.workers):
+                    if v != w and flat:
+                        self._inbox[v].extend(flat)
+            i = j
         self._events += n
         return out
 
-    def _boundary_after(self, t: float) -> float:
-        """The first exchange time after ``t`` (exchanges fall on multiples of the interval)."""
-        assert self.sync_s is not None
-        return float((np.floor(t / self.sync_s) + 1) * self.sync_s)
-
-    def _exchange(self) -> None:
-        """Every worker applies the item updates the others recorded since the last exchange."""
-        pending = [[m for messages in s.pop_item_updates().values() for m in messages] for s in self.services]
-        for w, service in enumerate(self.services):
-            for v, messages in enumerate(pending):
-                if v != w and messages:
-                    self.exchanged += service.apply_item_updates(messages, changes=False).applied
+    def _receive(self, w: int) -> None:
+        """Worker ``w`` applies what the others sent it since it last ranked."""
+        if self._inbox[w]:
+            self.exchanged += self.services[w].apply_item_updates(self._inbox[w], changes=False).applied
+            self._inbox[w] = []
 
     def _partition_of(self, user: int, user_id: str) -> int:
         part = self._partition.get(user)
@@ -137,7 +147,7 @@ def scale_out_name(workers: int, sync_ms: float | None) -> str:
 
 
 def build_scale_out(settings: Settings, vocab: Vocabulary, workers: Sequence[int], syncs: Sequence[float | None], *,
-                    clock: str = "replay", rate: float = WORKER_RATE) -> dict[str, ScaleOut]:
+                    clock: str = "event", rate: float = WORKER_RATE) -> dict[str, ScaleOut]:
     """One competitor per (workers, sync) pair; one worker needs no sync, so it appears once."""
     out: dict[str, ScaleOut] = {}
     for n in workers:
