@@ -190,7 +190,8 @@ class KafkaState:
     async def _changelog_reader(self) -> AIOKafkaConsumer:
         if self._reader is None:
             self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                            auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20)
+                                            auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
+                                            fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
             await self._reader.start()
         return self._reader
 
@@ -223,8 +224,11 @@ class KafkaState:
         """Apply every other worker's item updates, from where this worker's cache left off, forever;
         ``items_ready`` is set once the topic has been read to its end as it was at start-up."""
         topic = self.settings.topic_item_updates
+        # A short fetch wait: the embedded broker holds every fetch for its whole wait (aiokafka's default
+        # 500 ms made each restore of a partition take half a second, and each item update as late).
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20)
+                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
+                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
         await consumer.start()
         try:
             parts = await _partitions(consumer, topic)
