@@ -77,7 +77,13 @@ class StubService:
             for user, e in last.items()]
         return BatchResult(applied=len(batch), recommendations=lists)
 
-    def persist(self, result: BatchResult, checkpoints: Any = None, item_log: Any = None) -> None:
+    def persist(self, result: BatchResult, checkpoints: Any = None) -> None:
+        pass
+
+    def persist_items(self) -> None:
+        pass
+
+    def note_item_log(self, offsets: Any) -> None:
         pass
 
     def stats(self) -> dict[str, Any]:

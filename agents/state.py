@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Records per fetch while restoring or catching up.
 _FETCH_RECORDS = 20_000
+#: Seconds between two writes of the item side to the local cache (:meth:`RecService.persist_items`).
+ITEM_PERSIST_S = 5.0
 
 
 class KafkaState:
@@ -246,12 +248,16 @@ class KafkaState:
             behind = sum(max(0, end - self.service.item_log.get(tp.partition, 0)) for tp, end in ends.items())
             if behind > len(tps):
                 log.info("applying the item updates published since this worker's state was saved (%d messages)", behind)
-            started = time.monotonic()
+            started = last_persist = time.monotonic()
             pause = self.settings.item_sync_ms / 1000.0
             while True:
                 fetched = await consumer.getmany(timeout_ms=self.settings.item_sync_ms, max_records=_FETCH_RECORDS)
                 if any(fetched.values()):
                     await self._apply(fetched)
+                if time.monotonic() - last_persist >= ITEM_PERSIST_S:
+                    async with self.lock:
+                        self.service.persist_items()
+                    last_persist = time.monotonic()
                 if not self.items_ready.is_set():
                     positions = {tp: await consumer.position(tp) for tp in tps}
                     if all(positions[tp] > end for tp, end in ends.items()):
@@ -273,7 +279,7 @@ class KafkaState:
             for n, error in result.rejected:
                 # Internal bytes this version cannot read: skipped rather than stop learning, loudly.
                 log.error("skipped an unreadable item update (message %d fetched up to %s): %s", n, offsets, error)
-            self.service.persist(result, item_log=offsets)
+            self.service.note_item_log(offsets)
             self.metrics.item_updates.labels("applied").inc(result.applied)
             self.metrics.item_updates.labels("skipped").inc(result.duplicates)
             self.metrics.item_updates.labels("unreadable").inc(len(result.rejected))

@@ -50,7 +50,10 @@ def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksSto
         worker = lifecycle.Worker(app, stop_timeout_s=settings.stop_timeout_s, loglevel=settings.log_level.upper(),
                                   override_logging=False)
         log.debug("%d start-up objects exempted from garbage collection", settle())
-        return lifecycle.run(worker)
+        code = lifecycle.run(worker)
+        if code == 0:  # a clean stop: what changed since the follower last wrote it (agents.state); after a
+            service.persist_items()  # failure, the item updates in Kafka bring it back at the next start
+        return code
     finally:
         store.close()
 

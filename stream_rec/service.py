@@ -548,13 +548,13 @@ class RecService:
             out.setdefault(part, []).append(updates.encode(message))
         return out
 
-    def apply_item_updates(self, messages: Iterable[bytes], *, changes: bool = True) -> BatchResult:
+    def apply_item_updates(self, messages: Iterable[bytes]) -> BatchResult:
         """Learn the item half of other workers' events from their item updates, each event once.
 
         Records of positions whose item half is in the model already (learned here, or applied from an
         earlier copy) are skipped. Returns the records applied in ``applied`` and those skipped in
-        ``duplicates``, messages that cannot be read in ``rejected``; with ``changes``, the item rows to
-        persist in ``changes``."""
+        ``duplicates``, messages that cannot be read in ``rejected``. The item rows it changed are written
+        with the next :meth:`persist_items`."""
         result = BatchResult()
         mf, cooc, pop = (self.models[name] for name in ("mf", "cooc", "popular"))
         log_mf, log_cooc = [], []
@@ -604,8 +604,6 @@ class RecService:
             mf.touch(items=logged)
         for logged in log_cooc:
             cooc.touch(items=logged)
-        if changes:
-            result.changes = self._changes([])  # with the caller's item-updates offsets: see persist
         return result
 
     # -- ranking ----------------------------------------------------------------------------------
@@ -841,26 +839,31 @@ class RecService:
         return users
 
     def _changes(self, user_rows: list[tuple[bytes, bytes | None]]) -> dict[str, dict[bytes, bytes | None]]:
-        """The local cache's write: these user rows, the item rows learning changed, ids, marks."""
-        users: dict[bytes, bytes | None] = dict(user_rows)
+        """The local cache's write of the user side: these user rows and the marks of the partitions whose
+        lanes moved. The item side is written apart, less often (:meth:`persist_items`)."""
         self.users.pop_new()  # users are keyed by id in the cache: no index to remember
+        parts = {self.partition_of(lane) for lane in self._touched_lanes}
+        self._touched_lanes.clear()
+        meta: dict[bytes, bytes | None] = {_MARKS + str(p).encode(): encode_marks(self.marks_of(p)) for p in parts}
+        return {"meta": meta, "users": dict(user_rows)}
+
+    def _item_changes(self) -> dict[str, dict[bytes, bytes | None]]:
+        """The local cache's write of the item side: new ids, the item rows changed since the last one,
+        the item positions they reflect (``item_hwm``, ``item_log``) and the fusion's statistics."""
         items: dict[bytes, bytes | None] = {}
         for key in self.items.pop_new():
             items[_ID + key.encode("utf-8", "surrogatepass")] = _int_bytes(self.items.get(key))
-        categories = {_CATEGORY + key.encode("utf-8", "surrogatepass"): _int_bytes(self.categories.get(key))
-                      for key in self.categories.pop_new()}
         for name, model in self.models.items():
             prefix = name.encode() + b"/"
             _, touched_i = model.pop_touched()
             for i in touched_i.tolist():
                 items[prefix + _int_bytes(i)] = model.item_state(i)
-        parts = {self.partition_of(lane) for lane in self._touched_lanes}
-        self._touched_lanes.clear()
-        meta: dict[bytes, bytes | None] = {_MARKS + str(p).encode(): encode_marks(self.marks_of(p)) for p in parts}
+        meta: dict[bytes, bytes | None] = {_CATEGORY + key.encode("utf-8", "surrogatepass"): _int_bytes(
+            self.categories.get(key)) for key in self.categories.pop_new()}
         meta[_ITEM_HWM] = encode_marks(self.item_hwm)
+        meta.update({_ITEM_LOG + str(part).encode(): str(offset).encode() for part, offset in self.item_log.items()})
         meta[_FUSION] = self.fusion.hits_state()
-        meta.update(categories)
-        return {"meta": meta, "users": users, "items": items}
+        return {"meta": meta, "items": items}
 
     def _forget_changes(self) -> None:
         self._touched_lanes.clear()
@@ -870,22 +873,30 @@ class RecService:
         for model in self.models.values():
             model.pop_touched()
 
-    def persist(self, result: BatchResult, checkpoints: dict[int, int] | None = None,
-                item_log: dict[int, int] | None = None) -> None:
-        """Write a batch's state to the local cache in one atomic write (after its lists, changelog records
-        and item updates are sent), with the changelog offsets it reflects (``checkpoints``, per user
-        partition) and the item-updates offsets applied (``item_log``, per partition of that topic)."""
+    def persist(self, result: BatchResult, checkpoints: dict[int, int] | None = None) -> None:
+        """Write a batch's user side to the local cache in one atomic write (after its lists, changelog
+        records and item updates are sent), with the changelog offsets it reflects (``checkpoints``, per
+        user partition)."""
         changes = result.changes
-        if not changes:
+        if not changes and not checkpoints:
             return
         meta = changes.setdefault("meta", {})
         for part, offset in (checkpoints or {}).items():
             self.checkpoints[part] = offset
             meta[_CHECKPOINT + str(part).encode()] = str(offset).encode()
-        for part, offset in (item_log or {}).items():
-            self.item_log[part] = offset
-            meta[_ITEM_LOG + str(part).encode()] = str(offset).encode()
         self.store.write(changes)
+
+    def persist_items(self) -> None:
+        """Write the item side to the local cache in one atomic write: the item rows changed since the last
+        call, with the positions they reflect. A worker calls it every few seconds rather than with every
+        batch: a popular item changes in every batch, and an item row costs more to encode than a user's.
+        What a crash loses of it, the item updates bring back (a worker's own are in Kafka before any row
+        that reflects them)."""
+        self.store.write(self._item_changes())
+
+    def note_item_log(self, offsets: dict[int, int]) -> None:
+        """The item-updates topic's partitions are applied up to these offsets (written by :meth:`persist_items`)."""
+        self.item_log.update(offsets)
 
     def _load(self) -> None:
         started = time.perf_counter()

@@ -139,6 +139,7 @@ def _fill(path: str, n_users: int, n_items: int, events_per_user: int, queue: An
                  for n, u, i, kind, t in zip(range(a, b), users[a:b].tolist(), items[a:b].tolist(),
                                              kinds[a:b].tolist(), ts[a:b].tolist())]
         service.persist(service.apply(batch, lists=False))
+        service.persist_items()
     fill_s = time.perf_counter() - started
     rss = _rss_mb()
     store.close()

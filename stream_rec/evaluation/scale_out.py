@@ -116,7 +116,7 @@ class ScaleOut(Competitor):
     def _receive(self, w: int) -> None:
         """Worker ``w`` applies what the others sent it since it last ranked."""
         if self._inbox[w]:
-            self.exchanged += self.services[w].apply_item_updates(self._inbox[w], changes=False).applied
+            self.exchanged += self.services[w].apply_item_updates(self._inbox[w]).applied
             self._inbox[w] = []
 
     def _partition_of(self, user: int, user_id: str) -> int:

@@ -63,6 +63,7 @@ def _worker_state(data_dir: Path) -> tuple[Path, dict]:
     shop = SyntheticShop(ShopConfig(n_users=40, n_items=300, n_categories=5, n_events=1500, seed=3))
     events = [decode(json.dumps(e).encode(), None, now_ms=10**13) for e in shop.events()]
     service.persist(service.apply([(("lane", n), e) for n, e in enumerate(events)]))
+    service.persist_items()
     store.close()
     return settings.state_path, service.stats()
 

@@ -32,6 +32,7 @@ def _feed(service: RecService, events: list[Event], batch: int, start: int = 0) 
     for s in range(0, len(events), batch):
         chunk = events[s:s + batch]
         service.persist(service.apply([(("lane", start + s + n), e) for n, e in enumerate(chunk)]))
+    service.persist_items()
 
 
 def _all_lists(service: RecService, users: set[str]) -> dict[str, list[str]]:
@@ -228,6 +229,7 @@ def test_two_learning_threads_give_the_same_lists_and_state_as_one(events: list[
         assert len(batch) >= 256  # long enough to use the second thread
         result = service.apply(batch)
         service.persist(result)
+        service.persist_items()
         results.append(result)
     assert [r["items"] for r in results[0].recommendations] == [r["items"] for r in results[1].recommendations]
     for family in ("users", "items", "meta"):
