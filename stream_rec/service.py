@@ -674,23 +674,34 @@ class RecService:
         return out
 
     def export_users(self, users: list[int], marks: dict[int, dict[str, int]] | None = None) -> list[UserRow]:
-        """Everything known about each user index, with item ids in place of indices."""
+        """Everything known about each user index, with item ids in place of indices (each model's part is
+        taken for all the users at once: this runs for every user a batch touched)."""
+        if not users:
+            return []
         mf, cooc = self.models["mf"], self.models["cooc"]
-        st = cooc.state
-        externals = self.items.externals
+        mf.reserve(len(self.users), 0)
+        cooc.reserve(len(self.users), 0)
+        idx = np.array(users, dtype=np.int64)
+        st, mst = cooc.state, mf.state
+        lengths = st.hist_len[idx]
+        keep = np.arange(st.hist_item.shape[1])[None, :] < lengths[:, None]
+        hist_ids = self.items.externals(st.hist_item[idx][keep].tolist())
+        hist_ts, hist_w = st.hist_ts[idx][keep].tolist(), st.hist_w[idx][keep].astype(np.float64).tolist()
+        starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        seen = mst.user_seen[idx].tolist()
+        factors, mf_events = mst.P[idx], mst.user_n[idx].tolist()
+        counts, digests = self._type_counts[idx].tolist(), self._digests[idx].tolist()
+        externals, marks = self.items.externals, marks or {}
         rows = []
-        for u in users:
+        for r, u in enumerate(users):
             profile = self.profiles.get(u) or Profile()
-            n = int(st.hist_len[u]) if u < len(st.hist_len) else 0
             bought = self.purchases.of(u)
-            seen = u < len(mf.state.user_seen) and bool(mf.state.user_seen[u])
+            a, b = starts[r], starts[r + 1]
             rows.append(UserRow(
-                self.users.external(u), profile.n_events, tuple(self._type_counts[u].tolist()), int(self._digests[u]),
-                list(profile.event_ids or ()), list(zip(externals([i for i, _ in bought]), [t for _, t in bought])),
-                list(zip(externals(st.hist_item[u, :n].tolist()), st.hist_ts[u, :n].tolist(),
-                         st.hist_w[u, :n].astype(np.float64).tolist())),
-                mf.P[u].copy() if seen else None, int(mf.state.user_n[u]) if seen else 0,
-                (marks or {}).get(u, {})))
+                self.users.external(u), profile.n_events, tuple(counts[r]), digests[r], list(profile.event_ids or ()),
+                list(zip(externals([i for i, _ in bought]), [t for _, t in bought])),
+                list(zip(hist_ids[a:b], hist_ts[a:b], hist_w[a:b])), factors[r] if seen[r] else None,
+                mf_events[r] if seen[r] else 0, marks.get(u, {})))
         return rows
 
     def _changelog(self, rows: dict[int, list[tuple[bytes, bytes]]]) -> dict[int, list[tuple[bytes, bytes]]]:
