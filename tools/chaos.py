@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -179,6 +180,8 @@ class Run:
     follower: ChangelogFollower
     faults: list[FaultDone] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
+    #: (seconds since the first event was produced, events produced, events the changelog reflects)
+    progress: list[tuple[float, int, int]] = field(default_factory=list)
     next_worker: int = 1
 
     def new_worker_id(self) -> str:
@@ -237,13 +240,19 @@ def _warm_up() -> None:
     log.info("kernels ready in %.1f s", warm_up())
 
 
+def _settled(supervisor: Supervisor, partitions: int) -> list[int] | None:
+    """The partitions each supervised worker owns, if every one owns some and together they own all."""
+    owned = [int(p.metrics().get(ASSIGNED, 0.0)) for p in supervisor.processes()]
+    return owned if owned and all(owned) and sum(owned) == partitions else None
+
+
 def _wait_for_group(supervisor: Supervisor, partitions: int, timeout_s: float = 300.0) -> None:
-    """Until every worker owns partitions and together they own all of them."""
+    """Until the workers started first share the partitions."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        owned = [p.metrics().get(ASSIGNED, 0.0) for p in supervisor.processes()]
-        if owned and all(owned) and sum(owned) == partitions:
-            log.info("the group is formed: partitions per worker %s", [int(n) for n in owned])
+        owned = _settled(supervisor, partitions)
+        if owned:
+            log.info("the group is formed: partitions per worker %s", owned)
             return
         time.sleep(0.5)
     raise TimeoutError(f"the workers did not share the {partitions} partitions within {timeout_s:.0f} s")
@@ -263,6 +272,9 @@ def _produce_under_faults(run: Run, events: list[dict[str, Any]]) -> dict[str, A
     with tqdm(total=len(messages), desc="produce", unit="ev", disable=not sys.stderr.isatty()) as bar:
         def tick() -> None:
             bar.update(producer.sent - bar.n)
+            at = time.monotonic() - producer.started_at
+            if producer.started_at and (not run.progress or at - run.progress[-1][0] >= _SAMPLE_S):
+                run.progress.append((round(at, 1), producer.sent, run.follower.applied))
 
         def wait_until(at_s: float) -> None:
             while producer.is_alive() and (not producer.started_at or time.monotonic() - producer.started_at < at_s):
@@ -302,12 +314,15 @@ def _wait_for_stable_group(run: Run, tick: Callable[[], None], timeout_s: float 
     ``timeout_s``: then the fault goes ahead and the report shows what it met)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        owned = [p.metrics().get(ASSIGNED, 0.0) for p in run.supervisor.processes()]
-        if owned and all(owned) and sum(owned) == run.settings.partitions:
+        if _settled(run.supervisor, run.settings.partitions):
             return
         tick()
         time.sleep(0.3)
     log.warning("the group did not settle within %.0f s; the fault goes ahead", timeout_s)
+
+
+#: Seconds between two samples of the backlog (events produced, events the changelog reflects).
+_SAMPLE_S = 2.0
 
 
 def _wait_for_takeovers(run: Run, tick: Callable[[], None]) -> None:
@@ -316,9 +331,9 @@ def _wait_for_takeovers(run: Run, tick: Callable[[], None]) -> None:
     for done in run.faults:
         if not done.killed_ms:
             continue
-        writer = f"{done.worker}/{done.pid}"
+        writer, assigned = f"{done.worker}/{done.pid}", _last_assignment(run, done)
         while (time.time() * 1000 - done.killed_ms < run.config.takeover_limit_s * 1000
-               and ca.takeover(run.follower.marks_now(), writer, done.killed_ms).seconds is None):
+               and ca.takeover(run.follower.marks_now(), writer, done.killed_ms, assigned).seconds is None):
             tick()
             time.sleep(0.3)
 
@@ -455,7 +470,7 @@ def _finish(run: Run, events: list[dict[str, Any]], complements: dict[str, str],
     settings, config, follower = run.settings, run.config, run.follower
     inputs, sent = read_inputs(settings)
     expected = expected_from(sent)
-    caught_up_s = _wait_for_changelog(follower, expected, produced["ended"], config.catch_up_timeout_s)
+    caught_up_s = _wait_for_changelog(run, expected, produced)
     verdict = follower.verdict(expected)
     run.load.append(os.getloadavg()[0])
     run.supervisor.stop_all()
@@ -470,6 +485,7 @@ def _finish(run: Run, events: list[dict[str, Any]], complements: dict[str, str],
         "workdir": str(run.workdir),
         "timing": {"produce": produced, "caught_up_s": caught_up_s, "total_s": time.monotonic() - started,
                    "load_1min": {"min": min(run.load), "max": max(run.load)}},
+        "backlog": _backlog(run.progress, produced["seconds"]),
         "events": {"generated": len(events), "in_topics": len(sent)},
         "verdict": asdict(verdict),
         "dead_letters": dead_letters(settings),
@@ -501,23 +517,40 @@ def read_inputs(settings: Settings) -> tuple[ca.InputLog, list[dict[str, Any]]]:
     return ca.InputLog(found), sent
 
 
-def _wait_for_changelog(follower: ChangelogFollower, expected: Expected, started: float, timeout_s: float,
-                        settle_s: float = 3.0) -> float | None:
-    """Seconds from ``started`` (monotonic: the last event produced) until the changelog reflected every
-    event (None: not within ``timeout_s``), then ``settle_s`` more with nothing new, room for a redelivered
-    batch to be (wrongly) applied again."""
+def _wait_for_changelog(run: Run, expected: Expected, produced: dict[str, Any], settle_s: float = 3.0) -> float | None:
+    """Seconds from the last event produced until the changelog reflected every event (None: not within the
+    run's ``catch_up_timeout_s``), then ``settle_s`` more with nothing new, room for a redelivered batch to be
+    (wrongly) applied again."""
+    follower, timeout_s = run.follower, run.config.catch_up_timeout_s
+    ended = produced["ended"]
+    first = ended - produced["seconds"]  # when the first event was produced
     with tqdm(total=expected.total, desc="changelog", unit="ev", disable=not sys.stderr.isatty()) as bar:
-        while time.monotonic() - started < timeout_s:
+        while time.monotonic() - ended < timeout_s and follower.is_alive():
             verdict = follower.verdict(expected)
             bar.update(verdict.applied - bar.n)
+            run.progress.append((round(time.monotonic() - first, 1), expected.total, follower.applied))
             if verdict.lost == 0:
-                caught_up = time.monotonic() - started
-                while follower.idle_s() < settle_s and time.monotonic() - started < timeout_s:
+                caught_up = time.monotonic() - ended
+                while follower.idle_s() < settle_s and time.monotonic() - ended < timeout_s:
                     time.sleep(0.5)
                 return caught_up
-            time.sleep(2.0)
-    log.error("the changelog did not reflect every event within %.0f s", timeout_s)
+            time.sleep(_SAMPLE_S)
+    log.error("the changelog did not reflect every event within %.0f s%s", timeout_s,
+              "" if follower.is_alive() else " (its reader failed)")
     return None
+
+
+def _backlog(progress: list[tuple[float, int, int]], stream_s: float) -> dict[str, Any]:
+    """The most events produced and not yet reflected by the changelog, when, and at the stream's end.
+
+    >>> _backlog([(0.0, 0, 0), (2.0, 400, 100), (4.0, 800, 750), (6.0, 800, 800)], 4.0)
+    {'max': 300, 'max_at_s': 2.0, 'at_end': 50, 'samples': [[0.0, 0, 0], [2.0, 400, 100], [4.0, 800, 750], [6.0, 800, 800]]}
+    """
+    if not progress:
+        return {"max": None, "max_at_s": None, "at_end": None, "samples": []}
+    at, sent, applied = max(progress, key=lambda p: p[1] - p[2])
+    end = min(progress, key=lambda p: abs(p[0] - stream_s))
+    return {"max": sent - applied, "max_at_s": at, "at_end": end[1] - end[2], "samples": [list(p) for p in progress]}
 
 
 def dead_letters(settings: Settings) -> dict[str, Any]:
@@ -544,12 +577,24 @@ def _takeovers(run: Run, marks: list[ca.Marks]) -> list[dict[str, Any]]:
     out = []
     for done in run.faults:
         if done.killed_ms:
-            t = ca.takeover(marks, f"{done.worker}/{done.pid}", done.killed_ms)
+            t = ca.takeover(marks, f"{done.worker}/{done.pid}", done.killed_ms, _last_assignment(run, done))
             until = done.at_s + (t.seconds if t.seconds is not None else float("inf"))
             during = [f"{f.kind} {f.worker}".strip() for f in run.faults if done.at_s < f.at_s <= until]
             out.append({"fault": done.kind, "worker": done.worker, "at_s": round(done.at_s, 1),
                         "partitions": t.partitions, "seconds": t.seconds, "faults_during": during})
     return out
+
+
+_OWNS = re.compile(r"worker \S+ owns partitions \[([\d, ]*)\]")
+
+
+def _last_assignment(run: Run, done: FaultDone) -> list[int]:
+    """The partitions the killed process was last given, from its log (agents.app logs each assignment)."""
+    killed = next((i for i in run.supervisor.instances if i.pid == done.pid), None)
+    if killed is None:
+        return []
+    found = _OWNS.findall(_log_of(run.workdir / "logs" / f"{done.worker}.log", killed))
+    return [int(p) for p in found[-1].split(",") if p.strip()] if found else []
 
 
 def _rebuilds(run: Run, marks: list[ca.Marks]) -> list[dict[str, Any]]:
@@ -573,12 +618,16 @@ _EVIDENCE = ("moved it to", "no local state", "restored", "item model caught up"
 
 def _rebuild_evidence(path: Path, instance: Instance) -> list[str]:
     """The lines of ``instance``'s part of its worker's log about its folder and its restore."""
+    return [line for line in _log_of(path, instance).splitlines() if any(word in line for word in _EVIDENCE)][:12]
+
+
+def _log_of(path: Path, instance: Instance) -> str:
+    """``instance``'s part of its worker's log (the supervisor writes a marker before each start)."""
     try:
         parts = path.read_text(errors="replace").split(MARKER)
     except OSError:
-        return []
-    mine = parts[instance.log_segment + 1] if instance.log_segment + 1 < len(parts) else ""
-    return [line[-200:] for line in mine.splitlines() if any(word in line for word in _EVIDENCE)][:12]
+        return ""
+    return parts[instance.log_segment + 1] if instance.log_segment + 1 < len(parts) else ""
 
 
 def _probe(settings: Settings, rows: list[ca.Row], moves: list[ca.Move],
@@ -639,7 +688,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"{v['users_missing']:,})",
              f"dead-lettered         {report['dead_letters']['total']:>10,}   {report['dead_letters']['by_reason'] or ''}",
              *[f"  e.g. {example}" for example in v["examples"]],
-             "", _timing_line(timing), "",
+             "", _timing_line(timing), _backlog_line(report["backlog"]), "",
              f"worker processes      {report['exits']['processes']}; exits by code: "
              + ", ".join(f"{code} x{n}" for code, n in sorted(report["exits"]["by_code"].items())),
              "  by cause: " + ", ".join(f"{c} x{n}" for c, n in sorted(report["exits"]["by_cause"].items())),
@@ -656,7 +705,7 @@ def format_report(report: dict[str, Any]) -> str:
     for r in report["rebuilds"]:
         lines.append(f"  {r['fault']} {r['worker']}: {r['damage']}; first write "
                      f"{_s(r['restart_to_first_write_s'])} after the restart, {_s(r['kill_to_first_write_s'])} after the kill")
-        lines += [f"      | {line}" for line in r["log"]]
+        lines += [f"      | {_elide(line)}" for line in r["log"]]
     mu, rows, probe = report["moved_users"], report["rows"], report["probe"]
     lines += ["", f"partition moves       {report['moves']['count']}  {report['moves']['by_partition']}",
               f"rows checked          {rows['checked']:,}, not an exact prefix of their user's events: {rows['inexact']:,}",
@@ -676,6 +725,18 @@ def _timing_line(timing: dict[str, Any]) -> str:
     return (f"produced at {p['achieved_rate']:,.0f} ev/s (target {p['rate']:,.0f}) for {p['seconds']:.0f} s; changelog "
             f"complete {_s(timing['caught_up_s'])} after the last event was produced; run {timing['total_s']:.0f} s; load (1 min) "
             f"{timing['load_1min']['min']:.1f}-{timing['load_1min']['max']:.1f}")
+
+
+def _backlog_line(backlog: dict[str, Any]) -> str:
+    if backlog["max"] is None:
+        return "backlog: not sampled"
+    return (f"backlog (events produced, not yet in the changelog): at most {backlog['max']:,} "
+            f"({backlog['max_at_s']:.0f} s after the first event), {backlog['at_end']:,} when the stream ended")
+
+
+def _elide(line: str, width: int = 240) -> str:
+    """``line`` cut in the middle to ``width`` characters: its time and its end (where a path ends) stay."""
+    return line if len(line) <= width else f"{line[:width - 100]} ... {line[-95:]}"
 
 
 def _s(seconds: float | None) -> str:

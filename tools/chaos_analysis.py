@@ -139,22 +139,26 @@ class Takeover:
         return max(self.partitions.values(), default=0.0)  # type: ignore[type-var]
 
 
-def takeover(marks: Iterable[Marks], writer: str, killed_ms: int) -> Takeover:
-    """Which partitions ``writer`` held when it was killed (those whose last marks record before the kill
-    is its own) and how long each took to be written again by another process.
+def takeover(marks: Iterable[Marks], writer: str, killed_ms: int, assigned: Iterable[int] = ()) -> Takeover:
+    """Which partitions ``writer`` held when it was killed, and how long each took to be written again by
+    another process. It held those whose last marks record before the kill is its own, and ``assigned``
+    (what it was last given, which it may not have written yet).
 
-    >>> m = [Marks(0, 1, 100, "a/1"), Marks(1, 1, 110, "b/2"), Marks(0, 4, 9_100, "b/2")]
-    >>> takeover(m, "a/1", 150).partitions
-    {0: 8.95}
+    >>> m = [Marks(0, 1, 100, "a/1"), Marks(1, 1, 110, "b/2"), Marks(0, 4, 9_100, "b/2"), Marks(2, 7, 9_300, "b/2")]
+    >>> takeover(m, "a/1", 150).partitions, takeover(m, "a/1", 150, assigned=[2]).partitions
+    ({0: 8.95}, {0: 8.95, 2: 9.15})
     """
-    held: dict[int, float | None] = {}
-    for part, seq in _by_partition(marks).items():
+    by_part = _by_partition(marks)
+    held = set(assigned)
+    for part, seq in by_part.items():
         before = [m for m in seq if m.ts_ms <= killed_ms]
-        if not before or before[-1].writer != writer:
-            continue
-        after = [m.ts_ms for m in seq if m.ts_ms > killed_ms and m.writer != writer]
-        held[part] = (min(after) - killed_ms) / 1000.0 if after else None
-    return Takeover(writer, killed_ms, dict(sorted(held.items())))
+        if before and before[-1].writer == writer:
+            held.add(part)
+    seconds: dict[int, float | None] = {}
+    for part in sorted(held):
+        after = [m.ts_ms for m in by_part.get(part, []) if m.ts_ms > killed_ms and m.writer != writer]
+        seconds[part] = (min(after) - killed_ms) / 1000.0 if after else None
+    return Takeover(writer, killed_ms, seconds)
 
 
 def first_write(marks: Iterable[Marks], writer: str) -> int | None:

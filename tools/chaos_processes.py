@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -160,7 +161,12 @@ class Supervisor:
                 slot.supervised, slot.cause = False, "stop"
                 slot.process.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         for slot in slots:
-            slot.process.stop(timeout_s=timeout_s)  # type: ignore[union-attr]
+            proc = slot.process.proc  # type: ignore[union-attr]
+            try:
+                proc.wait(timeout=timeout_s)  # not WorkerProcess.stop: a second SIGTERM ends Faust's shutdown
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         self._reap()
 
     def _watch(self) -> None:
@@ -232,6 +238,7 @@ class ChangelogFollower(threading.Thread):
         self.marks: list[ca.Marks] = []
         self.fences: list[ca.Fence] = []
         self.latest: dict[str, Any] = {}
+        self.applied = 0  # events the users' latest rows count together
         self._writers: set[str] = set()
         self.last_record = time.monotonic()
         self._lock = threading.Lock()
@@ -252,6 +259,8 @@ class ChangelogFollower(threading.Thread):
                         for record in records:
                             self._take(record)
                     self.last_record = time.monotonic()
+        except Exception:  # the run then waits in vain: say why
+            log.exception("reading the changelog failed")
         finally:
             consumer.close()
 
@@ -266,6 +275,8 @@ class ChangelogFollower(threading.Thread):
             self.fences.append(ca.Fence(record.partition, record.offset, record.timestamp, writer))
         elif not key.startswith(b"\x00") and record.value is not None:
             row = decode_user_row(key, record.value)
+            before = self.latest.get(row.user_id)
+            self.applied += sum(row.counts) - (sum(before.counts) if before is not None else 0)
             self.latest[row.user_id] = row
             self.rows.append(ca.Row(record.partition, record.offset, record.timestamp, row.user_id, tuple(row.counts),
                                     row.digest, row.marks, tuple(item for item, _ in row.purchases)))
