@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 _FETCH_RECORDS = 20_000
 #: Seconds between two writes of the item side to the local cache (:meth:`RecService.persist_items`).
 ITEM_PERSIST_S = 5.0
+#: Headers naming the process that wrote a marks record or a fence: readers of the changelog ignore them;
+#: they let a log reader (``stream-rec chaos``) tell which worker process owned a partition when.
+WORKER_HEADER = "stream_rec.worker"
+PID_HEADER = "stream_rec.pid"
 
 
 class KafkaState:
@@ -70,6 +75,7 @@ class KafkaState:
         #: the topics' ids were checked since the last assignment: a batch checks them first otherwise,
         #: so no event of a recreated topic is taken for one applied from the old
         self.verified = False
+        self._writer = [(WORKER_HEADER, settings.worker_id.encode()), (PID_HEADER, str(os.getpid()).encode())]
 
     # -- user partitions ---------------------------------------------------------------------------
 
@@ -185,7 +191,7 @@ class KafkaState:
         """Write a fence record to ``topic[part]``: its offset is where what was written before it ends."""
         value = orjson.dumps({"worker": self.settings.worker_id, "ms": int(time.time() * 1000)})
         await self.app.maybe_start_producer()
-        future = await self.app.producer.send(topic, FENCE_KEY, value, part, None, None)
+        future = await self.app.producer.send(topic, FENCE_KEY, value, part, None, self._writer)
         await self.app.producer.flush()
         return int((await future).offset)
 
@@ -211,12 +217,14 @@ class KafkaState:
 
     async def publish_changelog(self, result: BatchResult) -> dict[int, int]:
         """Send the batch's user rows and marks records, flush (with everything sent before, e.g. the
-        lists); returns per user partition the changelog offset after the batch's last record."""
+        lists); returns per user partition the changelog offset after the batch's last record. Marks
+        records carry headers naming the writing worker and its process (:data:`WORKER_HEADER`)."""
         producer = self.app.producer
         last: dict[int, Awaitable[Any]] = {}
         for part, records in result.changelog.items():
             for key, value in records:
-                last[part] = await producer.send(self.settings.topic_user_state, key, value, part, None, None)
+                headers = self._writer if key == MARKS_KEY else None  # rows go bare: one per user and batch
+                last[part] = await producer.send(self.settings.topic_user_state, key, value, part, None, headers)
         await producer.flush()
         return {part: (await future).offset + 1 for part, future in last.items()}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from stream_rec.heap import settle
 from stream_rec.metrics import Metrics
 from stream_rec.service import RecService
 from stream_rec.settings import Settings
-from stream_rec.state import RocksStore, StateCorruptError, StateFormatError, quarantine
+from stream_rec.state import RocksStore, StateCorruptError, StateError, StateFormatError, quarantine
 from stream_rec.state.changelog import ChangelogFormatError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def open_state(settings: Settings, service_factory: Callable[[Settings, RocksSto
         try:
             store = RocksStore(path)
         except (StateCorruptError, StateFormatError) as err:
-            _set_aside(path, err)
+            _set_aside(path, str(err))
             continue
         try:
             found = store.get("meta", _IDENTITY)
@@ -84,17 +85,36 @@ def open_state(settings: Settings, service_factory: Callable[[Settings, RocksSto
                                        f"({found.decode(errors='replace')})")
             service = service_factory(settings, store)
         except (StateCorruptError, StateFormatError, ChangelogFormatError) as err:
-            store.close()
-            _set_aside(path, err)
-            continue
-        if store.fresh:
-            log.warning("no local state in %s: this worker restores what it needs from Kafka (the user-state "
-                        "changelog of each partition it gets, and every item update)", path)
-        store.write({"meta": {_IDENTITY: identity(settings)}})
-        return store, service
-    raise RuntimeError(f"cannot open a state in {path}")
+            reason = str(err)  # not the error itself: its traceback holds the failed scan (below)
+        else:
+            break
+        # Closed once the error is gone: the failed scan's snapshot, held by the error's traceback, keeps the
+        # database open, and RocksDB's lock on this path with it, so the fresh folder could not be opened
+        # (measured: StoreLockedError at the second attempt, and the worker exited at every start). A
+        # collection frees whatever reference cycle might still hold it.
+        _close_damaged(store)
+        del store
+        gc.collect()
+        _set_aside(path, reason)
+    else:
+        raise RuntimeError(f"cannot open a state in {path}")
+    if store.fresh:
+        log.warning("no local state in %s: this worker restores what it needs from Kafka (the user-state "
+                    "changelog of each partition it gets, and every item update)", path)
+    store.write({"meta": {_IDENTITY: identity(settings)}})
+    return store, service
 
 
-def _set_aside(path: object, err: Exception) -> None:
+def _close_damaged(store: RocksStore) -> None:
+    """Close a store that is about to be moved aside. A damaged folder can fail the close as well (opening it
+    started a compaction that read the damaged block; measured by ``stream-rec chaos``): that changes nothing
+    here, and must not stop the folder from being moved aside."""
+    try:
+        store.close()
+    except StateError as err:
+        log.warning("closing the damaged state failed as well: %s", err)
+
+
+def _set_aside(path: object, reason: str) -> None:
     moved = quarantine(path)  # type: ignore[arg-type]
-    log.error("the local state cannot be used: %s; moved it to %s, rebuilding it from Kafka", err, moved)
+    log.error("the local state cannot be used: %s; moved it to %s, rebuilding it from Kafka", reason, moved)

@@ -71,6 +71,12 @@ class EmbeddedBroker:
         assert self._proc is not None
         return self._proc.wait()
 
+    def send_signal(self, sig: int) -> None:
+        """Signal the broker process (``stream-rec chaos`` pauses it with SIGSTOP and resumes it with SIGCONT)."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("the embedded broker is not running")
+        self._proc.send_signal(sig)
+
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from stream_rec.settings import Settings, settings_table
-from tools import bench, evaluate, replay, tail
+from tools import bench, chaos, evaluate, replay, tail
 
 log = logging.getLogger("stream_rec")
 
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_parser(sub)
     evaluate.add_parser(sub)
     bench.add_parser(sub)
+    chaos.add_parser(sub)
 
     p = sub.add_parser("state", help="print the counts in a stopped worker's state")
     p.add_argument("--worker-id", help="overrides STREAM_REC_WORKER_ID")
