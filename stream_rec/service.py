@@ -263,8 +263,7 @@ class RecService:
         fresh, keep, item_side = self._drop_duplicates(batch, result)
         if not fresh:
             if changes:
-                result.changelog = self._changelog({})
-                result.changes = self._changes([])
+                result.changelog, result.changes = self._user_side({})
             return result
         arrays = self._arrays(fresh)
         item_log = self._item_log(item_side)
@@ -288,9 +287,7 @@ class RecService:
         if self.record_items:
             result.item_updates = self._item_updates(positions, items, cats, weights, ts_ms, item_log)
         if changes:
-            rows = self._user_rows(users, positions)
-            result.changelog = self._changelog(rows)
-            result.changes = self._changes([row for part_rows in rows.values() for row in part_rows])
+            result.changelog, result.changes = self._user_side(self._user_rows(users, positions))
         else:
             self._forget_changes()
         return result
@@ -704,13 +701,15 @@ class RecService:
                 mf_events[r] if seen[r] else 0, marks.get(u, {})))
         return rows
 
-    def _changelog(self, rows: dict[int, list[tuple[bytes, bytes]]]) -> dict[int, list[tuple[bytes, bytes]]]:
-        """Per user partition touched: its rows, then its marks record (written last)."""
-        out = {}
-        parts = set(rows) | {self.partition_of(lane) for lane in self._touched_lanes}
-        for part in sorted(parts):
-            out[part] = [*rows.get(part, []), (MARKS_KEY, encode_marks(self.marks_of(part)))]
-        return out
+    def _user_side(self, rows: dict[int, list[tuple[bytes, bytes]]]
+                   ) -> tuple[dict[int, list[tuple[bytes, bytes]]], dict[str, dict[bytes, bytes | None]]]:
+        """A batch's user side, encoded once for both of its homes: the changelog (per user partition
+        touched, its rows, then its marks record, written last) and the local cache's write."""
+        touched = {self.partition_of(lane) for lane in self._touched_lanes}
+        marks = {part: encode_marks(self.marks_of(part)) for part in set(rows) | touched}
+        changelog = {part: [*rows.get(part, []), (MARKS_KEY, marks[part])] for part in sorted(marks)}
+        return changelog, self._changes([row for part_rows in rows.values() for row in part_rows],
+                                        {part: marks[part] for part in touched})
 
     def forget_positions(self, lanes: Iterable[str]) -> list[str]:
         """Forget what was applied from ``lanes``, at once and in the store; returns those that had a mark.
@@ -849,13 +848,16 @@ class RecService:
         cooc.set_histories(idx, hist_item, hist_ts, hist_w, lengths)
         return users
 
-    def _changes(self, user_rows: list[tuple[bytes, bytes | None]]) -> dict[str, dict[bytes, bytes | None]]:
+    def _changes(self, user_rows: list[tuple[bytes, bytes | None]], marks: dict[int, bytes] | None = None
+                 ) -> dict[str, dict[bytes, bytes | None]]:
         """The local cache's write of the user side: these user rows and the marks of the partitions whose
-        lanes moved. The item side is written apart, less often (:meth:`persist_items`)."""
+        lanes moved (``marks``, encoded already, or encoded here). The item side is written apart, less
+        often (:meth:`persist_items`)."""
         self.users.pop_new()  # users are keyed by id in the cache: no index to remember
-        parts = {self.partition_of(lane) for lane in self._touched_lanes}
+        if marks is None:
+            marks = {p: encode_marks(self.marks_of(p)) for p in {self.partition_of(lane) for lane in self._touched_lanes}}
         self._touched_lanes.clear()
-        meta: dict[bytes, bytes | None] = {_MARKS + str(p).encode(): encode_marks(self.marks_of(p)) for p in parts}
+        meta: dict[bytes, bytes | None] = {_MARKS + str(p).encode(): m for p, m in marks.items()}
         return {"meta": meta, "users": dict(user_rows)}
 
     def _item_changes(self) -> dict[str, dict[bytes, bytes | None]]:

@@ -377,19 +377,22 @@ def test_a_torn_log_opens_at_an_earlier_consistent_state(killed: Path, tmp_path:
 
 # --- disks that refuse writes ------------------------------------------------------------------------
 
+def _write_until_refused(store: RocksStore) -> tuple[int, list[str]]:
+    """Write batch after batch until the store refuses one: the batches acknowledged, and the refusal."""
+    for b in range(100_000):
+        try:
+            store.write(_batch(b))
+        except StateWriteError as err:
+            return b, [str(err)]
+    return 100_000, []
+
+
 def _fill_then_free(root: str) -> None:
     """Child process on a small tmpfs: write until the disk is full, then free space and reopen."""
     filler = Path(root, "filler")
     filler.write_bytes(bytes(5_500_000))
     store = RocksStore(Path(root, "state"))
-    acked, errors = 0, []
-    for b in range(100_000):
-        try:
-            store.write(_batch(b))
-        except StateWriteError as err:
-            errors.append(str(err))
-            break
-        acked = b + 1
+    acked, errors = _write_until_refused(store)
     for step in (lambda: store.write(_batch(acked)), store.close):
         try:
             step()
@@ -419,14 +422,7 @@ def _beyond_file_size_limit(root: str) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     store = RocksStore(Path(root, "state"))
     resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))
-    acked, errors = 0, []
-    for b in range(100_000):
-        try:
-            store.write(_batch(b))
-        except StateWriteError as err:
-            errors.append(str(err))
-            break
-        acked = b + 1
+    acked, errors = _write_until_refused(store)
     try:
         store.close()
     except StateWriteError as err:
