@@ -30,8 +30,9 @@ from stream_rec.events import EVENT_TYPES, Availability, Event
 from stream_rec.ids import IdIndex, kafka_partition, row_keys
 from stream_rec.models._arrays import grow
 from stream_rec.models._kernels import INLINE, JIT
-from stream_rec.models._sync import (ABORT, COUNT, GO, LEARNED, LIST, LISTED, MEASURE, MEASURE_THERE, MEASURED, NEED,
-                                   SEG, THREADS, UNION, new_sync, store_release, wait_for)
+from stream_rec.models._sync import (ABORT, ALONE, COUNT, GO, LEARNED, LIST, LISTED, MEASURE, MEASURE_THERE, MEASURED,
+                                   MOVED_BY_LOOP, MOVED_BY_SECOND, NEED, SEG, THREADS, UNION, go_alone, new_sync,
+                                   set_clock, should_go_alone, store_release, thread_clock, wait_for)
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_apply_remote, cooc_learn_one
 from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, label,
@@ -60,6 +61,9 @@ _PURCHASE = _TYPE_CODE["purchase"]
 #: Batches shorter than this learn on one thread whatever ``settings.threads`` says: starting the
 #: second one costs ~0.1 ms.
 _THREADS_FROM = 256
+#: After a call of the learning loop went on alone (the second thread kept losing its core), calls start
+#: on one thread for this long before they try two again: how busy a machine is changes over seconds.
+_ALONE_FOR_S = 1.0
 #: Events of one batch whose learning may fail and be set aside; one more and the batch fails: so many
 #: bad events at once is a fault of the code or of the state, which dead-lettering would hide.
 _MOST_SET_ASIDE = 3
@@ -190,6 +194,9 @@ class RecService:
         self._digests = np.zeros(0, dtype=np.uint64)  # per user: the sum of its applied events' fingerprints
         self._unavailable: set[int] = set()
         self._side: Scratch | None = None  # the second learning thread's scratch (settings.threads == 2)
+        self._alone_until = 0.0  # time.monotonic() before which the learning loop keeps to one thread
+        #: Calls of the learning loop that started on two threads and went on alone (see _sync's docstring).
+        self.went_alone = 0
         #: lane -> offset of the last event whose user half was applied (the marks of the user partitions)
         self.hwm: dict[str, int] = {}
         #: lane -> {user: offset}: users restored from rows written after the lane's last marks record
@@ -362,7 +369,7 @@ class RecService:
         failed: list[tuple[int, str]] = []
         start, progress = 0, np.zeros(1, dtype=np.int64)
         while start < len(users):
-            threads = 2 if self.settings.threads > 1 and len(users) - start >= _THREADS_FROM else 1
+            threads = 2 if self._two_threads_pay(len(users) - start) else 1
             sync, side = new_sync(threads), scratch
             if threads > 1:
                 side = self._side_scratch(len(scratch.excluded), len(scratch.ls))
@@ -375,6 +382,7 @@ class RecService:
                 else:
                     _two_threads(sync, args, (mf.state, ranked[0], scratch, side, sync, fp, n_items, users, items,
                                               weights, mf_log, log_n, top_n, top_explore, item_log, start))
+                    self._note_alone(sync)
                 break
             except Exception as err:  # one event's learning failed: set it aside, go on after it
                 if len(failed) >= _MOST_SET_ASIDE:
@@ -390,6 +398,17 @@ class RecService:
             cooc.touch(users=users, items=cooc_log[: log_n[1]])
             pop.touch(items=items[item_log.item_side])
         return failed
+
+    def _two_threads_pay(self, events: int) -> bool:
+        """Whether to learn ``events`` events on two threads: if settings allow, the batch is long enough
+        and the last call that tried did not have to go on alone within :data:`_ALONE_FOR_S`."""
+        return self.settings.threads > 1 and events >= _THREADS_FROM and time.monotonic() >= self._alone_until
+
+    def _note_alone(self, sync: IntArray) -> None:
+        if sync[THREADS] == 1:  # the loop sent the second thread away
+            self.went_alone += 1
+            self._alone_until = time.monotonic() + _ALONE_FOR_S
+            log.debug("the learning loop went on alone (its second thread kept losing its core)")
 
     def _side_scratch(self, n_items: int, depth: int) -> Scratch:
         """The scratch of the second thread's matrix factorisation lists, kept as large as the fusion's."""
@@ -1068,7 +1087,9 @@ def _two_threads(sync: IntArray, main_args: tuple[Any, ...], mf_args: tuple[Any,
             sync[ABORT] = 1
 
     thread = threading.Thread(target=mf_side, name="stream-rec-mf", daemon=True)
+    set_clock(sync, MOVED_BY_LOOP, thread_clock(threading.get_ident()))
     thread.start()
+    set_clock(sync, MOVED_BY_SECOND, thread_clock(thread.ident))
     try:
         done = _rank_then_learn(*main_args)
     except BaseException:
@@ -1106,7 +1127,10 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
     thread has learned every earlier event, and the union is cleared once it is measured. What one
     thread writes the other does not touch meanwhile (the measured hits and the learned scorer are
     read before the union is handed over), and the union puts the factorisation's list last either
-    way, so the lists are the same with one thread or two. Returns ``False`` if the other thread gave up.
+    way, so the lists are the same with one thread or two. If the other thread keeps losing its core,
+    this one sends it away at the start of an event and goes on alone (see :mod:`stream_rec.models._sync`):
+    the same results again, since the other thread has learned every earlier event. Returns ``False`` if
+    the other thread gave up.
 
     ``item_log`` says which events' item half to learn and records it for other workers (see
     :mod:`stream_rec.state.item_updates`). ``progress[0]`` is the event in hand: if learning one raises,
@@ -1123,8 +1147,12 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
         if not (w >= 0.0 and ts_ms[e] >= 0):  # NaN fails both
             raise ValueError("an event with a negative or undefined weight or time cannot be learned")
         now = pop.clock[0]  # the latest event learned: what the worker's clock says after a batch
-        if two and not wait_for(sync, LEARNED, e):
-            return False
+        if two:
+            if not wait_for(sync, LEARNED, e):
+                return False
+            if should_go_alone(sync, e):  # the second thread keeps losing its core: it leaves, this one goes on
+                go_alone(sync, e)
+                two = False
         known = bool(mf.user_seen[u])
         measure = False
         if known:
@@ -1165,14 +1193,17 @@ def _mf_thread(mf: MFState, ranked_mf: MFState, sc: Scratch, side: Scratch, sync
     """The other thread's part of :func:`_rank_then_learn` with two threads, for each event: matrix
     factorisation's list (when the loop needs one; with the exclusions it marked in ``sc``) into
     ``side``, its learning step, then, when the loop hands it the event's union, the measuring of every
-    policy on it (:func:`~stream_rec.models.fusion.measure_gathered`, with ``side``'s work arrays).
-    Returns ``False`` if the other thread gave up."""
+    policy on it (:func:`~stream_rec.models.fusion.measure_gathered`, with ``side``'s work arrays), until
+    the loop sends it away (:data:`~stream_rec.models._sync.ALONE`). Returns ``False`` if the other thread
+    gave up."""
     mf_n = log_n[0:1]
     for e in range(start, len(users)):
         store_release(sync, LEARNED, e)
         if not wait_for(sync, GO, e + 1):
             return False
         u, need = users[e], sync[NEED]
+        if need & ALONE:
+            return True
         m = 0
         if need & LIST:
             m = mf_list(ranked_mf, fp, u, bool(mf.user_seen[u]), n_items, sc.excluded, side)

@@ -212,9 +212,19 @@ def test_offline_mode_learns_the_same_without_lists_or_changes(events: list[Even
     assert _all_lists(offline, users) == _all_lists(online, users)
 
 
-def test_two_learning_threads_give_the_same_lists_and_state_as_one(events: list[Event]) -> None:
+@pytest.mark.parametrize("alone_at", [None, 0, 700])
+def test_two_learning_threads_give_the_same_lists_and_state_as_one(events: list[Event], alone_at: int | None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """``threads=2`` runs matrix factorisation on a second thread: evaluate's lists, the worker's lists
-    and every persisted row must be exactly those of one thread (exploration on: its draws too)."""
+    and every persisted row must be exactly those of one thread (exploration on: its draws too); also when
+    the loop sends the second thread away and goes on alone, at the first event or in the middle (as it
+    does when that thread keeps losing its core)."""
+    import stream_rec.service as service_module
+    from stream_rec.models._sync import new_sync
+
+    if alone_at is not None:
+        monkeypatch.setattr(service_module, "new_sync", lambda threads: new_sync(threads, alone_at=alone_at))
+        monkeypatch.setattr(service_module, "_ALONE_FOR_S", 0.0)  # each call tries two threads again
     one, two = (RecService(replace(SETTINGS, explore=0.2, threads=t), MemoryStore()) for t in (1, 2))
     half = len(events) // 2
     scored = np.ones(half, bool)
@@ -234,6 +244,24 @@ def test_two_learning_threads_give_the_same_lists_and_state_as_one(events: list[
     assert [r["items"] for r in results[0].recommendations] == [r["items"] for r in results[1].recommendations]
     for family in ("users", "items", "meta"):
         assert dict(one.store.items(family)) == dict(two.store.items(family)), family
+    if alone_at is not None:
+        assert (one.went_alone, two.went_alone) == (0, 2)
+
+
+def test_after_going_alone_the_loop_keeps_to_one_thread_for_a_while(events: list[Event],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import stream_rec.service as service_module
+    from stream_rec.models._sync import new_sync
+
+    monkeypatch.setattr(service_module, "new_sync", lambda threads: new_sync(threads, alone_at=100))
+    monkeypatch.setattr(service_module, "_ALONE_FOR_S", 3600.0)
+    started = []
+    two_threads = service_module._two_threads
+    monkeypatch.setattr(service_module, "_two_threads", lambda *args: (started.append(1), two_threads(*args)))
+    service = RecService(replace(SETTINGS, threads=2), MemoryStore())
+    for s in (0, 500, 1000):
+        service.apply([(("lane", s + n), e) for n, e in enumerate(events[s:s + 500])])
+    assert len(started) == 1 and service.went_alone == 1
 
 
 def test_a_failing_second_thread_stops_the_loop_with_its_error(events: list[Event], monkeypatch) -> None:
