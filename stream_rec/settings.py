@@ -85,8 +85,9 @@ class Settings:
     seed: int = _setting(0, "Seed of every random choice (model init, sampling, exploration).")
     threads: int = _setting(
         1, "Threads of the learning loop: 2 runs matrix factorisation (its lists and learning) and the adaptive "
-        "fusion's measuring on a second core beside the other sources, with the same results; for stream-rec "
-        "evaluate (which uses 2 where there are two cores), or a worker with a core to itself and another free.")
+        "fusion's measuring on a second core beside the other sources, with the same results. It pays on an idle "
+        "machine with a core to spare; when the second thread keeps losing its core the loop goes on alone (for a "
+        "second), so it does not cost under load either.")
     metrics_port: int = _setting(9464, "Prometheus metrics port of a worker (0 = no endpoint).")
     session_timeout_s: float = _setting(
         6.0, "How long the group waits for a silent worker before handing its partitions on (kill -9, a hung "

@@ -84,12 +84,6 @@ def _log_events(args: argparse.Namespace) -> list[Event]:
     return events
 
 
-def default_threads() -> int:
-    """2 where this process may run on two cores or more, else 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 2 if cores >= 2 else 1
-
-
 def load_events(args: argparse.Namespace) -> list[Event]:
     """The events to evaluate on, in time order, after ``--skip`` and ``--limit``."""
     if args.dataset:
@@ -108,7 +102,8 @@ def _progress(total: int, desc: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    settings = Settings.from_env(**({"seed": args.seed} if args.seed is not None else {}), threads=args.threads)
+    overrides = {name: value for name, value in (("seed", args.seed), ("threads", args.threads)) if value is not None}
+    settings = Settings.from_env(**overrides)
     started = time.perf_counter()
     events = load_events(args)
     log.info("loaded %d events in %.1fs", len(events), time.perf_counter() - started)
@@ -194,9 +189,10 @@ def add_parser(subparsers: Any) -> None:
                    help="a user with fewer earlier events is 'new' (default: %(default)s)")
     p.add_argument("--refit-every", type=int, default=10_000, help="batch-knn retrains every N events (default: %(default)s)")
     p.add_argument("--seed", type=int, help="overrides STREAM_REC_SEED")
-    p.add_argument("--threads", type=int, choices=(1, 2), default=default_threads(),
-                   help="threads of our models' learning loop: 2 runs matrix factorisation on a second core, same "
-                        "results (default: %(default)s, 2 where the machine has two cores)")
+    p.add_argument("--threads", type=int, choices=(1, 2),
+                   help="threads of our models' learning loop, overrides STREAM_REC_THREADS (default 1): 2 runs matrix "
+                        "factorisation on a second core, same results; it goes back to one while the machine has no "
+                        "core to spare")
     p.add_argument("--workers", metavar="N[,N...]",
                    help="also simulate the fused model run by N workers in one group (users partitioned as the group "
                         "partitions them), each N as its own row, e.g. 1,2,4,8")
