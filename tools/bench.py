@@ -16,12 +16,14 @@ import asyncio
 import json
 import logging
 import math
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,11 @@ class BenchConfig:
     #: Tiny sizes for the model-cost and memory sections too (see :data:`QUICK`).
     quick: bool = False
 
+
+#: Pairs of fused evaluates (``--threads 1`` then ``--threads 2``) per load in the threads section.
+THREAD_ROUNDS = 3
+#: CPU-bound processes beside the loaded runs of the threads section: one per core of a 2-core machine.
+BUSY_PROCESSES = 2
 
 #: ``--quick``: enough to see every figure, too small for the figures to mean much.
 QUICK = {"events": 3_000, "users": 300, "items": 200, "freshness_s": 2.0}
@@ -399,6 +406,74 @@ def memory(bench: Bench) -> list[Figure]:
     return figures
 
 
+def threads_under_load(bench: Bench) -> list[Figure]:
+    """(f) The fused ``stream-rec evaluate`` with ``--threads 2`` against ``--threads 1``, alternately,
+    as it is and with :data:`BUSY_PROCESSES` CPU-bound processes running: a second thread must win where
+    a core is free and never cost where none is (target >= 0.9x loaded).
+
+    On MovieLens-100K (fetched once, see ``stream-rec evaluate --dataset``), on the bench's own events
+    with ``--quick`` or where the dataset cannot be had. The rates are evaluate's own (learning and
+    ranking, not start-up); the ratios are the median of each pair's, so a drifting machine cancels out.
+    """
+    source, data = _evaluate_input(bench)
+    rounds = 1 if bench.config.quick else THREAD_ROUNDS
+    _fused_rate(data, 2, bench.workdir)  # compiles the kernels (cached on disk) before anything is timed
+    figures = []
+    for load, busy in (("idle", 0), ("loaded", BUSY_PROCESSES)):
+        with _busy_processes(busy):
+            pairs = [(_fused_rate(data, 1, bench.workdir), _fused_rate(data, 2, bench.workdir))
+                     for _ in _progress(range(rounds), desc=f"threads, {load}")]
+        ones, twos = zip(*pairs)
+        note = f"{source}, {busy} CPU-bound processes beside it" if busy else f"{source}, nothing added beside it"
+        figures += [
+            Figure(f"{load}_threads1", statistics.median(ones), "ev/s", note),
+            Figure(f"{load}_threads2", statistics.median(twos), "ev/s", note),
+            Figure(f"{load}_threads2_over_threads1", statistics.median([two / one for one, two in pairs]), "x",
+                   "target >= 0.9" if busy else "what the second thread gains with a core to spare"),
+        ]
+    return figures
+
+
+def _evaluate_input(bench: Bench) -> tuple[str, list[str]]:
+    """What the threads section evaluates: a name and ``stream-rec evaluate``'s arguments for it."""
+    if not bench.config.quick:
+        from tools.evaluate import cache_dir, fetch_recbole_wheel
+
+        try:
+            fetch_recbole_wheel(cache_dir())
+            return "MovieLens-100K", ["--dataset", "ml-100k"]
+        except (OSError, subprocess.CalledProcessError, SystemExit) as err:
+            log.warning("MovieLens-100K unavailable (%s): the threads section uses the bench's events", err)
+    from stream_rec.synth import write_jsonl
+
+    path = bench.workdir / "threads-events.jsonl"
+    write_jsonl(bench.events, path)
+    return f"{len(bench.events):,} generated events", [str(path)]
+
+
+def _fused_rate(data: Sequence[str], threads: int, workdir: Path) -> float:
+    """The fused model's events/s in one ``stream-rec evaluate`` process with ``threads`` threads."""
+    report = workdir / "threads-report.json"
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "evaluate", *data, "--models", "fused", "--threads",
+                           str(threads), "--json", str(report)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"stream-rec evaluate --threads {threads} failed: {done.stderr[-2000:]}")
+    return float(json.loads(report.read_text())["models"]["fused"]["events_per_s"])
+
+
+@contextmanager
+def _busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes that only burn CPU, for as long as the block runs."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+
+
 #: The sections, in run order; each later one may read the figures of the earlier ones.
 SECTIONS: dict[str, Section] = {
     "ceilings": ceilings,
@@ -407,6 +482,7 @@ SECTIONS: dict[str, Section] = {
     "freshness_rekey": freshness_rekey,
     "model_costs": model_costs,
     "memory": memory,
+    "threads_under_load": threads_under_load,
 }
 
 

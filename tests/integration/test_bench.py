@@ -29,6 +29,8 @@ EXPECTED["model_costs"] = {"mf_rank32_us", "mf_rank64_us", "mf_rank128_us", "coo
                            *(f"top20_{n}_items_{s}" for n in (1000, 5000) for s in ("mean", "p99")),
                            "top20_5000_items_exact_mean", "mf_recall_5000_items"}
 EXPECTED["memory"] = {"2k_users_rss_mb", "2k_users_disk_mb", "2k_users_restart_to_ready_s", "2k_users_reloaded_rss_mb"}
+EXPECTED["threads_under_load"] = {f"{load}_{name}" for load in ("idle", "loaded")
+                                 for name in ("threads1", "threads2", "threads2_over_threads1")}
 
 
 def test_bench_reports_every_figure(broker: EmbeddedBroker, tmp_path: Path) -> None:
