@@ -24,8 +24,8 @@ from typing import Any
 
 from stream_rec.events import Event
 from stream_rec.logs import PRESETS, read_log
-from stream_rec.evaluation.baselines import MODEL_NAMES, Competitor, ServiceModel, Vocabulary, build
-from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Evaluation, Prequential
+from stream_rec.evaluation.baselines import MODEL_NAMES, ServiceModel, Vocabulary, build
+from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Prequential
 from stream_rec.evaluation.report import table, write_json, write_plots
 from stream_rec.evaluation.scale_out import CLOCKS, WORKER_RATE, build_scale_out
 from stream_rec.heap import settle
@@ -106,21 +106,6 @@ def _progress(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="ev", disable=not sys.stderr.isatty(), file=sys.stderr)
 
 
-def prequential(events: Sequence[Event], competitors: dict[str, Competitor], vocab: Vocabulary, settings: Settings, *,
-                batch_size: int = BATCH_SIZE, window: int = 1000, new_user_events: int = NEW_USER_EVENTS,
-                desc: str = "evaluate") -> Evaluation:
-    """Evaluate ``competitors`` (built on ``vocab``) on ``events``, with a progress bar.
-
-    What ``stream-rec evaluate`` runs once its events are loaded and its models built; ``stream-rec bench``
-    runs it too, so both measure the same thing.
-    """
-    evaluation = Prequential(competitors, vocab, settings, batch_size=batch_size, window=window,
-                             new_user_events=new_user_events)
-    settle()  # the loaded log and the models live to the end: out of the collector's scans (stream_rec.heap)
-    with _progress(len(events), desc) as bar:
-        return evaluation.run(events, progress=bar.update)
-
-
 def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     settings = Settings.from_env(**({"seed": args.seed} if args.seed is not None else {}), threads=args.threads)
@@ -139,8 +124,11 @@ def run(args: argparse.Namespace) -> int:
             names += list(group)
     except ValueError as err:
         raise SystemExit(f"stream-rec evaluate: {err}") from None
-    result = prequential(events, competitors, vocab, settings, batch_size=args.batch_size, window=args.window,
-                         new_user_events=args.new_user_events)
+    evaluation = Prequential(competitors, vocab, settings, batch_size=args.batch_size,
+                             window=args.window, new_user_events=args.new_user_events)
+    settle()  # the loaded log and the models live to the end: out of the collector's scans (stream_rec.heap)
+    with _progress(len(events), "evaluate") as bar:
+        result = evaluation.run(events, progress=bar.update)
     result.extra["source"] = args.dataset or list(args.paths)
     result.extra["models_order"] = names
     for name, figures in result.models.items():

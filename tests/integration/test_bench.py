@@ -31,8 +31,9 @@ EXPECTED["model_costs"] = {"mf_rank32_us", "mf_rank64_us", "mf_rank128_us", "coo
 EXPECTED["memory"] = {"2k_users_rss_mb", "2k_users_disk_mb", "2k_users_restart_to_ready_s", "2k_users_reloaded_rss_mb"}
 CATALOGUES = (50, 500, 5_000)
 EXPECTED["catalogue_scale"] = {
-    *(f"{n}_items_{f}" for n in CATALOGUES for f in ("touched", "fused_evaluate", "fused_hr10", "full_keyed")),
-    *(f"{n}_items_{f}_over_50" for n in CATALOGUES[1:] for f in ("fused_evaluate", "full_keyed")),
+    *(f"{n}_items_{f}" for n in CATALOGUES
+      for f in ("touched", "fused_evaluate", "fused_evaluate_cpu", "fused_hr10", "full_keyed")),
+    *(f"{n}_items_{f}_over_50" for n in CATALOGUES[1:] for f in ("fused_evaluate", "fused_evaluate_cpu", "full_keyed")),
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 from stream_rec.settings import Settings
 from stream_rec.synth import default_categories, write_jsonl
 from tools.bench import QUICK, SECTIONS, Bench, BenchConfig, Figure, format_table, percentile, sustained_rate
-from tools.bench_catalogue import CatalogueRow, fused_evaluate, shop_events
+from tools.bench_catalogue import CatalogueRow, decoded, fused_evaluations, shop_events
 from tools.bench_catalogue import figures as catalogue_figures
 from tools.cli import build_parser, main
 
@@ -46,23 +46,28 @@ def test_bench_options_and_quick_configuration() -> None:
     assert list(SECTIONS)[:3] == ["ceilings", "full_worker", "freshness"]
 
 
-def _row(items: int, evaluate_rate: float, worker_rate: float) -> CatalogueRow:
-    return CatalogueRow(items=items, events=200_000, touched=items // 2, evaluate_rate=evaluate_rate, hr10=0.1234,
-                        worker_events=50_000, worker_touched=items // 4, worker_rate=worker_rate)
+def _row(items: int, evaluate_rate: float, worker_rates: tuple[float, ...]) -> CatalogueRow:
+    return CatalogueRow(items=items, events=200_000, touched=items // 2, evaluate_rate=evaluate_rate,
+                        evaluate_cpu_rate=2 * evaluate_rate, hr10=0.1234, worker_events=50_000,
+                        worker_touched=items // 4, worker_rates=worker_rates)
 
 
 def test_catalogue_figures_compare_every_size_with_the_first() -> None:
-    rows = [_row(5_000, 20_000.0, 5_000.0), _row(100_000, 8_000.0, 3_000.0), _row(1_000_000, 2_000.0, 500.0)]
+    rows = [_row(5_000, 20_000.0, (4_000.0, 6_000.0)), _row(100_000, 8_000.0, (3_000.0, 3_000.0)),
+            _row(1_000_000, 2_000.0, (400.0, 600.0))]
     figures = {f.name: f for f in catalogue_figures(rows)}
+    assert figures["5000_items_full_keyed"].value == pytest.approx(5_000.0)  # the mean of its drains
     assert figures["100000_items_fused_evaluate_over_5000"].value == pytest.approx(0.4)
     assert figures["1000000_items_fused_evaluate_over_5000"].value == pytest.approx(0.1)
+    assert figures["1000000_items_fused_evaluate_cpu_over_5000"].value == pytest.approx(0.1)
     assert figures["1000000_items_full_keyed_over_5000"].value == pytest.approx(0.1)
     assert figures["100000_items_full_keyed_over_5000"].note.endswith("target >= 0.5")
     assert figures["1000000_items_fused_evaluate_over_5000"].note.endswith("target >= 0.3")
     assert figures["5000_items_fused_hr10"].value == pytest.approx(12.34) and figures["5000_items_fused_hr10"].unit == "%"
-    assert "capped: the first 50,000 events only (250,000 items)" in figures["1000000_items_full_keyed"].note
+    note = figures["1000000_items_full_keyed"].note
+    assert "capped: the first 50,000 events only (250,000 items)" in note and "2 drains, 400 and 600" in note
     assert not any(name.startswith("5000_items") and "_over_" in name for name in figures)
-    assert len(figures) == 3 * 4 + 2 * 2
+    assert len(figures) == 3 * 5 + 2 * 3
 
 
 def test_catalogue_options_are_checked_and_quick_shrinks_them(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,14 +84,16 @@ def test_catalogue_options_are_checked_and_quick_shrinks_them(capsys: pytest.Cap
 
 
 def test_the_sections_fused_evaluation_is_stream_rec_evaluates(tmp_path: Path) -> None:
-    """Same shop, same figures: the section measures what ``stream-rec generate | evaluate`` would."""
+    """Same shop, same figures: side by side with another shop, the section measures on each what
+    ``stream-rec generate | stream-rec evaluate --models fused --threads 1`` would."""
     config = BenchConfig(users=200, catalogue_events=3_000, catalogue_exponent=0.8)
-    events = shop_events(config, 20_000)
+    small, big = shop_events(config, 500), shop_events(config, 20_000)
     bench = Bench(config, Settings(), tmp_path, [], base=Settings.from_env())
-    rate, hr10 = fused_evaluate(bench, events, "test")
-    log, report = tmp_path / "shop.jsonl", tmp_path / "report.json"
-    write_jsonl(events, log)
-    assert main(["evaluate", str(log), "--models", "fused", "--threads", "1", "--json", str(report)]) == 0
-    fused = json.loads(report.read_text())["models"]["fused"]
-    assert rate > 0 and 0 < hr10 < 1 and hr10 == fused["hr@10"]
-    assert len({e["category"] for e in events}) <= default_categories(20_000) == 40
+    evaluated = fused_evaluations(bench, [decoded(small), decoded(big)])
+    for name, events, mine in (("small", small, evaluated[0]), ("big", big, evaluated[1])):
+        log, report = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.json"
+        write_jsonl(events, log)
+        assert main(["evaluate", str(log), "--models", "fused", "--threads", "1", "--json", str(report)]) == 0
+        fused = json.loads(report.read_text())["models"]["fused"]
+        assert mine.rate > 0 and mine.cpu_rate > 0 and 0 < mine.hr10 < 1 and mine.hr10 == fused["hr@10"], name
+    assert len({e["category"] for e in big}) <= default_categories(20_000) == 40
