@@ -474,14 +474,24 @@ def format_table(report: dict[str, Any]) -> str:
     for section, figures in report["sections"].items():
         for f in figures.values():
             value = f["value"]
-            shown = "nan" if isinstance(value, float) and math.isnan(value) else (
-                f"{value:,.2f}" if f["unit"] == "x" or abs(value) < 100 else f"{value:,.0f}")
+            shown = "nan" if isinstance(value, float) and math.isnan(value) else _shown(value, f["unit"])
             rows.append((section, f["name"], shown, f["unit"], f["note"]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [" ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].ljust(widths[3]), r[4]]).rstrip()
              for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def _shown(value: float, unit: str) -> str:
+    """Two decimals for ratios and small values (three for ratios under 0.1), none for large values.
+
+    >>> _shown(0.0234, "x"), _shown(0.59, "x"), _shown(43.74, "%"), _shown(15633.2, "ev/s")
+    ('0.023', '0.59', '43.74', '15,633')
+    """
+    if unit == "x" and abs(value) < 0.1:
+        return f"{value:,.3f}"
+    return f"{value:,.2f}" if unit == "x" or abs(value) < 100 else f"{value:,.0f}"
 
 
 def add_parser(sub: Any) -> None:

@@ -11,7 +11,11 @@ by :func:`~stream_rec.synth.default_categories`. On the shops it measures
   :class:`~stream_rec.evaluation.prequential.Prequential`, settings and defaults); events/s, events per
   CPU-second and HR@10. The sizes are evaluated side by side, a chunk of each in turn
   (:func:`~stream_rec.evaluation.prequential.side_by_side`): run one after the other, minutes apart, their
-  ratios moved several-fold with the load of the shared machine;
+  ratios moved several-fold with the load of the shared machine. They run in a child process whose
+  OpenBLAS (and OpenMP, MKL) is held to one thread, :data:`ONE_THREAD_ENV`: ``--threads 1`` alone leaves
+  OpenBLAS its own worker threads, which the compiled ranking wakes at large catalogues, and which
+  collapse when the machine is busy (200k events at 100k items, two busy loops beside it: 73 s with one
+  OpenBLAS thread, more than 300 s without);
 * the full worker on the keyed input path draining the first ``catalogue_worker_events`` events of each
   shop as a backlog, as ``full_worker`` drains its own (:func:`tools.bench.drain_rate`); twice, in mirrored
   order (5k, 100k, 1M, 1M, 100k, 5k), so a drift of the machine's load is spread over every size; fewer
@@ -24,10 +28,14 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +45,7 @@ from stream_rec.evaluation.baselines import Vocabulary, build
 from stream_rec.evaluation.prequential import Prequential, side_by_side
 from stream_rec.events import Event, decode
 from stream_rec.heap import settle
+from stream_rec.settings import Settings
 from stream_rec.synth import ShopConfig, SyntheticShop, default_categories
 from tools.bench import Bench, BenchConfig, Figure, drain_rate, produce_backlog
 
@@ -45,16 +54,18 @@ log = logging.getLogger(__name__)
 #: The slowest drain (events/s) a worker run may show, after two minutes to start, before the bench gives
 #: up on it: low, so that a slow worker at a big catalogue is measured and only a stuck one trips it.
 MIN_WORKER_RATE = 25.0
+#: The evaluating child's environment: every native thread pool it may load held to one thread.
+ONE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
 class Shop:
-    """One catalogue size's shop, as the section uses it."""
+    """One catalogue size's shop, as the parent process uses it (the evaluating child makes its own)."""
 
     items: int
-    events: list[Event]  # every event, decoded, for the evaluation
+    events: int
     head: list[dict[str, Any]]  # the worker's backlog: the first events, as produced
-    touched: int  # distinct items in ``events``
+    touched: int  # distinct items in all the events
     head_touched: int
 
 
@@ -97,10 +108,10 @@ def shop_events(config: BenchConfig, n_items: int) -> list[dict[str, Any]]:
 
 
 def build_shop(config: BenchConfig, n_items: int) -> Shop:
-    """Generate the shop of ``n_items`` items and keep what the section needs of it."""
+    """Generate the shop of ``n_items`` items and keep what the workers' runs need of it."""
     events = shop_events(config, n_items)
     head = events[: config.catalogue_worker_events]
-    return Shop(items=n_items, events=decoded(events), head=head, touched=_distinct_items(events),
+    return Shop(items=n_items, events=len(events), head=head, touched=_distinct_items(events),
                 head_touched=_distinct_items(head))
 
 
@@ -114,13 +125,38 @@ def _distinct_items(events: Sequence[dict[str, Any]]) -> int:
     return len({e["item_id"] for e in events})
 
 
-def fused_evaluations(bench: Bench, streams: Sequence[Sequence[Event]]) -> list[Evaluated]:
-    """The fused model's prequential figures on each stream, one thread, the streams side by side.
+def fused_evaluations(config: BenchConfig, settings: Settings) -> list[Evaluated]:
+    """The fused model's figures on the shop of every catalogue size, evaluated side by side in a child
+    process with one thread (:data:`ONE_THREAD_ENV`); ``settings`` as ``stream-rec evaluate`` would read them."""
+    with _environment(ONE_THREAD_ENV), ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as child:
+        return child.submit(_evaluate_shops, config, settings).result()
 
-    The settings are the ones the bench was given (not the workers' ``explore=0``), as ``stream-rec
-    evaluate`` would read them, with one thread; batch size, window and new-user threshold are its defaults.
-    """
-    settings = replace(bench.base, threads=1)
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` inside the block (a spawned child starts with them), then as before."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _evaluate_shops(config: BenchConfig, settings: Settings) -> list[Evaluated]:
+    """In the child: generate every shop again (seeded, so the same events) and evaluate them."""
+    return evaluate_side_by_side([decoded(shop_events(config, n)) for n in config.catalogues], settings)
+
+
+def evaluate_side_by_side(streams: Sequence[Sequence[Event]], settings: Settings) -> list[Evaluated]:
+    """The fused model's prequential figures on each stream, the streams side by side, with
+    ``settings`` on one thread; batch size, window and new-user threshold are ``stream-rec evaluate``'s
+    defaults."""
+    settings = replace(settings, threads=1)
     runs = []
     for _ in streams:
         vocab = Vocabulary.empty()
@@ -155,13 +191,14 @@ def worker_rates(bench: Bench, shops: Sequence[Shop]) -> list[tuple[float, ...]]
 
 
 def measure(bench: Bench) -> list[CatalogueRow]:
-    """Generate every shop, evaluate them side by side, then drain a worker on the head of each."""
-    shops = [build_shop(bench.config, n_items) for n_items in bench.config.catalogues]
+    """Evaluate every shop side by side (in a child), then drain a worker on the head of each."""
     started = time.monotonic()
-    evaluated = fused_evaluations(bench, [shop.events for shop in shops])
-    log.info("fused evaluations of %d shops side by side took %.0f s", len(shops), time.monotonic() - started)
+    # The bench's own settings switch off exploration for its workers; an evaluation reads them as given.
+    evaluated = fused_evaluations(bench.config, bench.base)
+    log.info("fused evaluations of %d shops side by side took %.0f s", len(evaluated), time.monotonic() - started)
+    shops = [build_shop(bench.config, n_items) for n_items in bench.config.catalogues]
     drains = worker_rates(bench, shops)
-    rows = [CatalogueRow(items=shop.items, events=len(shop.events), touched=shop.touched, evaluate_rate=e.rate,
+    rows = [CatalogueRow(items=shop.items, events=shop.events, touched=shop.touched, evaluate_rate=e.rate,
                          evaluate_cpu_rate=e.cpu_rate, hr10=e.hr10, worker_events=len(shop.head),
                          worker_touched=shop.head_touched, worker_rates=rates)
             for shop, e, rates in zip(shops, evaluated, drains)]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
 
 from stream_rec.settings import Settings
 from stream_rec.synth import default_categories, write_jsonl
-from tools.bench import QUICK, SECTIONS, Bench, BenchConfig, Figure, format_table, percentile, sustained_rate
-from tools.bench_catalogue import CatalogueRow, decoded, fused_evaluations, shop_events
+from tools.bench import QUICK, SECTIONS, BenchConfig, Figure, format_table, percentile, sustained_rate
+from tools.bench_catalogue import (ONE_THREAD_ENV, CatalogueRow, _environment, decoded, evaluate_side_by_side,
+                                   fused_evaluations, shop_events)
 from tools.bench_catalogue import figures as catalogue_figures
 from tools.cli import build_parser, main
 
@@ -88,8 +90,7 @@ def test_the_sections_fused_evaluation_is_stream_rec_evaluates(tmp_path: Path) -
     ``stream-rec generate | stream-rec evaluate --models fused --threads 1`` would."""
     config = BenchConfig(users=200, catalogue_events=3_000, catalogue_exponent=0.8)
     small, big = shop_events(config, 500), shop_events(config, 20_000)
-    bench = Bench(config, Settings(), tmp_path, [], base=Settings.from_env())
-    evaluated = fused_evaluations(bench, [decoded(small), decoded(big)])
+    evaluated = evaluate_side_by_side([decoded(small), decoded(big)], Settings.from_env())
     for name, events, mine in (("small", small, evaluated[0]), ("big", big, evaluated[1])):
         log, report = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.json"
         write_jsonl(events, log)
@@ -97,3 +98,19 @@ def test_the_sections_fused_evaluation_is_stream_rec_evaluates(tmp_path: Path) -
         fused = json.loads(report.read_text())["models"]["fused"]
         assert mine.rate > 0 and mine.cpu_rate > 0 and 0 < mine.hr10 < 1 and mine.hr10 == fused["hr@10"], name
     assert len({e["category"] for e in big}) <= default_categories(20_000) == 40
+
+
+def test_the_child_evaluates_the_same_shops_with_one_blas_thread() -> None:
+    """The section evaluates in a spawned child (OpenBLAS held to one thread): same shops, same figures."""
+    config = BenchConfig(users=50, catalogues=(100, 1_000), catalogue_events=600)
+    in_child = fused_evaluations(config, Settings())
+    here = evaluate_side_by_side([decoded(shop_events(config, n)) for n in config.catalogues], Settings())
+    assert [e.hr10 for e in in_child] == [e.hr10 for e in here] and all(e.rate > 0 for e in in_child)
+
+
+def test_the_childs_environment_is_set_only_around_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with _environment(ONE_THREAD_ENV):
+        assert all(os.environ[name] == "1" for name in ONE_THREAD_ENV)
+    assert os.environ["OMP_NUM_THREADS"] == "4" and "OPENBLAS_NUM_THREADS" not in os.environ
