@@ -35,7 +35,7 @@ import numpy as np
 from stream_rec.events import EVENT_TYPES, SCHEMA_VERSION
 from stream_rec.types import Float32Array, FloatArray, IntArray
 
-__all__ = ["ShopConfig", "SyntheticShop", "write_jsonl"]
+__all__ = ["ShopConfig", "SyntheticShop", "default_categories", "write_jsonl"]
 
 DAY_MS: Final = 86_400_000
 #: Sessions of one user are separated by strictly more than this (the usual sessionisation window).
@@ -82,6 +82,9 @@ DIURNAL: Final = (
 MAX_BATCH_SESSIONS: Final = 50_000
 #: Events per chunk when turning columns into dicts (bounds the size of temporary Python lists).
 DICT_CHUNK: Final = 65_536
+#: The default shop: 20 categories for 5,000 items; :func:`default_categories` scales from there.
+BASE_CATEGORIES: Final = 20
+BASE_ITEMS: Final = 5_000
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,9 @@ class ShopConfig:
     n_factors
         Latent taste dimensions of users, items and categories.
     popularity_exponent
-        Item popularity is proportional to ``rank ** -popularity_exponent`` (Zipf-like).
+        Item popularity is proportional to ``rank ** -popularity_exponent`` (Zipf-like): 0 makes every
+        item equally popular; the larger it is, the more of the traffic goes to the best sellers and
+        the fewer distinct items a stream touches.
     new_item_share
         Share of items that only become available partway through the stream.
     drift
@@ -137,13 +142,19 @@ class ShopConfig:
         for name in ("new_item_share", "complement_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShopConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.new_item_share * self.n_items > self.n_items - 1:
+        if self.n_new_items > self.n_items - 1:
             raise ValueError("ShopConfig.new_item_share must leave at least one item available from the start")
         for name in ("popularity_exponent", "drift"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ShopConfig.{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):  # nan and inf would slip past a plain `< 0`
+                raise ValueError(f"ShopConfig.{name} must be a finite number >= 0, got {value}")
         if not self.days > 0:
             raise ValueError(f"ShopConfig.days must be > 0, got {self.days}")
+
+    @property
+    def n_new_items(self) -> int:
+        """How many items only become available partway through the stream."""
+        return int(round(self.new_item_share * self.n_items))
 
 
 @dataclass
@@ -235,7 +246,7 @@ class SyntheticShop:
         """Start of stream for most items; a uniform time in the middle 85 % of it for new ones."""
         cfg = self.config
         available = np.full(cfg.n_items, cfg.start_ms, dtype=np.int64)
-        n_new = int(round(cfg.new_item_share * cfg.n_items))
+        n_new = cfg.n_new_items
         new = rng.choice(cfg.n_items, size=n_new, replace=False)
         horizon = cfg.days * DAY_MS
         available[new] = cfg.start_ms + rng.uniform(0.05 * horizon, 0.9 * horizon, n_new).astype(np.int64)
@@ -438,6 +449,24 @@ class _CategorySampler:
         pos = np.searchsorted(self.flat, category + u, side="right")
         pos = np.clip(pos, self.first[category], self.first[category + 1] - 1)
         return self.order[pos]
+
+
+def default_categories(n_items: int) -> int:
+    """Categories for a catalogue of ``n_items`` when none are asked for.
+
+    20 up to 5,000 items (the default shop; at most one per item), then ``20 * sqrt(n_items / 5,000)``,
+    rounded: both the number of categories and their size grow with the square root of the catalogue,
+    as a shop adds aisles and fills them. Linear growth would keep 250 items a category but make the
+    generator's sessions-by-categories taste matrix grow with the catalogue.
+
+    Examples
+    --------
+    >>> [default_categories(n) for n in (7, 5_000, 100_000, 1_000_000)]
+    [7, 20, 89, 283]
+    """
+    if n_items <= BASE_ITEMS:
+        return min(BASE_CATEGORIES, n_items)
+    return round(BASE_CATEGORIES * math.sqrt(n_items / BASE_ITEMS))
 
 
 def _unit_rows(x: FloatArray) -> FloatArray:

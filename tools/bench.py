@@ -2,7 +2,8 @@
 
 Sections run in order against one broker (the embedded one unless ``--bootstrap``); each is a function
 ``(Bench) -> list[Figure]`` registered in :data:`SECTIONS`, so a later section (model costs, memory)
-is one more function and one more line there. Every section gets the same seeded synthetic events.
+is one more function and one more line there. Every section gets the same seeded synthetic events,
+except ``catalogue_scale``, which generates a shop of the same shape for each catalogue size.
 
 Throughput runs consume a *backlog*: the events are produced first, then a process starts and drains
 them; its rate is read from its metrics between 10% and 90% of the events (start-up and the tail
@@ -32,7 +33,8 @@ from tqdm import tqdm
 
 from agents.topics import ensure_topics
 from stream_rec.settings import TOPIC_FIELDS, Settings
-from stream_rec.synth import ShopConfig, SyntheticShop
+from stream_rec.synth import ShopConfig, SyntheticShop, default_categories
+from tools.argtypes import finite, whole, whole_list
 from tools.broker import EmbeddedBroker
 from tools.produce import topic_for
 from tools.workers import WorkerProcess
@@ -61,6 +63,14 @@ class BenchConfig:
     workdir: str = ""
     #: Tiny sizes for the model-cost and memory sections too (see :data:`QUICK`).
     quick: bool = False
+    #: Catalogue sizes of the ``catalogue_scale`` section; its rates are compared with the first one's.
+    catalogues: tuple[int, ...] = (5_000, 100_000, 1_000_000)
+    #: Events of each of that section's shops, all of them evaluated.
+    catalogue_events: int = 200_000
+    #: Events of a shop the section's worker drains (its first ones): a worker at 1M items is slow.
+    catalogue_worker_events: int = 50_000
+    #: Popularity exponent of that section's shops: a long tail, so a bigger catalogue is really touched.
+    catalogue_exponent: float = 0.8
 
 
 #: Pairs of fused evaluates (``--threads 1`` then ``--threads 2``) per load in the threads section.
@@ -69,7 +79,8 @@ THREAD_ROUNDS = 3
 BUSY_PROCESSES = 2
 
 #: ``--quick``: enough to see every figure, too small for the figures to mean much.
-QUICK = {"events": 3_000, "users": 300, "items": 200, "freshness_s": 2.0}
+QUICK: dict[str, Any] = {"events": 3_000, "users": 300, "items": 200, "freshness_s": 2.0, "catalogues": (200, 2_000, 20_000),
+                         "catalogue_events": 3_000, "catalogue_worker_events": 3_000}
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,8 @@ class Bench:
     settings: Settings
     workdir: Path
     events: list[dict[str, Any]]
+    #: The settings the bench was given, before its own overrides (sections that evaluate use them).
+    base: Settings = field(default_factory=Settings)
     figures: dict[str, dict[str, Figure]] = field(default_factory=dict)
     _runs: int = 0
 
@@ -114,9 +127,11 @@ Section = Callable[[Bench], list[Figure]]
 
 # -- building blocks ------------------------------------------------------------------------------
 
-def produce_backlog(bench: Bench, settings: Settings) -> float:
-    """Send every event (keyed by user id, one event per message) to ``settings``' input topics; events/s."""
-    messages = [(topic_for(e, settings), e["user_id"].encode(), json.dumps(e).encode()) for e in bench.events]
+def produce_backlog(bench: Bench, settings: Settings, events: Sequence[dict[str, Any]] | None = None) -> float:
+    """Send ``events`` (default: the bench's) to ``settings``' input topics, keyed by user id, one event per
+    message; events/s."""
+    events = bench.events if events is None else events
+    messages = [(topic_for(e, settings), e["user_id"].encode(), json.dumps(e).encode()) for e in events]
     return asyncio.run(_produce(settings.kafka_bootstrap, messages))
 
 
@@ -157,9 +172,11 @@ async def _raw_consume(settings: Settings, expected: int) -> float:
         await consumer.stop()
 
 
-def drain_rate(bench: Bench, settings: Settings, label: str, module: Sequence[str] = ("tools.cli", "worker")) -> float:
-    """Start a worker process on a backlog of ``len(bench.events)`` events; its sustained events/s."""
-    total = len(bench.events)
+def drain_rate(bench: Bench, settings: Settings, label: str, module: Sequence[str] = ("tools.cli", "worker"), *,
+               total: int | None = None, min_rate: float = 500.0) -> float:
+    """Start a worker process on a backlog of ``total`` events (default: ``len(bench.events)``); its
+    sustained events/s. It fails if the worker drains slower than ``min_rate`` after two minutes to start."""
+    total = len(bench.events) if total is None else total
     worker = WorkerProcess(settings, log_path=bench.workdir / f"{settings.app_id}.log", module=module).start()
     samples: list[tuple[float, float]] = []
     try:
@@ -168,7 +185,7 @@ def drain_rate(bench: Bench, settings: Settings, label: str, module: Sequence[st
                 samples.append((time.monotonic(), value))
                 bar.update(int(value) - bar.n)
 
-            worker.wait_for(APPLIED, total, timeout_s=120 + total / 500, on_value=seen)
+            worker.wait_for(APPLIED, total, timeout_s=120 + total / min_rate, on_value=seen)
     finally:
         worker.stop()
     return sustained_rate(samples, total)
@@ -472,6 +489,11 @@ def _busy_processes(count: int) -> Iterator[None]:
         for process in busy:
             process.kill()
             process.wait()
+def catalogue_scale(bench: Bench) -> list[Figure]:
+    """(g) The fused evaluate and the full worker on shops of 5k, 100k and 1M items, side by side."""
+    from tools import bench_catalogue
+
+    return bench_catalogue.catalogue_scale(bench)
 
 
 #: The sections, in run order; each later one may read the figures of the earlier ones.
@@ -483,6 +505,7 @@ SECTIONS: dict[str, Section] = {
     "model_costs": model_costs,
     "memory": memory,
     "threads_under_load": threads_under_load,
+    "catalogue_scale": catalogue_scale,
 }
 
 
@@ -498,9 +521,10 @@ def run_bench(config: BenchConfig, base: Settings, sections: Sequence[str] | Non
         if not bootstrap:
             bootstrap = stack.enter_context(EmbeddedBroker(log_path=str(workdir / "broker.log"))).bootstrap
         settings = replace(base, kafka_bootstrap=bootstrap, app_id=f"bench-{int(time.time())}", explore=0.0)
-        shop = SyntheticShop(ShopConfig(n_users=config.users, n_items=config.items, n_categories=min(20, config.items),
-                                        n_events=config.events, seed=config.seed))
-        bench = Bench(config, settings, workdir, list(shop.events()))
+        shop = SyntheticShop(ShopConfig(n_users=config.users, n_items=config.items,
+                                        n_categories=default_categories(config.items), n_events=config.events,
+                                        seed=config.seed))
+        bench = Bench(config, settings, workdir, list(shop.events()), base=base)
         for name in sections or SECTIONS:
             log.info("bench section %s", name)
             started = time.monotonic()
@@ -524,8 +548,7 @@ def format_table(report: dict[str, Any]) -> str:
     for section, figures in report["sections"].items():
         for f in figures.values():
             value = f["value"]
-            shown = "nan" if isinstance(value, float) and math.isnan(value) else (
-                f"{value:,.2f}" if f["unit"] == "x" or abs(value) < 100 else f"{value:,.0f}")
+            shown = "nan" if isinstance(value, float) and math.isnan(value) else _shown(value, f["unit"])
             rows.append((section, f["name"], shown, f["unit"], f["note"]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [" ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].ljust(widths[3]), r[4]]).rstrip()
@@ -534,14 +557,36 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _shown(value: float, unit: str) -> str:
+    """Two decimals for ratios and small values (three for ratios under 0.1), none for large values.
+
+    >>> _shown(0.0234, "x"), _shown(0.59, "x"), _shown(43.74, "%"), _shown(15633.2, "ev/s")
+    ('0.023', '0.59', '43.74', '15,633')
+    """
+    if unit == "x" and abs(value) < 0.1:
+        return f"{value:,.3f}"
+    return f"{value:,.2f}" if unit == "x" or abs(value) < 100 else f"{value:,.0f}"
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="measure throughput ceilings, the worker's rate and freshness in one run")
+    p = sub.add_parser("bench", help="measure throughput ceilings, the worker's rate and freshness in one run, "
+                                     "and how they hold up as the catalogue grows")
     p.add_argument("--events", type=int, default=BenchConfig.events, help="events per throughput run (default: %(default)s)")
     p.add_argument("--users", type=int, default=BenchConfig.users, help="users (default: %(default)s)")
     p.add_argument("--items", type=int, default=BenchConfig.items, help="items (default: %(default)s)")
     p.add_argument("--seed", type=int, default=BenchConfig.seed, help="random seed (default: %(default)s)")
     p.add_argument("--freshness-s", type=float, default=BenchConfig.freshness_s,
                    help="seconds of paced traffic for the freshness section (default: %(default)s)")
+    p.add_argument("--catalogues", type=whole_list(1), default=BenchConfig.catalogues, metavar="N[,N...]",
+                   help="catalogue sizes of the catalogue_scale section, each rate compared with the first size's "
+                        f"(default: {','.join(map(str, BenchConfig.catalogues))})")
+    p.add_argument("--catalogue-events", type=whole(1), default=BenchConfig.catalogue_events,
+                   help="events of each of its shops, all evaluated (default: %(default)s)")
+    p.add_argument("--catalogue-worker-events", type=whole(1), default=BenchConfig.catalogue_worker_events,
+                   help="the first N events of each shop, drained by its full worker (default: %(default)s)")
+    p.add_argument("--catalogue-exponent", type=finite(positive=False), default=BenchConfig.catalogue_exponent,
+                   help="popularity exponent of its shops, see stream-rec generate --popularity-exponent "
+                        "(default: %(default)s)")
     p.add_argument("--quick", action="store_true", help=f"a tiny run that shows every figure ({QUICK}); overrides sizes")
     p.add_argument("--bootstrap", help="an existing broker instead of the embedded one (overrides STREAM_REC_KAFKA_BOOTSTRAP)")
     p.add_argument("--sections", help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all; later ones need earlier ones)")
@@ -552,9 +597,11 @@ def add_parser(sub: Any) -> None:
 
 def _cmd_bench(args: Any) -> int:
     sizes = QUICK if args.quick else {"events": args.events, "users": args.users, "items": args.items,
-                                      "freshness_s": args.freshness_s}
+                                      "freshness_s": args.freshness_s, "catalogues": args.catalogues,
+                                      "catalogue_events": args.catalogue_events,
+                                      "catalogue_worker_events": args.catalogue_worker_events}
     config = BenchConfig(seed=args.seed, bootstrap=args.bootstrap or "", workdir=args.workdir or "", quick=args.quick,
-                         **sizes)
+                         catalogue_exponent=args.catalogue_exponent, **sizes)
     sections = args.sections.split(",") if args.sections else None
     unknown = set(sections or ()) - set(SECTIONS)
     if unknown:

@@ -11,7 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from stream_rec.settings import Settings, settings_table
+from stream_rec.synth import ShopConfig
 from tools import bench, chaos, evaluate, replay, tail
+from tools.argtypes import finite, whole
 
 log = logging.getLogger("stream_rec")
 
@@ -58,14 +60,17 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from stream_rec.synth import ShopConfig, SyntheticShop, write_jsonl
+    from stream_rec.synth import SyntheticShop, default_categories, write_jsonl
 
-    categories = args.categories if args.categories is not None else min(20, args.items)
+    categories = args.categories if args.categories is not None else default_categories(args.items)
+    if categories > args.items:
+        raise SystemExit(f"stream-rec generate: --categories ({categories}) must not exceed --items ({args.items})")
     try:
         config = ShopConfig(n_users=args.users, n_items=args.items, n_categories=categories, n_events=args.events,
-                            seed=args.seed, days=args.days)
-    except ValueError as err:
+                            popularity_exponent=args.popularity_exponent, seed=args.seed, days=args.days)
+    except ValueError as err:  # the flags are checked above; this is a rule between them that was missed
         raise SystemExit(f"stream-rec generate: {err}") from None
+    log.info("building a shop of %d items in %d categories, %d users", args.items, categories, args.users)
     shop = SyntheticShop(config)
     events = _progress(shop.events(), total=args.events, desc="generate", unit="ev")
     if args.out == "-":
@@ -127,11 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("generate", help="write a seeded synthetic shop's events as JSONL")
-    p.add_argument("--users", type=int, default=2000, help="users (default: %(default)s)")
-    p.add_argument("--items", type=int, default=5000, help="items (default: %(default)s)")
-    p.add_argument("--events", type=int, default=100_000, help="events (default: %(default)s)")
-    p.add_argument("--categories", type=int, help="categories (default: 20, or --items if fewer)")
-    p.add_argument("--days", type=float, default=14.0, help="days the stream spans (default: %(default)s)")
+    p.add_argument("--users", type=whole(1), default=2000, help="users (default: %(default)s)")
+    p.add_argument("--items", type=whole(1), default=5000, help="items (default: %(default)s)")
+    p.add_argument("--events", type=whole(0), default=100_000, help="events (default: %(default)s)")
+    p.add_argument("--categories", type=whole(1),
+                   help="categories (default: 20, or one per item under 20 items; above 5,000 items "
+                        "20 * sqrt(items / 5,000), rounded: 89 for 100k items, 283 for 1M)")
+    p.add_argument("--popularity-exponent", type=finite(positive=False), default=ShopConfig.popularity_exponent,
+                   metavar="X",
+                   help="item popularity falls with its rank as rank ** -X (Zipf-like): 0 makes every item equally "
+                        "popular, a larger X sends more of the traffic to the best sellers, so a stream touches "
+                        "fewer distinct items; `stream-rec bench` uses 0.8 for a long tail (default: %(default)s)")
+    p.add_argument("--days", type=finite(positive=True), default=14.0, help="days the stream spans (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", default="-", help="output path, .gz compresses; - for stdout (default: %(default)s)")
     p.set_defaults(func=_cmd_generate)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,7 @@ class Prequential:
         self.k = max(KS)
         self.accumulators = {name: Accumulator(window) for name in self.competitors}
         self.seconds = dict.fromkeys(self.competitors, 0.0)
+        self.cpu_seconds = dict.fromkeys(self.competitors, 0.0)
         self._user_events = np.zeros(0, dtype=np.int64)
         self._item_events = np.zeros(0, dtype=np.int64)
         self._bought = Purchases()  # for the baselines' exclusions (our service keeps its own)
@@ -172,20 +173,20 @@ class Prequential:
         lists = {name: np.full((len(events), self.k), -1, dtype=np.int64) for name in self.competitors}
         for name, model in self.competitors.items():
             if model.sequential:
-                started = time.perf_counter()
+                started = _clocks()
                 lists[name] = model.rank_then_learn(batch, scored, self.k)
-                self.seconds[name] += time.perf_counter() - started
+                self._charge(name, started)
         batched = {name: model for name, model in self.competitors.items() if not model.sequential}
         for a, b in micro_batches(batch.users, self.batch_size) if batched else ():
             part = batch.slice(a, b)
             rows = a + np.flatnonzero(scored[a:b])
             exclude = self._exclusions(batch.users[rows])
             for name, model in batched.items():
-                started = time.perf_counter()
+                started = _clocks()
                 if len(rows):
                     lists[name][rows] = model.recommend_many(batch.users[rows], self.k, exclude)
                 model.learn_many(part)
-                self.seconds[name] += time.perf_counter() - started
+                self._charge(name, started)
             self._remember_purchases(part)
         # Items first seen inside the chunk may be recommended later in it: they count zero so far.
         self._item_events = grow(self._item_events, len(self.vocab.items))
@@ -196,6 +197,12 @@ class Prequential:
             acc.add(ranks_of(top, targets), types[scored], new_user, top[:, :MAIN_K], novelty(top[:, :MAIN_K], counts, total))
         self._learn_bookkeeping(batch)
         self.scored += int(scored.sum())
+
+    def _charge(self, name: str, started: tuple[float, float]) -> None:
+        """Add the wall and CPU time since ``started`` (from :func:`_clocks`) to competitor ``name``."""
+        wall, cpu = _clocks()
+        self.seconds[name] += wall - started[0]
+        self.cpu_seconds[name] += cpu - started[1]
 
     def _batch(self, events: list[Event]) -> tuple[Batch, IntArray]:
         users = np.array(self.vocab.users.add_many(e.user_id for e in events), dtype=np.int64)
@@ -239,7 +246,53 @@ class Prequential:
             seconds = self.seconds[name]
             summary["seconds"] = seconds
             summary["events_per_s"] = self.events / seconds if seconds > 0 else None
+            # CPU time is what the model cost, whatever else the machine was running meanwhile.
+            summary["cpu_seconds"] = cpu = self.cpu_seconds[name]
+            summary["events_per_cpu_s"] = self.events / cpu if cpu > 0 else None
             models[name] = summary
         return Evaluation(models=models, events=self.events, scored=self.scored,
                           unscored_new_users=self.events - self.scored, n_users=len(self.vocab.users),
                           n_items=n_items, batch_size=self.batch_size)
+
+
+def side_by_side(evaluations: Sequence[Prequential], streams: Sequence[Iterable[Event]],
+                 progress: Callable[[int], None] | None = None) -> list[Evaluation]:
+    """Run several evaluations, each on its own stream, in turns of one chunk each.
+
+    Whatever else the machine runs meanwhile then slows them all alike, so their rates compare as if
+    measured at the same moment; run one after the other, minutes apart on a shared machine, they did
+    not. Each evaluation's figures are exactly those of its own :meth:`Prequential.run`.
+
+    Examples
+    --------
+    >>> from stream_rec.evaluation.baselines import Popularity, Vocabulary
+    >>> def stream(n):
+    ...     return [Event(f"u{i % 3}", f"i{i % n}", "view", i) for i in range(10 * n)]  # uneven lengths
+    >>> def popularity():
+    ...     return Prequential({"popularity": Popularity()}, Vocabulary.empty(), batch_size=1, chunk=16)
+    >>> both = side_by_side([popularity(), popularity()], [stream(2), stream(7)])
+    >>> [round(e.models["popularity"]["hr@5"], 3) for e in both]
+    [1.0, 0.672]
+    >>> both[1].models["popularity"]["hr@5"] == popularity().run(stream(7)).models["popularity"]["hr@5"]
+    True
+    """
+    if len(evaluations) != len(streams):
+        raise ValueError(f"{len(evaluations)} evaluations but {len(streams)} streams")
+    turns = [(evaluation, chunks(stream, evaluation.chunk)) for evaluation, stream in zip(evaluations, streams)]
+    while turns:
+        remaining = []
+        for evaluation, pending in turns:
+            chunk = next(pending, None)
+            if chunk is None:
+                continue
+            evaluation.step(chunk)
+            if progress is not None:
+                progress(len(chunk))
+            remaining.append((evaluation, pending))
+        turns = remaining
+    return [evaluation.result() for evaluation in evaluations]
+
+
+def _clocks() -> tuple[float, float]:
+    """Wall-clock and process CPU seconds, now."""
+    return time.perf_counter(), time.process_time()

@@ -31,11 +31,18 @@ EXPECTED["model_costs"] = {"mf_rank32_us", "mf_rank64_us", "mf_rank128_us", "coo
 EXPECTED["memory"] = {"2k_users_rss_mb", "2k_users_disk_mb", "2k_users_restart_to_ready_s", "2k_users_reloaded_rss_mb"}
 EXPECTED["threads_under_load"] = {f"{load}_{name}" for load in ("idle", "loaded")
                                  for name in ("threads1", "threads2", "threads2_over_threads1")}
+CATALOGUES = (50, 500, 5_000)
+EXPECTED["catalogue_scale"] = {
+    *(f"{n}_items_{f}" for n in CATALOGUES
+      for f in ("touched", "fused_evaluate", "fused_evaluate_cpu", "fused_hr10", "full_keyed")),
+    *(f"{n}_items_{f}_over_50" for n in CATALOGUES[1:] for f in ("fused_evaluate", "fused_evaluate_cpu", "full_keyed")),
+}
 
 
 def test_bench_reports_every_figure(broker: EmbeddedBroker, tmp_path: Path) -> None:
     config = BenchConfig(events=600, users=60, items=50, freshness_s=1.0, bootstrap=broker.bootstrap,
-                         workdir=str(tmp_path / "bench"), quick=True)
+                         workdir=str(tmp_path / "bench"), quick=True, catalogues=CATALOGUES, catalogue_events=1_500,
+                         catalogue_worker_events=600)
     report = run_bench(config, Settings(batch_max=200))
 
     assert {s: set(figures) for s, figures in report["sections"].items()} == EXPECTED
@@ -46,6 +53,10 @@ def test_bench_reports_every_figure(broker: EmbeddedBroker, tmp_path: Path) -> N
             if figure["unit"] in ("ev/s", "x") or name == "events_measured":
                 assert value > 0, f"{section}.{name} = {value}"
     assert report["sections"]["freshness"]["events_unmatched"]["value"] == 0
+    catalogue = {name: f["value"] for name, f in report["sections"]["catalogue_scale"].items()}
+    touched = [catalogue[f"{n}_items_touched"] for n in CATALOGUES]
+    assert touched[0] <= 50 and touched[0] < touched[1] < touched[2] <= 1_500  # a bigger shop, more of it reached
+    assert all(0 < catalogue[f"{n}_items_fused_hr10"] <= 100 for n in CATALOGUES)
     json.loads(json.dumps(report))  # what --json writes
     table = format_table(report)
     assert all(name in table for figures in EXPECTED.values() for name in figures)

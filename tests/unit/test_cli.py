@@ -107,7 +107,49 @@ def test_generate_to_stdout_is_jsonl() -> None:
 def test_impossible_shop_is_refused_with_a_message() -> None:
     proc = subprocess.run([sys.executable, "-m", "tools.cli", "generate", "--items", "5", "--categories", "9"],
                           capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode != 0 and "n_categories" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--categories (9) must not exceed --items (5)" in proc.stderr and "n_categories" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--popularity-exponent", "-0.5"), ("--popularity-exponent", "nan"), ("--popularity-exponent", "inf"),
+     ("--popularity-exponent", "steep"), ("--items", "0"), ("--users", "-3"), ("--events", "-1"), ("--days", "0"),
+     ("--days", "inf"), ("--categories", "0")],
+)  # fmt: skip
+def test_generate_refuses_a_bad_value_naming_its_flag(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--events", "10", flag, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {flag}:" in err and value in err
+    assert "ShopConfig" not in err and "_" not in err.splitlines()[-1]  # no internal field names
+
+
+def _distinct(path: Path, field: str) -> int:
+    return len({json.loads(line)[field] for line in path.read_text().splitlines()})
+
+
+def test_a_lower_popularity_exponent_spreads_the_stream_over_more_items(tmp_path: Path) -> None:
+    touched = {}
+    for exponent in ("0.6", "1.1", "1.6"):
+        out = tmp_path / f"shop-{exponent}.jsonl"
+        assert main(["generate", "--items", "20000", "--users", "500", "--events", "4000", "--popularity-exponent",
+                     exponent, "--out", str(out)]) == 0
+        touched[exponent] = _distinct(out, "item_id")
+    assert touched["0.6"] > 1.3 * touched["1.1"] > 1.3**2 * touched["1.6"]
+    default = tmp_path / "default.jsonl"
+    assert main(["generate", "--items", "20000", "--users", "500", "--events", "4000", "--out", str(default)]) == 0
+    assert default.read_text() == (tmp_path / "shop-1.1.jsonl").read_text()  # the default is unchanged
+
+
+def test_generate_scales_categories_with_the_catalogue_unless_told(tmp_path: Path) -> None:
+    counts = {}
+    for items, extra in ((5_000, []), (80_000, []), (80_000, ["--categories", "7"])):
+        out = tmp_path / f"shop-{items}-{len(extra)}.jsonl"
+        assert main(["generate", "--items", str(items), "--events", "20000", *extra, "--out", str(out)]) == 0
+        counts[items, bool(extra)] = _distinct(out, "category")
+    # 20 for the default 5,000-item shop as before; 20 * sqrt(80,000 / 5,000) = 80 at 80k items
+    assert counts[5_000, False] == 20 and 60 < counts[80_000, False] <= 80 and counts[80_000, True] == 7
 
 
 def test_worker_without_a_broker_says_how_to_start_one(tmp_path: Path) -> None:

@@ -275,6 +275,8 @@ def test_report_json_has_every_model_and_every_figure(tmp_path: Path) -> None:
         for _, key, _ in COLUMNS:
             assert key in figures, (name, key)
         assert figures["events_per_s"] > 0 and figures["scored"] == report["scored"]
+        # one thread: a model's CPU time cannot much exceed its wall time (process-wide, so some slack)
+        assert figures["events_per_cpu_s"] > 0 and figures["cpu_seconds"] <= 2 * figures["seconds"] + 0.05, name
         assert len(figures["curve"]["hr@10"]) == math.ceil(report["scored"] / 100)
     assert report["events"] == 600 and report["scored"] + report["unscored_new_users"] == 600
     lines = table(result).splitlines()

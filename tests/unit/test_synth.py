@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from stream_rec.events import decode
-from stream_rec.synth import SESSION_GAP_MS, ShopConfig, SyntheticShop, write_jsonl
+from stream_rec.synth import SESSION_GAP_MS, ShopConfig, SyntheticShop, default_categories, write_jsonl
 
 Event = dict[str, Any]
 
@@ -242,8 +242,31 @@ def test_write_jsonl_round_trip(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [({"n_users": 0}, "n_users"), ({"complement_share": 1.5}, "complement_share"), ({"days": 0}, "days"),
-     ({"n_categories": 10, "n_items": 5}, "n_categories"), ({"new_item_share": 1.0}, "new_item_share")],
+     ({"n_categories": 10, "n_items": 5}, "n_categories"), ({"new_item_share": 1.0}, "new_item_share"),
+     ({"popularity_exponent": -0.1}, "popularity_exponent"), ({"popularity_exponent": float("nan")}, "popularity_exponent"),
+     ({"popularity_exponent": float("inf")}, "popularity_exponent"), ({"drift": float("nan")}, "drift")],
 )  # fmt: skip
 def test_bad_config_names_the_field(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         ShopConfig(**overrides)
+
+
+def test_a_one_item_shop_is_possible() -> None:
+    """10 % of one item rounds to no late item, so the one item is there from the start."""
+    events = _small(n_items=1, n_categories=1, n_events=50)
+    assert {e["item_id"] for e in events} == {"i0"} and len(events) == 50
+
+
+def test_a_flatter_popularity_touches_more_of_a_big_catalogue() -> None:
+    """What the bench's catalogue section relies on: at exponent 0.8 a 200k-item shop's 10k events reach
+    far more items than at the default 1.1, which stays near the head of the catalogue."""
+    touched = {x: len({e["item_id"] for e in _small(n_items=200_000, n_categories=default_categories(200_000),
+                                                      n_events=10_000, popularity_exponent=x)})
+               for x in (0.8, 1.1)}
+    assert touched[0.8] > 1.5 * touched[1.1]
+
+
+def test_default_categories_keep_the_default_shop_and_grow_with_the_square_root() -> None:
+    assert default_categories(ShopConfig.n_items) == ShopConfig.n_categories == 20
+    assert [default_categories(n) for n in (1, 19, 5_001, 20_000, 1_000_000)] == [1, 19, 20, 40, 283]
+    assert all(default_categories(n) <= n for n in range(1, 200))
