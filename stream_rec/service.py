@@ -36,7 +36,7 @@ from stream_rec.models._sync import (ABORT, ALONE, COUNT, GO, LEARNED, LIST, LIS
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_apply_remote, cooc_learn_one
 from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, label,
-                                      measure_gathered, measure_interval, measured, mf_list, new_scratch,
+                                      measure_gathered, measured, mf_list, new_scratch,
                                       rank_and_measure)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_apply_remote, mf_learn_one
 from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
@@ -116,7 +116,8 @@ class BatchResult:
 def build_models(settings: Settings) -> dict[str, OnlineModel]:
     """The online models named by source, configured from ``settings``."""
     return {
-        "mf": ImplicitMF(n_factors=settings.mf_factors, learning_rate=settings.mf_learning_rate, seed=settings.seed),
+        "mf": ImplicitMF(n_factors=settings.mf_factors, learning_rate=settings.mf_learning_rate, seed=settings.seed,
+                         index_above=settings.mf_index_above or np.inf),
         "cooc": CoOccurrence(history_size=settings.cooc_history,
                              half_life_s=settings.cooc_half_life_days * 86400.0 or None),
         "popular": DecayedPopularity(half_life_s=settings.popularity_half_life_h * 3600.0),
@@ -1138,7 +1139,7 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
     """
     row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
     mf_n, cooc_n = log_n[0:1], log_n[1:2]
-    interval = measure_interval(fp.sample_every, n_items)  # n_items is fixed for the call
+    interval = fp.sample_every
     two = sync[THREADS] > 1
     item_side = item_log.item_side
     for e in range(start, len(users)):

@@ -65,6 +65,10 @@ class Settings:
     weights: str = _setting("view=1,click=2,add_to_cart=4,purchase=8", "Learning weight per event type.")
     mf_factors: int = _setting(32, "Latent factors of the matrix factorization model.")
     mf_learning_rate: float = _setting(0.05, "SGD learning rate of the matrix factorization model.")
+    mf_index_above: int = _setting(
+        20_000, "From this many items on, matrix factorization lists its candidates from item clusters kept current "
+        "as it learns (a cost that grows with the square root of the catalogue) instead of scoring every item; 0 "
+        "scores every item always (the exact reference, for evaluation).")
     cooc_history: int = _setting(10, "Recent items per user that a new event co-occurs with.")
     cooc_half_life_days: float = _setting(
         30.0, "Half-life of co-occurrence counts, in days, so item neighbourhoods follow trends (0 = never forget).")
@@ -76,8 +80,7 @@ class Settings:
         "weights).")
     fusion_sample_every: int = _setting(
         2, "Measure one event in this many (of users with history) for the adaptive fusion: 1 adapts fastest and "
-        "ranked best in evaluation; each measured event costs a worker one more ranking, so a catalogue of n items is "
-        "measured on one event in ceil(n / 2000) at most (1 in 50 at 100k items).")
+        "ranked best in evaluation; each measured event costs a worker one more ranking.")
     rebuy_after_days: float = _setting(
         0.0, "Days after a purchase before the bought item may be recommended to that user again (0 = never; set it "
         "for consumables that people buy again).")
@@ -115,6 +118,7 @@ class Settings:
             "batch_wait_ms": self.batch_wait_ms >= 1,
             "max_message_bytes": self.max_message_bytes >= 64,
             "mf_factors": self.mf_factors >= 1,
+            "mf_index_above": self.mf_index_above >= 0,
             "cooc_history": self.cooc_history >= 1,
             "popularity_half_life_h": self.popularity_half_life_h > 0,
             "cooc_half_life_days": self.cooc_half_life_days >= 0,

@@ -24,7 +24,7 @@ from typing import Any
 
 from stream_rec.events import Event
 from stream_rec.logs import PRESETS, read_log
-from stream_rec.evaluation.baselines import MODEL_NAMES, ServiceModel, Vocabulary, build
+from stream_rec.evaluation.baselines import MODEL_NAMES, REFERENCE_NAMES, ServiceModel, Vocabulary, build
 from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Prequential
 from stream_rec.evaluation.report import table, write_json, write_plots
 from stream_rec.evaluation.scale_out import CLOCKS, WORKER_RATE, build_scale_out
@@ -179,7 +179,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--skip", type=int, default=0, help="skip the first N events (default: %(default)s)")
     p.add_argument("--limit", type=int, help="evaluate at most N events (default: all)")
     p.add_argument("--models", default=",".join(MODEL_NAMES),
-                   help=f"comma-separated models (default: all: {','.join(MODEL_NAMES)})")
+                   help=f"comma-separated models (default: all: {','.join(MODEL_NAMES)}; also "
+                   f"{', '.join(REFERENCE_NAMES)}: the same with matrix factorisation scoring every item)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="most events per micro-batch of the baselines that rank a batch at a time (River, kNN, "
                         "popularity); a batch is also cut where a user repeats; fused, mf and cooc always go event "

@@ -23,6 +23,8 @@ The competitors:
 ``fused``                   our service as the worker runs it (:class:`RecService`, default sources)
 ``mf``, ``cooc``, ...       the same service ranking with one source (``sources=("mf",)`` etc.), in that
                             source's own order: also ``recent`` and ``category``
+``fused-exact``, ``mf-exact`` ``fused`` and ``mf`` with matrix factorisation scoring every item on every list
+                            (``mf_index_above=0``): the reference the item clusters are measured against
 ``popularity``              all-time event counts
 ``decayed-popularity``      the ``popular`` source alone (time-decayed, the settings' half-life)
 ``river-biasedmf``          River ``reco.BiasedMF`` on implicit targets (see :class:`RiverMF`)
@@ -419,18 +421,24 @@ def _prune_rows(S: sp.csr_matrix, keep: int) -> sp.csr_matrix:
 
 # ------------------------------------------------------------------------------- registry
 
-#: Every competitor name, in the order tables and plots list them.
-MODEL_NAMES = ("fused", "mf", "cooc", "recent", "category", "popularity", "decayed-popularity", "river-biasedmf", "river-funkmf", "batch-knn")
+#: The competitors ``stream-rec evaluate`` runs by default, in the order tables and plots list them.
+MODEL_NAMES = ("fused", "mf", "cooc", "recent", "category", "popularity", "decayed-popularity", "river-biasedmf",
+               "river-funkmf", "batch-knn")
+#: References run on request: the same models with matrix factorisation scoring every item.
+REFERENCE_NAMES = ("fused-exact", "mf-exact")
 
 
 def build(names: Sequence[str], vocab: Vocabulary, settings: Settings, *, refit_every: int = 10_000) -> dict[str, Competitor]:
     """The named competitors, configured from ``settings`` (seeded by ``settings.seed``)."""
-    unknown = [n for n in names if n not in MODEL_NAMES]
+    unknown = [n for n in names if n not in MODEL_NAMES + REFERENCE_NAMES]
     if unknown:
-        raise ValueError(f"unknown model {unknown[0]!r} (expected some of: {', '.join(MODEL_NAMES)})")
+        raise ValueError(f"unknown model {unknown[0]!r} (expected some of: {', '.join(MODEL_NAMES + REFERENCE_NAMES)})")
+    exact = dataclasses.replace(settings, mf_index_above=0)
     factories: dict[str, Callable[[], Competitor]] = {
         "fused": lambda: ServiceModel("fused", settings, vocab),
+        "fused-exact": lambda: ServiceModel("fused-exact", exact, vocab),
         "mf": lambda: ServiceModel("mf", settings, vocab, sources=("mf",)),
+        "mf-exact": lambda: ServiceModel("mf-exact", exact, vocab, sources=("mf",)),
         "cooc": lambda: ServiceModel("cooc", settings, vocab, sources=("cooc",)),
         "recent": lambda: ServiceModel("recent", settings, vocab, sources=("recent",)),
         "category": lambda: ServiceModel("category", settings, vocab, sources=("category",)),

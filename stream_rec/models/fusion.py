@@ -71,11 +71,6 @@ LEARN_RATE = 0.01
 LEARN_G2_DECAY = 0.999
 #: A source weighted 0 by the chosen weighting still ranks, this far behind, to fill short lists.
 _FILL_WEIGHT = 1e-6
-#: Measuring an event ranks every source over the whole catalogue (matrix factorisation scores every
-#: item), so its cost grows with the catalogue: ~1.2 ms at 100k items, where measuring every 2nd event
-#: held learning to ~800 events/s. Events are measured at most this many catalogue items' worth per
-#: event on average (:func:`measure_interval`), so the cost per event stays flat as catalogues grow.
-MEASURE_ITEMS_PER_EVENT = 2000
 
 
 def _weight_grid() -> FloatArray:
@@ -269,8 +264,8 @@ def mf_list(mf: MFState, fp: FusionParams, user: int, has_history: bool, n_items
     ``into.li``, with ``into``'s selection buffers; returns its length. It reads only the model's
     state and ``excluded``, so it can run on another thread while :func:`_gather` ranks the rest."""
     if fp.weights[MF] > 0.0 and user >= 0 and has_history and user < len(mf.user_seen) and mf.user_seen[user]:
-        return mf_top(mf.P, mf.Q, mf.Q8, mf.q8_scale, mf.params, mf.item_seen, user, n_items, fp.depth, excluded,
-                      into.mf_scores, into.buf_s, into.buf_i, into.ls, into.li)
+        return mf_top(mf.P, mf.Q, mf.index, mf.params, mf.item_seen, user, n_items, fp.depth, excluded,
+                      into.mf_scores, into.cand, into.buf_s, into.buf_i, into.ls, into.li)
     return 0
 
 
@@ -304,17 +299,6 @@ def _union(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, side
 def _clear_ranks(sc: Scratch, n_union: int) -> None:
     for s in range(N_SOURCES):
         sc.ranks[s, :n_union] = 0
-
-
-@njit(**INLINE)
-def measure_interval(sample_every: int, n_items: int) -> int:
-    """Measure one event in this many: ``sample_every``, or more on a catalogue too large for it
-    (:data:`MEASURE_ITEMS_PER_EVENT`).
-
-    >>> measure_interval(2, 1_682), measure_interval(2, 5_000), measure_interval(2, 100_000)
-    (2, 3, 50)
-    """
-    return max(sample_every, -(-n_items // MEASURE_ITEMS_PER_EVENT))
 
 
 @njit(**INLINE)
@@ -615,7 +599,7 @@ class Fusion:
     sample_every
         One event in this many, of users with history, is measured (every policy judged, the learned
         scorer trained) before it is learned: 1 learns fastest; each measurement costs the worker one
-        more ranking, so large catalogues are measured less often (:func:`measure_interval`).
+        more ranking, over the sources' candidates only, whatever the catalogue's size.
     rebuy_after_s
         The service excludes a user's purchases from their lists for this long (0: for ever); the
         fusion carries the setting to the compiled ranking.

@@ -29,7 +29,9 @@ import numpy as np
 from numba import njit
 
 from stream_rec.models._arrays import TouchLog, TracksTouched, as_index, grow, seen_mask, selection_buffers
-from stream_rec.models._kernels import INLINE, JIT, insert_best, select_dense, stream_key, uniform
+from stream_rec.models._kernels import INLINE, JIT, select_dense, stream_key, uniform
+from stream_rec.models.mf_index import (ItemIndex, index_build, index_due, index_reassign, index_row_changed,
+                                        index_sweep, index_top, new_index, reserve_index)
 from stream_rec.types import FloatArray, Float32Array, IntArray
 
 # Stream tags so user init, item init and negative draws never reuse a hash counter.
@@ -44,7 +46,7 @@ NEW_USER_EVENTS = 16.0
 #: MovieLens to 0.001). It is the default learning rate times the default purchase weight.
 MAX_STEP = 0.4
 # Layout of MFState.params.
-_LR, _L2, _INIT, _MAX_NORM, _N_NEG, _ALL_ITEMS, _BOUND, _BOUND_AGE, _QUANT_ABOVE, _QUANT_ON = range(10)
+_LR, _L2, _INIT, _MAX_NORM, _N_NEG, _ALL_ITEMS, _BOUND, _BOUND_AGE, _INDEX_ABOVE = range(9)
 #: The all-items step times the bound of the Gram matrix's largest eigenvalue stays below this (2 is
 #: where the step starts to diverge); :data:`BOUND_EVERY` events between refreshes of the bound.
 STABLE_STEP = 1.9
@@ -53,12 +55,9 @@ STABLE_STEP = 1.9
 #: MF alone, seeds 0/1: 0.179/0.175 HR@10 with 1, 0.180/0.177 with 1.9, 0.174/0.175 with 0.5.
 STABLE_PAIR = 1.0
 BOUND_EVERY = 16.0
-#: From this many items on, ranking scans int8 copies of the item rows (a quarter of the memory
-#: traffic of float32) for candidates, then scores those exactly: at 1M items the float32 scan (BLAS,
-#: both cores) alone took 3.4-4.6 ms (see :func:`mf_top`).
-QUANTIZE_ABOVE = 262_144
-#: Candidates per wanted item that the int8 scan keeps for exact scoring.
-RESCORE = 8
+#: From this many seen items on, lists come from the item clusters of :mod:`stream_rec.models.mf_index`
+#: (built then, and again each time the catalogue doubles) instead of a scan of every item's score.
+INDEX_ABOVE = 20_000
 
 
 class MFState(NamedTuple):
@@ -70,11 +69,10 @@ class MFState(NamedTuple):
     user_n: IntArray  # per user: events learned (the learning-rate schedule's clock)
     item_seen: np.ndarray  # bool
     gram: FloatArray  # (n_factors, n_factors): sum of q q^T over the seen items
-    counters: IntArray  # (2,): events learned (the global position of the next one), 1 + largest item seen
+    counters: IntArray  # (3,): events learned (the global position of the next one), 1 + largest item seen, items seen
     keys: np.ndarray  # uint64 (3,): random stream keys for user init, item init, negatives
     params: FloatArray  # learning_rate, l2, init_scale, max_norm (0 = none), n_negatives, all_items, ...
-    Q8: np.ndarray  # int8 (item capacity, n_factors): Q quantised per row, kept current once switched on
-    q8_scale: Float32Array  # per item: Q[i] ~ q8_scale[i] * Q8[i]
+    index: ItemIndex  # the item clusters lists come from on a large catalogue, kept current by learning
     user_key: np.ndarray  # uint64 per user: seeds the row's initial value (0: the index does)
     item_key: np.ndarray  # uint64 per item: the same for item rows, so every worker starts an item alike
 
@@ -102,20 +100,6 @@ def _clip_row(mat: np.ndarray, idx: int, max_norm: float) -> None:
         scale = np.float32(max_norm / norm)
         for f in range(mat.shape[1]):
             mat[idx, f] *= scale
-
-
-@njit(**INLINE)
-def _quantize_row(Q: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, j: int) -> None:
-    """``Q8[j] = round(Q[j] / s)`` with ``s = max |Q[j]| / 127`` into ``q8_scale[j]``."""
-    d = Q.shape[1]
-    top = np.float32(0.0)
-    for f in range(d):
-        top = max(top, abs(Q[j, f]))
-    s = top / np.float32(127.0)
-    q8_scale[j] = s
-    inv = np.float32(1.0) / s if s > 0 else np.float32(0.0)
-    for f in range(d):
-        Q8[j, f] = np.int8(np.rint(Q[j, f] * inv))
 
 
 # The per-step helpers take arrays, not the state tuple: handing a tuple over costs reference counting
@@ -238,8 +222,18 @@ def _seen_item(st: MFState, i: int) -> None:
         st.item_seen[i] = True
         _gram_add(st.gram, st.Q, i, 1.0)
         st.counters[1] = max(st.counters[1], i + 1)
-        if st.params[_QUANT_ON] > 0.0:
-            _quantize_row(st.Q, st.Q8, st.q8_scale, i)
+        st.counters[2] += 1
+        index_row_changed(st.index, st.Q, i)
+
+
+@njit(**INLINE)
+def _keep_index(st: MFState, i: int) -> None:
+    """After an event's item rows learned: move its item to its nearest cluster, check one more item of
+    the sweep, and build the index when the catalogue has grown enough (see :mod:`~stream_rec.models.mf_index`)."""
+    if index_due(st.index, st.counters[2], st.params[_INDEX_ABOVE]):
+        index_build(st.index, st.Q, st.item_seen, st.counters[1])
+    index_reassign(st.index, st.Q, i)
+    index_sweep(st.index, st.Q, st.counters[1])
 
 
 @njit(**JIT)
@@ -259,7 +253,6 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
         _init_row(st.P, u, st.keys[0], st.user_key[u], scale)
         st.user_seen[u] = True
     _seen_item(st, i)
-    quantized = st.params[_QUANT_ON] > 0.0  # the int8 copy is in use: keep every changed row current
     pos = st.counters[0]
     shrink = 1.0 - lr * l2
     # 1. every item towards 0, then 2. the event's item towards 1
@@ -276,8 +269,7 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
     if item_side:
         _sgd_step(P, Q, G, max_norm, u, i, 1.0, step, shrink)
         _log_row(log, log_n, i)
-        if quantized:
-            _quantize_row(Q, st.Q8, st.q8_scale, i)
+        index_row_changed(st.index, Q, i)
     else:
         _user_step(P, Q, max_norm, u, i, 1.0, step, shrink)
     # 3. a few items drawn uniformly (a draw that lands on an index never seen is skipped)
@@ -293,11 +285,12 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
             continue
         _sgd_step(P, Q, G, max_norm, u, j, 0.0, lr, shrink)
         _log_row(log, log_n, j)
-        if quantized:
-            _quantize_row(Q, st.Q8, st.q8_scale, j)
+        index_row_changed(st.index, Q, j)
         if record:
             rec_neg[e, m] = j
     st.counters[0] = pos + 1
+    if item_side:
+        _keep_index(st, i)
 
 
 @njit(**JIT)
@@ -308,15 +301,13 @@ def mf_apply_remote(st: MFState, tmp: Float32Array, pu: Float32Array, i: int, st
     lr, l2 = st.params[_LR], st.params[_L2]
     shrink = 1.0 - lr * l2
     Q, G, max_norm = st.Q, st.gram, st.params[_MAX_NORM]
-    quantized = st.params[_QUANT_ON] > 0.0
     st.params[_BOUND_AGE] = 0.0  # G moves: the all-items step's bound is taken afresh at the next event
     for f in range(tmp.shape[1]):
         tmp[0, f] = pu[f]
     _seen_item(st, i)
     _sgd_step(tmp, Q, G, max_norm, 0, i, 1.0, step, shrink)
     _log_row(log, log_n, i)
-    if quantized:
-        _quantize_row(Q, st.Q8, st.q8_scale, i)
+    index_row_changed(st.index, Q, i)
     for m in range(len(negs)):
         j = negs[m]
         if j < 0:
@@ -324,8 +315,8 @@ def mf_apply_remote(st: MFState, tmp: Float32Array, pu: Float32Array, i: int, st
         _seen_item(st, j)
         _sgd_step(tmp, Q, G, max_norm, 0, j, 0.0, lr, shrink)
         _log_row(log, log_n, j)
-        if quantized:
-            _quantize_row(Q, st.Q8, st.q8_scale, j)
+        index_row_changed(st.index, Q, j)
+    _keep_index(st, i)
 
 
 @njit(**JIT)
@@ -362,54 +353,24 @@ def mf_scores(P: Float32Array, Q: Float32Array, u: int, n_items: int, out: np.nd
         out[j] = _row_dot(P, Q, u, j)
 
 
-@njit(fastmath={"reassoc", "contract"}, **JIT)
-def _approx_scores(P: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, u: int, n_items: int,
-                   out: np.ndarray) -> None:
-    """``out[i] ~ p_u . q_i`` from the int8 rows, for the first ``n_items`` items."""
-    d = P.shape[1]
-    for i in range(n_items):
-        s = np.float32(0.0)
-        for f in range(d):
-            s += P[u, f] * np.float32(Q8[i, f])
-        out[i] = s * q8_scale[i]
-
-
-@njit(**JIT)
-def _quantize_all(Q: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, item_seen: np.ndarray,
-                  params: FloatArray) -> None:
-    for j in range(len(item_seen)):
-        if item_seen[j]:
-            _quantize_row(Q, Q8, q8_scale, j)
-    params[_QUANT_ON] = 1.0
-
-
 @njit(**INLINE)
-def mf_top(P: Float32Array, Q: Float32Array, Q8: np.ndarray, q8_scale: Float32Array, params: FloatArray,
-           item_seen: np.ndarray, u: int, n_items: int, k: int, excluded: np.ndarray, scores: np.ndarray,
-           buf_s: FloatArray, buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
+def mf_top(P: Float32Array, Q: Float32Array, index: ItemIndex, params: FloatArray, item_seen: np.ndarray, u: int,
+           n_items: int, k: int, excluded: np.ndarray, scores: np.ndarray, cand: IntArray, buf_s: FloatArray,
+           buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best seen, not ``excluded`` items for user ``u`` into ``out_*``, best first; returns the count.
 
-    Up to ``params[_QUANT_ABOVE]`` items every score is exact. On a larger catalogue the int8 copies
-    of the item rows (switched on here, then kept current by learning) give approximate scores; the
-    best ``RESCORE * k`` of them are scored exactly, and the ``k`` best of those come back. An item of
-    the exact top ``k`` is lost only if rounding puts more than ``RESCORE * k`` items above it, which
-    ``stream-rec bench`` measures (``mf_recall_*``).
+    Below ``params[_INDEX_ABOVE]`` seen items (and until the index is built) every item is scored, exactly.
+    From there on the item clusters of :mod:`~stream_rec.models.mf_index` give the list
+    (:func:`~stream_rec.models.mf_index.index_top`): approximate, at a cost that grows with the square
+    root of the catalogue; how much of the exact list it finds, ``stream-rec bench`` measures. ``cand``
+    is scratch for every item, like ``scores`` and ``buf_*``.
 
     Like every helper on the ranking's hot path it takes arrays, not the state tuple (handing a tuple
     over costs reference counting per array per call)."""
-    if n_items < params[_QUANT_ABOVE]:
+    if index.built_for[0] == 0 or n_items < params[_INDEX_ABOVE]:
         mf_scores(P, Q, u, n_items, scores)
         return select_dense(scores, item_seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
-    if params[_QUANT_ON] <= 0.0:
-        _quantize_all(Q, Q8, q8_scale, item_seen, params)
-    _approx_scores(P, Q8, q8_scale, u, n_items, scores)
-    want = RESCORE * k
-    cand_s, cand_i = np.empty(want), np.empty(want, np.int64)
-    n_cand = select_dense(scores, item_seen, excluded, n_items, want, buf_s, buf_i, cand_s, cand_i)
-    m = 0
-    for r in range(n_cand):
-        m = insert_best(out_s, out_i, m, k, _row_dot(P, Q, u, cand_i[r]), cand_i[r])
-    return m
+    return index_top(index, P, Q, u, k, item_seen, excluded, scores, cand, buf_s, buf_i, out_s, out_i)
 
 
 class ImplicitMF(TracksTouched):
@@ -466,7 +427,7 @@ class ImplicitMF(TracksTouched):
         init_scale: float = 0.1,
         max_norm: float | None = None,
         seed: int = 0,
-        quantize_above: float = QUANTIZE_ABOVE,
+        index_above: float = INDEX_ABOVE,
     ) -> None:
         self.n_factors = n_factors
         self.learning_rate = learning_rate
@@ -483,12 +444,11 @@ class ImplicitMF(TracksTouched):
         self._user_n = np.zeros(0, dtype=np.int64)
         self._item_seen = np.zeros(0, dtype=bool)
         self._gram = np.zeros((n_factors, n_factors))
-        self._counters = np.zeros(2, dtype=np.int64)
+        self._counters = np.zeros(3, dtype=np.int64)
         self._keys = np.array([stream_key(seed, tag) for tag in (_TAG_USER, _TAG_ITEM, _TAG_NEG)], dtype=np.uint64)
         self._params = np.array([learning_rate, l2, init_scale, max_norm or 0.0, n_negatives, all_items, 0.0, 0.0,
-                                 quantize_above, 0.0], dtype=np.float64)
-        self.Q8 = np.zeros((0, n_factors), dtype=np.int8)
-        self._q8_scale = np.zeros(0, dtype=np.float32)
+                                 index_above], dtype=np.float64)
+        self._index = new_index(0, n_factors)
         self._user_key = np.zeros(0, dtype=np.uint64)
         self._item_key = np.zeros(0, dtype=np.uint64)
         self._scores = np.zeros(0, dtype=np.float32)
@@ -498,16 +458,23 @@ class ImplicitMF(TracksTouched):
     def state(self) -> MFState:
         """The arrays the compiled kernels work on (valid until the next growth)."""
         return MFState(self.P, self.Q, self._user_seen, self._user_n, self._item_seen, self._gram, self._counters, self._keys,
-                       self._params, self.Q8, self._q8_scale, self._user_key, self._item_key)
+                       self._params, self._index, self._user_key, self._item_key)
 
     @property
-    def quantize_above(self) -> float:
-        """Catalogues of at least this many items are ranked through the int8 item rows (:func:`mf_top`)."""
-        return float(self._params[_QUANT_ABOVE])
+    def index_above(self) -> float:
+        """From this many seen items on, lists come from the item clusters (:func:`mf_top`); ``inf``: every
+        list scans every item (the exact reference)."""
+        return float(self._params[_INDEX_ABOVE])
 
-    @quantize_above.setter
-    def quantize_above(self, n_items: float) -> None:
-        self._params[_QUANT_ABOVE] = n_items
+    @index_above.setter
+    def index_above(self, n_items: float) -> None:
+        self._params[_INDEX_ABOVE] = n_items
+        if n_items == np.inf:
+            self._index.built_for[0] = 0
+
+    @property
+    def index(self) -> ItemIndex:
+        return self._index
 
     # ------------------------------------------------------------------ learning
 
@@ -528,8 +495,7 @@ class ImplicitMF(TracksTouched):
         self._user_seen = grow(self._user_seen, n_users, False)
         self._user_n = grow(self._user_n, n_users)
         self.Q = grow(self.Q, n_items)
-        self.Q8 = grow(self.Q8, n_items)
-        self._q8_scale = grow(self._q8_scale, n_items)
+        self._index = reserve_index(self._index, n_items)
         self._user_key = grow(self._user_key, n_users)
         self._item_key = grow(self._item_key, n_items)
         self._item_seen = grow(self._item_seen, n_items, False)
@@ -573,8 +539,8 @@ class ImplicitMF(TracksTouched):
             return np.empty(0, np.int64), np.empty(0, np.float64)
         n = len(self._item_seen)
         k, excluded, buf_s, buf_i, out_s, out_i = selection_buffers(n, k, exclude)
-        m = mf_top(self.P, self.Q, self.Q8, self._q8_scale, self._params, self._item_seen, user, n, k, excluded,
-                   self._score_buffer(), buf_s, buf_i, out_s, out_i)
+        m = mf_top(self.P, self.Q, self._index, self._params, self._item_seen, user, n, k, excluded,
+                   self._score_buffer(), np.empty(max(n, 1), np.int64), buf_s, buf_i, out_s, out_i)
         return out_i[:m].copy(), out_s[:m].copy()
 
     # ------------------------------------------------------------------ state
@@ -600,7 +566,8 @@ class ImplicitMF(TracksTouched):
             self._gram -= np.outer(self.Q[item], self.Q[item])
         self.Q[item] = np.frombuffer(data, dtype="<f4")
         self._gram += np.outer(self.Q[item], self.Q[item])
-        self._params[_QUANT_ON] = 0.0  # the int8 rows are rebuilt at the next ranking that uses them
+        self._index.built_for[0] = 0  # built again by the next event learned
+        self._counters[2] += not self._item_seen[item]
         self._item_seen[item] = True
         self._counters[1] = max(int(self._counters[1]), item + 1)
 
@@ -635,5 +602,6 @@ class ImplicitMF(TracksTouched):
             seen = self.Q[self._item_seen].astype(np.float64)
             self._gram[:] = seen.T @ seen
             self._counters[1] = int(np.flatnonzero(self._item_seen).max()) + 1
-            self._params[_QUANT_ON] = 0.0
+            self._counters[2] = int(self._item_seen.sum())
+            self._index.built_for[0] = 0  # built again by the next event learned
 

@@ -7,6 +7,7 @@ from functools import lru_cache
 import numpy as np
 
 from stream_rec.models.mf import MAX_STEP, NEW_USER_BOOST, NEW_USER_EVENTS, ImplicitMF
+from stream_rec.models.mf_index import PAGE, clusters_for
 
 
 @lru_cache(maxsize=None)  # trained once per seed; tests only read the model
@@ -159,46 +160,93 @@ def _random_stream(n_users: int, n_items: int, n_events: int, seed: int) -> tupl
     return users, items, np.ones(n_events), np.zeros(n_events)
 
 
-def test_a_large_catalogue_ranks_through_int8_rows_kept_current_by_learning() -> None:
+def _index_members(model: ImplicitMF) -> dict[int, tuple[int, int]]:
+    """Every item in the index, walked page by page: item -> (cluster, slot)."""
+    ix, out = model.index, {}
+    for c in range(int(ix.n_clusters[0])):
+        page, n = int(ix.head[c]), 0
+        while page >= 0:
+            for at in range(int(ix.fill[page])):
+                item = int(ix.members[page, at])
+                assert item not in out, "an item is in the index twice"
+                out[item] = (c, page * PAGE + at)
+                n += 1
+            page = int(ix.next_page[page])
+        assert n == ix.sizes[c]
+    return out
+
+
+def test_a_large_catalogue_lists_from_item_clusters_kept_current_by_learning() -> None:
     users, items, weights, ts = _random_stream(200, 3_000, 20_000, seed=3)
-    exact, fast = ImplicitMF(n_factors=16, seed=2), ImplicitMF(n_factors=16, seed=2, quantize_above=1_000)
-    half = len(users) // 2
+    exact, fast = ImplicitMF(n_factors=16, seed=2, index_above=np.inf), ImplicitMF(n_factors=16, seed=2, index_above=1_000)
     for model in (exact, fast):
-        model.learn_many(users[:half], items[:half], weights[:half], ts[:half])
-    fast.recommend(0, 10)  # the first large ranking switches the int8 rows on
-    assert fast.state.item_seen.sum() > 2_500 and np.abs(fast.Q8).max() > 100
-    for model in (exact, fast):
-        model.learn_many(users[half:], items[half:], weights[half:], ts[half:])
-    np.testing.assert_array_equal(exact.Q, fast.Q)  # the copy never feeds back into learning
-    seen = fast.state.item_seen
-    scale = fast.state.q8_scale[seen]
-    # Every row the second half changed was re-quantised: within half a step of its row's scale.
-    err = np.abs(fast.Q8[seen] * scale[:, None] - fast.Q[seen]).max(axis=1)
+        model.learn_many(users, items, weights, ts)
+    np.testing.assert_array_equal(exact.Q, fast.Q)  # the index never feeds back into learning
+    ix, seen = fast.index, np.flatnonzero(fast.state.item_seen)
+    assert exact.index.built_for[0] == 0 and ix.built_for[0] >= 1_000
+    # Every seen item is in the index once, where its slot says, in the cluster it names.
+    members = _index_members(fast)
+    assert sorted(members) == seen.tolist() and ix.n_indexed[0] == len(seen)
+    for item, (c, where) in members.items():
+        assert ix.slot[item] == where and ix.cluster[item] == c
+    # Codes follow the rows: within half a step of each row's scale; a centroid is its members' mean code.
+    pages, at = ix.slot[seen] // PAGE, ix.slot[seen] % PAGE
+    scale = ix.scale[pages, at]
+    err = np.abs(ix.codes[pages, at] * scale[:, None] - fast.Q[seen]).max(axis=1)
     assert np.all(err <= 0.5 * scale + 1e-7)
+    decoded = ix.codes[pages, at].astype(np.float64) * scale[:, None]
+    for c in range(int(ix.n_clusters[0])):
+        mine = ix.cluster[seen] == c
+        if mine.any():
+            np.testing.assert_allclose(ix.centroids[c], decoded[mine].mean(axis=0), rtol=1e-4, atol=1e-6)
+    # Pages in use plus free pages are every page.
+    assert sum(-(-int(n) // PAGE) for n in ix.sizes[: ix.n_clusters[0]]) + ix.n_free[0] == len(ix.fill)
     found = wanted = 0
     for user in range(0, 200, 7):
-        want, want_scores = exact.recommend(user, 30, exclude=np.array([user % 50]))
+        want, _ = exact.recommend(user, 30, exclude=np.array([user % 50]))
         got, got_scores = fast.recommend(user, 30, exclude=np.array([user % 50]))
-        assert user % 50 not in got.tolist()
+        assert user % 50 not in got.tolist() and len(got) == 30
         np.testing.assert_allclose(got_scores, exact.score(user, got), rtol=1e-5, atol=1e-6)  # exact rescoring
         assert np.all(np.diff(got_scores) <= 0)
         found, wanted = found + len(np.intersect1d(want, got)), wanted + len(want)
-    assert found / wanted >= 0.99
+    assert found / wanted >= 0.8
 
 
-def test_restored_rows_rebuild_the_int8_copy_before_ranking() -> None:
+def test_the_index_is_built_again_as_the_catalogue_doubles() -> None:
+    users, items, weights, ts = _random_stream(100, 4_000, 30_000, seed=5)
+    model = ImplicitMF(n_factors=8, seed=1, index_above=500)
+    built = []
+    for a in range(0, len(users), 1_000):
+        model.learn_many(users[a : a + 1_000], items[a : a + 1_000], weights[a : a + 1_000], ts[a : a + 1_000])
+        built.append(int(model.index.built_for[0]))
+    sizes = sorted(set(built) - {0})
+    assert sizes[0] >= 500 and len(sizes) >= 3
+    assert all(b >= 2 * a for a, b in zip(sizes, sizes[1:]))  # only when the catalogue doubled
+    assert model.index.n_clusters[0] == clusters_for(sizes[-1])
+
+
+def test_restored_rows_rank_exactly_until_the_index_is_built_again() -> None:
     users, items, weights, ts = _random_stream(50, 2_000, 5_000, seed=4)
-    model = ImplicitMF(n_factors=8, seed=1, quantize_above=1_000)
+    model = ImplicitMF(n_factors=8, seed=1, index_above=1_000)
     model.learn_many(users, items, weights, ts)
-    model.recommend(0, 5)
+    assert model.index.built_for[0] > 0
     seen = np.flatnonzero(model.state.item_seen)
-    restored = ImplicitMF(n_factors=8, seed=1, quantize_above=1_000)
+    restored = ImplicitMF(n_factors=8, seed=1, index_above=1_000)
     restored.load_user_rows(np.arange(50), [model.user_state(u) for u in range(50)])
     restored.load_item_rows(seen, [model.item_state(i) for i in seen])
-    for user in range(50):
-        np.testing.assert_array_equal(restored.recommend(user, 20)[0], model.recommend(user, 20)[0])
-    # A row replaced on its own is not ranked from its stale int8 copy: the user's worst item, its row
-    # turned round and grown 100-fold, comes first.
+    reference = ImplicitMF(n_factors=8, seed=1, index_above=np.inf)
+    reference.load_user_rows(np.arange(50), [model.user_state(u) for u in range(50)])
+    reference.load_item_rows(seen, [model.item_state(i) for i in seen])
+    assert restored.index.built_for[0] == 0  # not built from rows loaded in bulk...
+    for user in range(50):  # ...so every list is exact
+        np.testing.assert_array_equal(restored.recommend(user, 20)[0], reference.recommend(user, 20)[0])
+    # A row replaced on its own is never ranked from a stale code: the user's worst item, its row turned
+    # round and grown 100-fold, comes first.
+    restored.learn_many(users[:1], items[:1], weights[:1], ts[:1])
+    assert restored.index.built_for[0] > 0
     item = int(seen[np.argmin(restored.score(0, seen))])
-    restored.set_item_state(item, (model.Q[item] * -100).astype("<f4").tobytes())
+    restored.set_item_state(item, (restored.Q[item] * -100).astype("<f4").tobytes())
+    assert restored.recommend(0, 20)[0][0] == item
+    restored.learn_many(users[1:2], items[1:2], weights[1:2], ts[1:2])  # built again, with the new row
+    assert restored.index.built_for[0] > 0
     assert restored.recommend(0, 20)[0][0] == item
