@@ -381,9 +381,9 @@ def model_costs(bench: Bench) -> list[Figure]:
     """(d) Each model's update cost in micro-batches, and one user's fused top 20 by catalogue size."""
     from tools import bench_models
 
-    if bench.config.quick:  # the 5k catalogue goes through the int8 path, so its figures exist too
+    if bench.config.quick:  # the 5k catalogue goes through the item clusters, so its figures exist too
         updates = bench_models.update_costs(5_000, 2_000, 1_000)
-        tops = [bench_models.top20_latency(n, n_users=2_000, n_lists=30, quantize_above=4_000) for n in (1_000, 5_000)]
+        tops = [bench_models.top20_latency(n, n_users=2_000, n_lists=30, index_above=4_000) for n in (1_000, 5_000)]
     else:
         updates = bench_models.update_costs()
         tops = [bench_models.top20_latency(n) for n in (10_000, 100_000, 1_000_000)]
@@ -393,14 +393,14 @@ def model_costs(bench: Bench) -> list[Figure]:
     targets = {100_000: "target <= 1", 1_000_000: "target <= 5"}
     for top in tops:
         n = top["items"]
-        how = "MF through int8 rows, candidates rescored exactly" if top["quantized"] else "full catalogue, exact"
+        how = "MF list from item clusters, candidates rescored exactly" if top["quantized"] else "full catalogue, exact"
         figures.append(Figure(f"top20_{n}_items_mean", top["mean_ms"], "ms", targets.get(n, how)))
         figures.append(Figure(f"top20_{n}_items_p99", top["p99_ms"], "ms", how))
         if top["quantized"]:
             figures.append(Figure(f"top20_{n}_items_exact_mean", top["exact_mean_ms"], "ms",
                                   "the same users, exact MF scan, alternating"))
             figures.append(Figure(f"mf_recall_{n}_items", top["mf_recall"], "x",
-                                  "share of the exact MF top 30 the int8 path returns"))
+                                  "share of the exact MF top 30 the item clusters return"))
     return figures
 
 

@@ -3,9 +3,9 @@
 (d) **Model costs**: microseconds per event of each model's update in micro-batches (MF at ranks 32,
 64 and 128; co-occurrence; popularity), and the latency of one user's fused top 20, the call a worker
 makes once per touched user, for catalogues of 10k, 100k and 1M items. The ranking scans the full
-catalogue; from :data:`~stream_rec.models.mf.QUANTIZE_ABOVE` items on, matrix factorisation scans int8
-item rows and scores its best candidates exactly, and the recall that loses against the exact scan
-is measured on the same users.
+catalogue's candidates; from :data:`~stream_rec.models.mf.INDEX_ABOVE` items on, matrix factorisation
+takes its list from item clusters (:mod:`stream_rec.models.mf_index`), and the recall that loses against
+the exact scan is measured on the same users.
 
 (e) **Memory**: a service is filled through :meth:`RecService.apply` and persisted to RocksDB in a
 child process, which reports its resident memory (RSS) and the state's size on disk; a second child
@@ -69,19 +69,19 @@ def update_costs(n_events: int = 200_000, n_users: int = 100_000, n_items: int =
 
 
 def top20_latency(n_items: int, n_users: int = 100_000, n_lists: int = 300,
-                  quantize_above: float | None = None) -> dict[str, float]:
+                  index_above: float | None = None) -> dict[str, float]:
     """Milliseconds for one user's fused top 20 (``RecService.recommend``) over ``n_items`` items.
 
-    Catalogues of at least ``quantize_above`` items (default: the model's,
-    :data:`~stream_rec.models.mf.QUANTIZE_ABOVE`) rank matrix factorisation through its int8 item rows;
+    Catalogues of at least ``index_above`` items (default: the model's,
+    :data:`~stream_rec.models.mf.INDEX_ABOVE`) rank matrix factorisation through its item clusters;
     then the same users are also ranked with the exact scan, alternately, and ``mf_recall`` is the share
-    of the exact MF top 30 (the depth the fusion reads) that the int8 path returns. Without it,
+    of the exact MF top 30 (the depth the fusion reads) that the clusters return. Without it,
     ``mf_recall`` is 1 by construction.
     """
     service = RecService(Settings(), MemoryStore())
     mf = service.fusion.mf
-    if quantize_above is not None:
-        mf.quantize_above = quantize_above
+    if index_above is not None:
+        mf.index_above = index_above
     users, items, weights, ts = skewed_stream(max(2 * n_items, 200_000), n_users, n_items, seed=1)
     kinds = np.array(["view", "click", "add_to_cart", "purchase"])[np.searchsorted([1.5, 3, 6], weights)]
     for a in range(0, len(users), 20_000):
@@ -91,8 +91,8 @@ def top20_latency(n_items: int, n_users: int = 100_000, n_lists: int = 300,
                                              kinds[a:b].tolist(), ts[a:b].tolist())]
         service.apply(batch, lists=False, changes=False)
     who = [f"u{u}" for u in np.random.default_rng(2).choice(np.unique(users), n_lists).tolist()]
-    quantized = len(service.items) >= mf.quantize_above
-    threshold = mf.quantize_above
+    quantized = len(service.items) >= mf.index_above and mf.index.built_for[0] > 0
+    threshold = mf.index_above
     service.recommend(who[0])
     times, exact_times, found, wanted = [], [], 0, 0
     for user in who:
@@ -102,12 +102,12 @@ def top20_latency(n_items: int, n_users: int = 100_000, n_lists: int = 300,
         if quantized:
             u = service.users.get(user)
             fast = mf.recommend(u, 30)[0]
-            mf.quantize_above = np.inf
+            mf.index_above = np.inf
             started = time.perf_counter()
             service.recommend(user, 20)
             exact_times.append(time.perf_counter() - started)
             exact = mf.recommend(u, 30)[0]
-            mf.quantize_above = threshold
+            mf.index_above = threshold
             found += len(np.intersect1d(fast, exact))
             wanted += len(exact)
     ms = np.array(times) * 1e3

@@ -468,9 +468,7 @@ class ImplicitMF(TracksTouched):
 
     @index_above.setter
     def index_above(self, n_items: float) -> None:
-        self._params[_INDEX_ABOVE] = n_items
-        if n_items == np.inf:
-            self._index.built_for[0] = 0
+        self._params[_INDEX_ABOVE] = n_items  # a built index stays current, so the way back is free
 
     @property
     def index(self) -> ItemIndex:
