@@ -89,6 +89,8 @@ N_POLICIES = LEARNED + 1
 #: An exploration candidate must earn an event per this many exploration slots it was shown in: an
 #: item shown and ignored that often stops being explored.
 SHOWS_PER_EVENT = 20
+#: Entries of the pool of young items one list's exploration reads at most (see :func:`fuse_scored`).
+EXPLORE_SCAN = 256
 #: Exploration items score this far below each other and below the last exploited item.
 _EXPLORE_STEP = 1e-9
 # Transient marks in the mask array while one list is assembled (cleared before returning).
@@ -516,19 +518,23 @@ def fuse_scored(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionPa
     if n_explore > 0:
         for r in range(min(n_pool, k - n_explore)):
             sc.mask[sc.li[r]] |= _TAKEN
-        # Items stop being new as time passes and events add up, never the other way round: the
-        # popularity model's list of young items is pruned here, in place and in order.
-        # New items of the user's own recent categories come first: an item nobody has paired with
-        # anything yet reaches the people browsing its aisle.
+        # The candidates come from the popularity model's pool of young items (learning sweeps out
+        # those no longer new; some may still be there, so each is checked): all of it while it is
+        # small, else EXPLORE_SCAN entries in a row from a random place, so a list costs the same
+        # whatever the catalogue. New items of the user's own recent categories come first: an item
+        # nobody has paired with anything yet reaches the people browsing its aisle.
         n_cats = user_categories(pop.category, cooc.hist_item, cooc.hist_len, user, sc.cats)
-        n_fresh, n_match, kept = 0, 0, 0
+        n_fresh, n_match = 0, 0
         since = pop.clock[0] - fp.max_age_s
         seen, first, count, category, fresh, shown = pop.seen, pop.first, pop.count, pop.category, pop.fresh, fp.shown
-        for r in range(pop.sizes[1]):
-            i = fresh[r]
+        pool = pop.sizes[1]
+        start = 0
+        if pool > EXPLORE_SCAN:
+            start = int(uniform(fp.rng_key, fp.rng_counter[0]) * pool)
+            fp.rng_counter[0] += 1
+        for r in range(min(pool, EXPLORE_SCAN)):
+            i = fresh[(start + r) % pool]
             if pop_is_new(seen, first, count, i, since, fp.max_events):
-                fresh[kept] = i
-                kept += 1
                 ignored = shown[i] >= SHOWS_PER_EVENT * count[i]
                 if not sc.excluded[i] and (sc.mask[i] & _TAKEN) == 0 and not ignored:
                     sc.fresh[n_fresh] = i
@@ -539,7 +545,6 @@ def fuse_scored(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionPa
                         sc.fresh[n_fresh], sc.fresh[n_match] = sc.fresh[n_match], sc.fresh[n_fresh]
                         n_match += 1
                     n_fresh += 1
-        pop.sizes[1] = kept
         n_picked = min(n_explore, n_fresh)
         for r in range(n_picked):  # a partial Fisher-Yates shuffle, seeded and counter-based, matches first
             end = n_match if r < n_match else n_fresh
@@ -644,6 +649,7 @@ class Fusion:
         self.explore = explore
         self.explore_max_age_s = explore_max_age_s
         self.explore_max_events = explore_max_events
+        self.popular.keep_new(explore_max_age_s, explore_max_events)
         self.seed = seed
         self._rng_key = stream_key(seed, _TAG_EXPLORE)
         self._rng_counter = np.zeros(1, dtype=np.int64)

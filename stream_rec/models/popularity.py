@@ -38,6 +38,8 @@ _OLD_ITEM_STATE_SIZE = 32
 TOP_SIZE = 512
 #: Best items kept ranked per category.
 TOP_PER_CATEGORY = 64
+#: Entries of the exploration pool each learned event checks (see :func:`_sweep_fresh`).
+SWEEP_STEPS = 2
 #: A user's recent items give at most this many categories to :func:`pop_category_top`, the newest
 #: first; the r-th (0-based) weighs ``CATEGORY_DECAY ** r``.
 USER_CATEGORIES = 3
@@ -53,11 +55,12 @@ class PopularityState(NamedTuple):
     count: IntArray
     seen: np.ndarray  # bool
     key: FloatArray  # rank key log2(value) + last / half_life
-    clock: FloatArray  # (2,): now (latest event time), half_life_s
+    clock: FloatArray  # (4,): now (latest event time), half_life_s, then what keeps an item in ``fresh``:
+    # at most this many seconds since its first event and at most this many events (:func:`pop_is_new`)
     top: IntArray  # (TOP_SIZE,): the best items by key, best first (ties: lower index)
     top_pos: IntArray  # per item: its place in ``top``, -1 if not there
-    fresh: IntArray  # items in order of first sight; those no longer new are dropped as lists are built
-    sizes: IntArray  # (2,): entries used in ``top`` and in ``fresh``
+    fresh: IntArray  # young items, the exploration pool; those no longer new leave as learning sweeps it
+    sizes: IntArray  # (3,): entries used in ``top`` and in ``fresh``, and the sweep's place in ``fresh``
     category: IntArray  # per item: its category, -1 if none is known
     cat_top: IntArray  # (category capacity, TOP_PER_CATEGORY): each category's best items, best first
     cat_len: IntArray  # per category: entries used in its row of ``cat_top``
@@ -140,6 +143,7 @@ def pop_learn_one(st: PopularityState, i: int, w: float, t: float, c: int) -> No
     if not st.seen[i]:
         st.seen[i] = True
         st.value[i], st.last[i], st.first[i], st.count[i] = w, t, t, 1
+        _sweep_fresh(st.fresh, st.sizes, st.seen, st.first, st.count, st.clock, SWEEP_STEPS)
         st.fresh[st.sizes[1]] = i
         st.sizes[1] += 1
     else:
@@ -154,6 +158,28 @@ def pop_learn_one(st: PopularityState, i: int, w: float, t: float, c: int) -> No
     _rank_up(st, i)
     if t > st.clock[0]:
         st.clock[0] = t
+    _sweep_fresh(st.fresh, st.sizes, st.seen, st.first, st.count, st.clock, SWEEP_STEPS)
+
+
+@njit(**INLINE)
+def _sweep_fresh(fresh: IntArray, sizes: IntArray, seen: np.ndarray, first: FloatArray, count: IntArray,
+                 clock: FloatArray, steps: int) -> None:
+    """Check the next ``steps`` items of a sweep over the exploration pool ``fresh[:sizes[1]]`` and drop
+    those no longer new (the last entry takes their place). Called twice per event learned, once before
+    a new item joins, the pool is swept faster than it grows: it holds the new items and at most about
+    as many that stopped being new since the sweep last passed, at a constant cost per event."""
+    since = clock[0] - clock[2]
+    for _ in range(steps):
+        n = sizes[1]
+        if n == 0:
+            return
+        r = sizes[2] if sizes[2] < n else 0
+        if pop_is_new(seen, first, count, fresh[r], since, clock[3]):
+            sizes[2] = r + 1
+        else:
+            fresh[r] = fresh[n - 1]
+            sizes[1] = n - 1
+            sizes[2] = r
 
 
 @njit(**JIT)
@@ -242,7 +268,7 @@ def pop_value_now(st: PopularityState, i: int) -> float:
 
 
 @njit(**INLINE)
-def pop_is_new(seen: np.ndarray, first: FloatArray, count: IntArray, i: int, since: float, max_events: int) -> bool:
+def pop_is_new(seen: np.ndarray, first: FloatArray, count: IntArray, i: int, since: float, max_events: float) -> bool:
     """First seen at or after ``since`` (now minus the maximum age), with at most ``max_events`` events:
     an exploration candidate."""
     return seen[i] and first[i] >= since and count[i] <= max_events
@@ -256,6 +282,9 @@ class DecayedPopularity(TracksTouched):
     half_life_s
         Seconds after which an event's contribution counts half. Three days by default: long enough to
         smooth daily cycles, short enough to follow a trend within a week.
+    new_for_s, new_events
+        An item is new (an exploration candidate, kept in the pool the fusion draws from) this long
+        after its first event and while it has at most this many events; see :meth:`keep_new`.
 
     Attributes
     ----------
@@ -280,7 +309,7 @@ class DecayedPopularity(TracksTouched):
 
     name = "popular"
 
-    def __init__(self, half_life_s: float = 86400.0 * 3) -> None:
+    def __init__(self, half_life_s: float = 86400.0 * 3, new_for_s: float = 86400.0, new_events: int = 50) -> None:
         self.half_life_s = half_life_s
         self._value = np.zeros(0, dtype=np.float64)
         self._last = np.zeros(0, dtype=np.float64)
@@ -288,17 +317,22 @@ class DecayedPopularity(TracksTouched):
         self._count = np.zeros(0, dtype=np.int64)
         self._seen = np.zeros(0, dtype=bool)
         self._key = np.zeros(0, dtype=np.float64)
-        self._clock = np.array([-np.inf, half_life_s], dtype=np.float64)
+        self._clock = np.array([-np.inf, half_life_s, new_for_s, new_events], dtype=np.float64)
         self._top = np.zeros(TOP_SIZE, dtype=np.int64)
         self._top_pos = np.zeros(0, dtype=np.int64)
         self._fresh = np.zeros(0, dtype=np.int64)
-        self._sizes = np.zeros(2, dtype=np.int64)
+        self._sizes = np.zeros(3, dtype=np.int64)
         self._category = np.zeros(0, dtype=np.int64)
         self._cat_top = np.zeros((0, TOP_PER_CATEGORY), dtype=np.int64)
         self._cat_len = np.zeros(0, dtype=np.int64)
         self._cat_pos = np.zeros(0, dtype=np.int64)
         self._rerank = False  # rows were restored: ``top`` is rebuilt before it is next read
         self._touched = TouchLog()
+
+    def keep_new(self, new_for_s: float, new_events: int) -> None:
+        """Keep items in the exploration pool (:attr:`PopularityState.fresh`) for ``new_for_s`` seconds
+        after their first event and while they have at most ``new_events`` events."""
+        self._clock[2], self._clock[3] = new_for_s, new_events
 
     @property
     def now(self) -> float:
@@ -455,9 +489,6 @@ class DecayedPopularity(TracksTouched):
         self.reserve(int(items.max()) + 1)
         self.reserve_categories(int(rec["category"].max()) + 1)
         self._category[items] = rec["category"]
-        new = np.unique(items[~self._seen[items]])
-        self._fresh[self._sizes[1] : self._sizes[1] + len(new)] = new
-        self._sizes[1] += len(new)
         self._value[items], self._last[items] = rec["value"], rec["last_ts"]
         self._first[items], self._count[items] = rec["first_seen"], rec["n_events"]
         self._seen[items] = True
@@ -465,6 +496,10 @@ class DecayedPopularity(TracksTouched):
             self._key[items] = np.log2(rec["value"]) + rec["last_ts"] / self.half_life_s
         self._rerank = True
         self._clock[0] = max(self.now, float(rec["last_ts"].max()))
+        # The exploration pool again: the items new as of the restored clock (learning keeps it from here).
+        pool = self.new_items(self.now, self._clock[2], int(self._clock[3]))
+        self._fresh[: len(pool)] = pool
+        self._sizes[1], self._sizes[2] = len(pool), 0
 
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stream_rec.models.cooc import CoOccurrence
-from stream_rec.models.fusion import SHOWS_PER_EVENT, WEIGHT_GRID, Fusion
+from stream_rec.models.fusion import EXPLORE_SCAN, SHOWS_PER_EVENT, WEIGHT_GRID, Fusion
 from stream_rec.models.mf import ImplicitMF
 from stream_rec.models.popularity import DecayedPopularity
 from stream_rec.settings import settings_table
@@ -153,3 +153,28 @@ def test_new_items_of_the_users_own_categories_are_explored_first() -> None:
 def test_the_settings_help_counts_the_weightings_the_fusion_scores() -> None:
     help_text = dict((name, meaning) for name, _, meaning in settings_table())["STREAM_REC_FUSION_ADAPT"]
     assert f"({len(WEIGHT_GRID)} weightings" in help_text
+
+
+def test_exploration_draws_from_a_large_pool_without_reading_or_writing_all_of_it() -> None:
+    """A pool of young items far larger than one list reads (EXPLORE_SCAN): lists still explore items
+    from all over it, at random, and ranking leaves the popularity model as it was; learning, not
+    ranking, drops the items that stopped being new."""
+    pop = DecayedPopularity(half_life_s=DAY)
+    n_new = 20 * EXPLORE_SCAN
+    pop.learn_many(np.zeros(n_new), np.arange(n_new), np.ones(n_new), np.linspace(0.0, 60.0, n_new))
+    fusion = Fusion({"popular": pop}, explore=0.5, explore_max_age_s=DAY / 2, explore_max_events=5, seed=2)
+    before = [a.copy() for a in pop.state]
+    explored = []
+    for _ in range(100):
+        items, _, labels = fusion.recommend(-1, 4)
+        explored += [i for i, label in zip(items.tolist(), labels) if label == ("explore",)]
+    for a, b in zip(before, pop.state):
+        np.testing.assert_array_equal(a, b)
+    assert len(explored) == 200 and len(set(explored)) > 150  # 200 slots, spread over 5,120 items
+    assert max(explored) - min(explored) > n_new // 2
+    assert pop.state.sizes[1] == n_new  # all still new
+    # A day later every one of them is old: the sweep learning does drops them, a few per event.
+    later = np.full(n_new // 2 + 10, DAY)
+    pop.learn_many(np.zeros(len(later)), np.full(len(later), n_new), np.ones(len(later)), later)
+    assert pop.state.sizes[1] <= 1  # at most the item the day-old events were on
+    assert ("explore",) not in fusion.recommend(-1, 4)[2]
