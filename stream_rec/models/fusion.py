@@ -267,7 +267,7 @@ def mf_list(mf: MFState, fp: FusionParams, user: int, has_history: bool, n_items
     state and ``excluded``, so it can run on another thread while :func:`_gather` ranks the rest."""
     if fp.weights[MF] > 0.0 and user >= 0 and has_history and user < len(mf.user_seen) and mf.user_seen[user]:
         return mf_top(mf.P, mf.Q, mf.index, mf.params, mf.item_seen, user, n_items, fp.depth, excluded,
-                      into.mf_scores, into.cand, into.buf_s, into.buf_i, into.ls, into.li)
+                      into.mf_scores, into.buf_s, into.buf_i, into.ls, into.li)
     return 0
 
 

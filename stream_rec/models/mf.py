@@ -355,22 +355,22 @@ def mf_scores(P: Float32Array, Q: Float32Array, u: int, n_items: int, out: np.nd
 
 @njit(**INLINE)
 def mf_top(P: Float32Array, Q: Float32Array, index: ItemIndex, params: FloatArray, item_seen: np.ndarray, u: int,
-           n_items: int, k: int, excluded: np.ndarray, scores: np.ndarray, cand: IntArray, buf_s: FloatArray,
-           buf_i: IntArray, out_s: FloatArray, out_i: IntArray) -> int:
+           n_items: int, k: int, excluded: np.ndarray, scores: np.ndarray, buf_s: FloatArray, buf_i: IntArray,
+           out_s: FloatArray, out_i: IntArray) -> int:
     """The ``k`` best seen, not ``excluded`` items for user ``u`` into ``out_*``, best first; returns the count.
 
     Below ``params[_INDEX_ABOVE]`` seen items (and until the index is built) every item is scored, exactly.
     From there on the item clusters of :mod:`~stream_rec.models.mf_index` give the list
     (:func:`~stream_rec.models.mf_index.index_top`): approximate, at a cost that grows with the square
-    root of the catalogue; how much of the exact list it finds, ``stream-rec bench`` measures. ``cand``
-    is scratch for every item, like ``scores`` and ``buf_*``.
+    root of the catalogue; how much of the exact list it finds, ``stream-rec bench`` measures.
+    ``scores`` and ``buf_*`` are scratch for every item (the exact scan's).
 
     Like every helper on the ranking's hot path it takes arrays, not the state tuple (handing a tuple
     over costs reference counting per array per call)."""
     if index.built_for[0] == 0 or n_items < params[_INDEX_ABOVE]:
         mf_scores(P, Q, u, n_items, scores)
         return select_dense(scores, item_seen, excluded, n_items, k, buf_s, buf_i, out_s, out_i)
-    return index_top(index, P, Q, u, k, item_seen, excluded, scores, cand, buf_s, buf_i, out_s, out_i)
+    return index_top(index, P, Q, u, k, excluded, out_s, out_i)
 
 
 class ImplicitMF(TracksTouched):
@@ -538,7 +538,7 @@ class ImplicitMF(TracksTouched):
         n = len(self._item_seen)
         k, excluded, buf_s, buf_i, out_s, out_i = selection_buffers(n, k, exclude)
         m = mf_top(self.P, self.Q, self._index, self._params, self._item_seen, user, n, k, excluded,
-                   self._score_buffer(), np.empty(max(n, 1), np.int64), buf_s, buf_i, out_s, out_i)
+                   self._score_buffer(), buf_s, buf_i, out_s, out_i)
         return out_i[:m].copy(), out_s[:m].copy()
 
     # ------------------------------------------------------------------ state
