@@ -9,8 +9,8 @@ rows learn:
   items, so scanning a cluster reads contiguous memory, a quarter of the float32 rows' bytes;
 * a cluster's centroid is the mean of its members' codes, kept exact as rows change
   (:func:`index_row_changed`: ``O(n_factors)`` per changed row);
-* an item is moved to its nearest centroid when it learns as an event's item, and one more item per
-  event is checked in a sweep over the catalogue (:func:`index_reassign`, ``O(clusters x n_factors)``),
+* an item is moved to its nearest centroid when it learns as an event's item, and one more item every
+  :data:`SWEEP_EVERY` events is checked in a sweep over the catalogue (:func:`index_reassign`, ``O(clusters x n_factors)``),
   so memberships follow the rows as they drift;
 * the index is built again once the catalogue has doubled since the last build, so clusters stay about
   ``sqrt(n)`` items (an amortised ``O(sqrt(n) x n_factors)`` per new item).
@@ -49,6 +49,9 @@ KMEANS_ROUNDS, KMEANS_SAMPLE = 3, 32
 #: sit in large clusters near the origin, the ones with long rows in small ones far out, and the best
 #: centroids are mostly the small far ones; so the budget counts items, not clusters.
 SCAN_BUDGET, MAX_PROBES = 16, 64
+#: The sweep checks one item every this many events learned: items move mostly through their own
+#: events, which check them anyway; the sweep catches rows moved as negatives or by other workers.
+SWEEP_EVERY = 4
 
 
 @njit(**JIT)
@@ -84,7 +87,7 @@ class ItemIndex(NamedTuple):
     n_free: IntArray  # (1,)
     n_indexed: IntArray  # (1,): items in the index
     built_for: IntArray  # (1,): items seen when it was last built (0: not built, the exact scan is used)
-    sweep: IntArray  # (1,): the next item the sweep checks
+    sweep: IntArray  # (2,): the next item the sweep checks, calls since it last checked one
 
 
 def new_index(n_items: int, n_factors: int) -> ItemIndex:
@@ -95,7 +98,7 @@ def new_index(n_items: int, n_factors: int) -> ItemIndex:
                       np.zeros((0, PAGE), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
                       np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
                       np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64),
-                      np.zeros(1, np.int64))
+                      np.zeros(2, np.int64))
     return reserve_index(empty, n_items)
 
 
@@ -208,25 +211,33 @@ def _remove(ix: ItemIndex, j: int) -> None:
     ix.n_indexed[0] -= 1
 
 
-@njit(**INLINE)
-def _nearest(ix: ItemIndex, Q: Float32Array, j: int) -> int:
-    """The cluster whose centroid is nearest row ``j`` (largest ``q . c - |c|^2 / 2``; ties: the lower)."""
+@njit(fastmath={"reassoc", "contract"}, **JIT)
+def _nearest_of(centroids: Float32Array, half_norm: Float32Array, n_clusters: int, Q: Float32Array, j: int) -> int:
+    """The cluster whose centroid is nearest row ``j`` (largest ``q . c - |c|^2 / 2``; ties: the lower).
+
+    Each dot product is summed in any order (``fastmath``: vectorised, ~5x faster than summed in order
+    at 32 factors); it is the same compiled code wherever it runs, so the choice is deterministic."""
     best, best_v = 0, -np.inf
     d = Q.shape[1]
-    for c in range(ix.n_clusters[0]):
+    for c in range(n_clusters):
         v = np.float32(0.0)
         for f in range(d):
-            v += Q[j, f] * ix.centroids[c, f]
-        v -= ix.half_norm[c]
+            v += Q[j, f] * centroids[c, f]
+        v -= half_norm[c]
         if v > best_v:
             best, best_v = c, v
     return best
 
 
+@njit(**INLINE)
+def _nearest(ix: ItemIndex, Q: Float32Array, j: int) -> int:
+    return _nearest_of(ix.centroids, ix.half_norm, ix.n_clusters[0], Q, j)
+
+
 # ---------------------------------------------------------------------------------------------- learning
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def index_row_changed(ix: ItemIndex, Q: Float32Array, j: int) -> None:
     """Row ``j`` of ``Q`` changed (or was first seen): its code, and its cluster's mean, follow. A new item
     goes to its nearest cluster. Does nothing while the index is not built."""
@@ -236,10 +247,36 @@ def index_row_changed(ix: ItemIndex, Q: Float32Array, j: int) -> None:
     if where < 0:
         _insert(ix, Q, j, _nearest(ix, Q, j))
         return
-    page, at, c = where // PAGE, where % PAGE, ix.cluster[j]
-    _add_code(ix, c, page, at, -1.0)
-    _encode(Q, j, ix.codes, ix.scale, page, at)
-    _add_code(ix, c, page, at, 1.0)
+    _recode(ix.sums, ix.centroids, ix.half_norm, ix.sizes, ix.codes, ix.scale, Q, j, ix.cluster[j], where // PAGE,
+            where % PAGE)
+
+
+@njit(fastmath={"reassoc", "contract"}, **JIT)
+def _recode(sums: FloatArray, centroids: Float32Array, half_norm: Float32Array, sizes: IntArray, codes: np.ndarray,
+            scale: Float32Array, Q: Float32Array, j: int, c: int, page: int, at: int) -> None:
+    """Row ``j`` (in cluster ``c``, at ``(page, at)``) encoded again (as :func:`_encode` does) and its
+    cluster's sums and mean moved by the change, in one pass. Called for every row learning changes,
+    so it takes only the arrays it needs (handing the index tuple over costs ~0.2 us a call)."""
+    d = Q.shape[1]
+    top = np.float32(0.0)
+    for f in range(d):
+        top = max(top, abs(Q[j, f]))
+    s = top / np.float32(127.0)
+    inv = np.float32(1.0) / s if s > 0 else np.float32(0.0)
+    old_s = float(scale[page, at])
+    scale[page, at] = s
+    for f in range(d):
+        code = np.int8(np.rint(Q[j, f] * inv))
+        sums[c, f] += float(s) * code - old_s * codes[page, at, f]
+        codes[page, at, f] = code
+    n = sizes[c]
+    if n > 0:
+        sq = 0.0
+        for f in range(d):
+            v = np.float32(sums[c, f] / n)
+            centroids[c, f] = v
+            sq += float(v) * float(v)
+        half_norm[c] = np.float32(0.5 * sq)
 
 
 @njit(**JIT)
@@ -255,9 +292,14 @@ def index_reassign(ix: ItemIndex, Q: Float32Array, j: int) -> None:
 
 @njit(**JIT)
 def index_sweep(ix: ItemIndex, Q: Float32Array, span: int) -> None:
-    """Check the next item of a sweep over ``range(span)`` (:func:`index_reassign`)."""
+    """Every :data:`SWEEP_EVERY` calls, check the next item of a sweep over ``range(span)``
+    (:func:`index_reassign`)."""
     if ix.built_for[0] == 0 or span <= 0:
         return
+    ix.sweep[1] += 1
+    if ix.sweep[1] < SWEEP_EVERY:
+        return
+    ix.sweep[1] = 0
     j = ix.sweep[0] % span
     ix.sweep[0] = j + 1
     index_reassign(ix, Q, j)
