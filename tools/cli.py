@@ -10,7 +10,13 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from stream_rec.settings import Settings, settings_table
+# One thread unless asked for more, OpenBLAS's included (it reads this once, when numpy loads): its
+# worker threads took a second core in `evaluate --threads 1` wherever matrix factorisation scored a
+# whole catalogue of 16k+ items, and collapsed when other processes wanted the cores (73 s against
+# 300+ s for one evaluation). Set OPENBLAS_NUM_THREADS to give it more.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from stream_rec.settings import Settings, settings_table  # noqa: E402 (after the line above)
 from stream_rec.synth import ShopConfig
 from tools import bench, chaos, evaluate, replay, tail
 from tools.argtypes import finite, whole

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import json
 import subprocess
 import sys
@@ -162,3 +163,18 @@ def test_worker_without_a_broker_says_how_to_start_one(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "no Kafka broker answers" in proc.stderr and "stream-rec broker" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_command_holds_openblas_to_one_thread_unless_told_otherwise() -> None:
+    """`stream-rec` runs on one thread by default, numpy's BLAS included (its threads collapse on a busy
+    machine): its process has as many threads after a large product as with OPENBLAS_NUM_THREADS=1,
+    and an explicit OPENBLAS_NUM_THREADS is kept."""
+    probe = ("import os, tools.cli, numpy; a = numpy.ones((1500, 1500)); a @ a; "
+             "print(len(os.listdir('/proc/self/task')))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def threads(**extra: str) -> int:
+        done = subprocess.run([sys.executable, "-c", probe], env=env | extra, capture_output=True, text=True, check=True)
+        return int(done.stdout)
+
+    assert threads() == threads(OPENBLAS_NUM_THREADS="1") < threads(OPENBLAS_NUM_THREADS="2")
