@@ -398,7 +398,7 @@ def model_costs(bench: Bench) -> list[Figure]:
         figures.append(Figure(f"top20_{n}_items_p99", top["p99_ms"], "ms", how))
         if top["quantized"]:
             figures.append(Figure(f"top20_{n}_items_exact_mean", top["exact_mean_ms"], "ms",
-                                  "the same users, exact MF scan, alternating"))
+                                  "the same users, exact MF scan, after them"))
             figures.append(Figure(f"mf_recall_{n}_items", top["mf_recall"], "x",
                                   "share of the exact MF top 30 the item clusters return"))
     return figures
