@@ -140,8 +140,6 @@ def new_scratch(n_items: int, depth: int) -> Scratch:
 class FusionParams(NamedTuple):
     weights: FloatArray  # per source, in SOURCES order; 0 disables a source
     depth: int  # candidates read from each source (popular: at least k)
-    max_age_s: float  # exploration: an item is new this long after its first event...
-    max_events: int  # ...and while it has at most this many events
     rng_key: np.uint64
     rng_counter: IntArray  # (1,): exploration draws so far
     hits: FloatArray  # (2, N_POLICIES): decayed hits per user segment (new, returning) and policy
@@ -525,7 +523,7 @@ def fuse_scored(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionPa
         # nobody has paired with anything yet reaches the people browsing its aisle.
         n_cats = user_categories(pop.category, cooc.hist_item, cooc.hist_len, user, sc.cats)
         n_fresh, n_match = 0, 0
-        since = pop.clock[0] - fp.max_age_s
+        since = pop.clock[0] - pop.clock[2]  # the popularity model keeps the rule (see keep_new)
         seen, first, count, category, fresh, shown = pop.seen, pop.first, pop.count, pop.category, pop.fresh, fp.shown
         pool = pop.sizes[1]
         start = 0
@@ -534,7 +532,7 @@ def fuse_scored(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionPa
             fp.rng_counter[0] += 1
         for r in range(min(pool, EXPLORE_SCAN)):
             i = fresh[(start + r) % pool]
-            if pop_is_new(seen, first, count, i, since, fp.max_events):
+            if pop_is_new(seen, first, count, i, since, pop.clock[3]):
                 ignored = shown[i] >= SHOWS_PER_EVENT * count[i]
                 if not sc.excluded[i] and (sc.mask[i] & _TAKEN) == 0 and not ignored:
                     sc.fresh[n_fresh] = i
@@ -647,8 +645,6 @@ class Fusion:
         self.weights = np.array([chosen.get(name, 0.0) if name in sources else 0.0 for name in SOURCES])
         self.candidates_per_source = candidates_per_source
         self.explore = explore
-        self.explore_max_age_s = explore_max_age_s
-        self.explore_max_events = explore_max_events
         self.popular.keep_new(explore_max_age_s, explore_max_events)
         self.seed = seed
         self._rng_key = stream_key(seed, _TAG_EXPLORE)
@@ -669,13 +665,23 @@ class Fusion:
         self._scratch = new_scratch(0, 0)
         self._reserved = 0  # every source has room for this many items
 
+    @property
+    def explore_max_age_s(self) -> float:
+        """An item is new this long after its first event (kept by the popularity model, whose pool of
+        young items learning sweeps by the same rule)."""
+        return self.popular.new_rule[0]
+
+    @property
+    def explore_max_events(self) -> int:
+        """An item is new while it has at most this many events."""
+        return self.popular.new_rule[1]
+
     def n_explore(self, k: int) -> int:
         """Exploration slots in a list of ``k``."""
         return max(0, round(self.explore * k))
 
     def params(self) -> FusionParams:
-        return FusionParams(self.weights, self.candidates_per_source, self.explore_max_age_s,
-                            self.explore_max_events, self._rng_key, self._rng_counter, self.hits,
+        return FusionParams(self.weights, self.candidates_per_source, self._rng_key, self._rng_counter, self.hits,
                             bool(self.adapt), self._events, float(self.rebuy_after_s), self.blocked, self.shown,
                             int(self.sample_every),
                             self.theta, self.theta_g2)

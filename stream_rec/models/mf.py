@@ -223,15 +223,14 @@ def _seen_item(st: MFState, i: int) -> None:
         _gram_add(st.gram, st.Q, i, 1.0)
         st.counters[1] = max(st.counters[1], i + 1)
         st.counters[2] += 1
-        if st.index.built_for[0] > 0:  # a call handing the index over costs ~0.2 us
-            index_row_changed(st.index, st.Q, i)
+        index_row_changed(st.index, st.Q, i)
 
 
 @njit(**INLINE)
 def _keep_index(st: MFState, i: int) -> None:
     """After an event's item rows learned: move its item to its nearest cluster, check one more item of
     the sweep, and build the index when the catalogue has grown enough (see :mod:`~stream_rec.models.mf_index`)."""
-    if st.counters[2] >= st.params[_INDEX_ABOVE] and index_due(st.index, st.counters[2], st.params[_INDEX_ABOVE]):
+    if index_due(st.index, st.counters[2], st.params[_INDEX_ABOVE]):
         index_build(st.index, st.Q, st.item_seen, st.counters[1])
     if st.index.built_for[0] > 0:  # with the index off, no call (each hands ~20 arrays over)
         index_reassign(st.index, st.Q, i)
@@ -271,8 +270,7 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
     if item_side:
         _sgd_step(P, Q, G, max_norm, u, i, 1.0, step, shrink)
         _log_row(log, log_n, i)
-        if st.index.built_for[0] > 0:
-            index_row_changed(st.index, Q, i)
+        index_row_changed(st.index, Q, i)
     else:
         _user_step(P, Q, max_norm, u, i, 1.0, step, shrink)
     # 3. a few items drawn uniformly (a draw that lands on an index never seen is skipped)
@@ -288,8 +286,7 @@ def mf_learn_one(st: MFState, u: int, i: int, w: float, log: IntArray, log_n: In
             continue
         _sgd_step(P, Q, G, max_norm, u, j, 0.0, lr, shrink)
         _log_row(log, log_n, j)
-        if st.index.built_for[0] > 0:
-            index_row_changed(st.index, Q, j)
+        index_row_changed(st.index, Q, j)
         if record:
             rec_neg[e, m] = j
     st.counters[0] = pos + 1
@@ -311,8 +308,7 @@ def mf_apply_remote(st: MFState, tmp: Float32Array, pu: Float32Array, i: int, st
     _seen_item(st, i)
     _sgd_step(tmp, Q, G, max_norm, 0, i, 1.0, step, shrink)
     _log_row(log, log_n, i)
-    if st.index.built_for[0] > 0:
-        index_row_changed(st.index, Q, i)
+    index_row_changed(st.index, Q, i)
     for m in range(len(negs)):
         j = negs[m]
         if j < 0:
@@ -320,8 +316,7 @@ def mf_apply_remote(st: MFState, tmp: Float32Array, pu: Float32Array, i: int, st
         _seen_item(st, j)
         _sgd_step(tmp, Q, G, max_norm, 0, j, 0.0, lr, shrink)
         _log_row(log, log_n, j)
-        if st.index.built_for[0] > 0:
-            index_row_changed(st.index, Q, j)
+        index_row_changed(st.index, Q, j)
     _keep_index(st, i)
 
 

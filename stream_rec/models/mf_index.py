@@ -129,17 +129,33 @@ def reserve_index(ix: ItemIndex, n_items: int) -> ItemIndex:
 
 
 @njit(**INLINE)
-def _encode(Q: Float32Array, j: int, codes: np.ndarray, scale: Float32Array, page: int, at: int) -> None:
-    """Row ``j`` as int8 codes ``round(q / s)`` with ``s = max |q| / 127``, into ``codes[page, at]``."""
-    d = Q.shape[1]
+def _code_scale(Q: Float32Array, j: int) -> tuple[np.float32, np.float32]:
+    """Row ``j``'s code scale ``s = max |q| / 127`` and its inverse (0 for a zero row): code = round(q / s)."""
     top = np.float32(0.0)
-    for f in range(d):
+    for f in range(Q.shape[1]):
         top = max(top, abs(Q[j, f]))
     s = top / np.float32(127.0)
+    return s, np.float32(1.0) / s if s > 0 else np.float32(0.0)
+
+
+@njit(**INLINE)
+def _encode(Q: Float32Array, j: int, codes: np.ndarray, scale: Float32Array, page: int, at: int) -> None:
+    """Row ``j`` as int8 codes (:func:`_code_scale`) into ``codes[page, at]``."""
+    s, inv = _code_scale(Q, j)
     scale[page, at] = s
-    inv = np.float32(1.0) / s if s > 0 else np.float32(0.0)
-    for f in range(d):
+    for f in range(Q.shape[1]):
         codes[page, at, f] = np.int8(np.rint(Q[j, f] * inv))
+
+
+@njit(**INLINE)
+def _set_centroid(sums: FloatArray, centroids: Float32Array, half_norm: Float32Array, c: int, n: int) -> None:
+    """Cluster ``c``'s centroid (and half its squared norm) from the sum of its ``n > 0`` members' rows."""
+    sq = 0.0
+    for f in range(sums.shape[1]):
+        v = np.float32(sums[c, f] / n)
+        centroids[c, f] = v
+        sq += float(v) * float(v)
+    half_norm[c] = np.float32(0.5 * sq)
 
 
 @njit(**INLINE)
@@ -149,14 +165,8 @@ def _add_code(ix: ItemIndex, c: int, page: int, at: int, sign: float) -> None:
     d = ix.sums.shape[1]
     for f in range(d):
         ix.sums[c, f] += s * ix.codes[page, at, f]
-    n = ix.sizes[c]
-    if n > 0:
-        sq = 0.0
-        for f in range(d):
-            v = np.float32(ix.sums[c, f] / n)
-            ix.centroids[c, f] = v
-            sq += float(v) * float(v)
-        ix.half_norm[c] = np.float32(0.5 * sq)
+    if ix.sizes[c] > 0:
+        _set_centroid(ix.sums, ix.centroids, ix.half_norm, c, ix.sizes[c])
 
 
 @njit(**JIT)
@@ -257,26 +267,15 @@ def _recode(sums: FloatArray, centroids: Float32Array, half_norm: Float32Array, 
     """Row ``j`` (in cluster ``c``, at ``(page, at)``) encoded again (as :func:`_encode` does) and its
     cluster's sums and mean moved by the change, in one pass. Called for every row learning changes,
     so it takes only the arrays it needs (handing the index tuple over costs ~0.2 us a call)."""
-    d = Q.shape[1]
-    top = np.float32(0.0)
-    for f in range(d):
-        top = max(top, abs(Q[j, f]))
-    s = top / np.float32(127.0)
-    inv = np.float32(1.0) / s if s > 0 else np.float32(0.0)
+    s, inv = _code_scale(Q, j)
     old_s = float(scale[page, at])
     scale[page, at] = s
-    for f in range(d):
+    for f in range(Q.shape[1]):
         code = np.int8(np.rint(Q[j, f] * inv))
         sums[c, f] += float(s) * code - old_s * codes[page, at, f]
         codes[page, at, f] = code
-    n = sizes[c]
-    if n > 0:
-        sq = 0.0
-        for f in range(d):
-            v = np.float32(sums[c, f] / n)
-            centroids[c, f] = v
-            sq += float(v) * float(v)
-        half_norm[c] = np.float32(0.5 * sq)
+    if sizes[c] > 0:
+        _set_centroid(sums, centroids, half_norm, c, sizes[c])
 
 
 @njit(**JIT)
@@ -347,12 +346,7 @@ def index_build(ix: ItemIndex, Q: Float32Array, item_seen: np.ndarray, span: int
                 ix.sums[c, f] += Q[j, f]
         for c in range(n_clusters):
             if ix.sizes[c] > 0:  # an empty cluster keeps its centroid
-                sq = 0.0
-                for f in range(d):
-                    v = np.float32(ix.sums[c, f] / ix.sizes[c])
-                    ix.centroids[c, f] = v
-                    sq += float(v) * float(v)
-                ix.half_norm[c] = np.float32(0.5 * sq)
+                _set_centroid(ix.sums, ix.centroids, ix.half_norm, c, ix.sizes[c])
     ix.sums[:n_clusters, :] = 0.0
     ix.sizes[:n_clusters] = 0
     ix.head[:n_clusters] = -1
@@ -365,7 +359,7 @@ def index_build(ix: ItemIndex, Q: Float32Array, item_seen: np.ndarray, span: int
         _insert(ix, Q, seen[e], nearest[e])
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def index_due(ix: ItemIndex, n_seen: int, build_above: float) -> bool:
     """Should the index be built (again) now that ``n_seen`` items are seen?"""
     if n_seen < build_above:

@@ -335,6 +335,11 @@ class DecayedPopularity(TracksTouched):
         self._clock[2], self._clock[3] = new_for_s, new_events
 
     @property
+    def new_rule(self) -> tuple[float, int]:
+        """``(new_for_s, new_events)`` of :meth:`keep_new`."""
+        return float(self._clock[2]), int(self._clock[3])
+
+    @property
     def now(self) -> float:
         """Latest event time seen (seconds); ``-inf`` before any event."""
         return float(self._clock[0])
