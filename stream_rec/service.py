@@ -130,7 +130,7 @@ _warm = False
 def warm_up() -> float:
     """Compile (or load from numba's on-disk cache) every kernel the service runs; returns seconds.
 
-    The first process on a machine compiles for one to two minutes; later ones load the cache in about
+    The first process on a machine compiles for about a minute and a half; later ones load the cache in about
     a second. :class:`RecService` calls this once per process, before it loads state, so a worker is
     ready to go fast before it joins its consumer group.
     """
@@ -140,6 +140,9 @@ def warm_up() -> float:
     _warm = True
     from stream_rec.state import MemoryStore
 
+    log.info("loading the model kernels (the first start on a machine compiles them: about a minute and a half)")
+    stats = _rank_then_learn.stats
+    misses = sum(stats.cache_misses.values())
     started = time.perf_counter()
     service = RecService(Settings(explore=0.5, threads=2), MemoryStore(), record_items=True)
     events = [Event("u", "a", "purchase", 1000), Event("u", "b", "view", 2000), Event("v", "a", "view", 3000)]
@@ -151,8 +154,10 @@ def warm_up() -> float:
     other.apply_item_updates([m for messages in result.item_updates.values() for m in messages])
     other.restore(0, result.changelog[0])
     seconds = time.perf_counter() - started
-    if seconds > 5:
-        log.info("compiled the model kernels in %.0fs (cached for later starts)", seconds)
+    if sum(stats.cache_misses.values()) > misses:
+        log.info("compiled the model kernels in %.1f s (cached in %s for later starts)", seconds, stats.cache_path)
+    else:
+        log.info("loaded the model kernels from %s in %.1f s", stats.cache_path, seconds)
     return seconds
 
 
@@ -1036,7 +1041,7 @@ def _excluded_since(rebuy_after_s: float, now_s: float) -> int:
     return int(np.floor((now_s - rebuy_after_s) * 1000.0)) + 1
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _rank_user(mf: MFState, cooc: CoocState, pop: PopularityState, bought: PurchasesState, sc: Scratch,
                fp: FusionParams, n_items: int, k: int, n_explore: int, u: int, has_history: bool, out_i: IntArray,
                out_s: FloatArray, out_m: IntArray, now_s: float) -> int:

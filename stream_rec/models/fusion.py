@@ -38,8 +38,8 @@ from numba import njit
 
 from stream_rec.models._arrays import as_index, grow
 from stream_rec.models._kernels import INLINE, JIT, select_sparse, stream_key, uniform
-from stream_rec.models._sync import (COUNT, GO, HANDED, LISTED, MEASURE, MEASURED, SEG, THREADS, UNION, store_release,
-                                     wait_for)
+from stream_rec.models._sync import (COUNT, GO, HANDED, LISTED, MEASURE, MEASURED, SEG, SIZE, THREADS, UNION,
+                                     store_release, wait_for)
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_candidates, cooc_recent, cooc_release
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
 from stream_rec.models.popularity import (USER_CATEGORIES, DecayedPopularity, PopularityState, pop_category_top,
@@ -279,7 +279,7 @@ def _close_union(sc: Scratch, mf_li: IntArray, m: int, n_union: int) -> int:
     return n_union
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def _union(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, side: Scratch, sync: IntArray,
            fp: FusionParams, user: int, has_history: bool, n_items: int, k: int) -> int:
     """:func:`_gather` then :func:`_close_union` with matrix factorisation's list for the event in hand,
@@ -301,7 +301,7 @@ def _clear_ranks(sc: Scratch, n_union: int) -> None:
         sc.ranks[s, :n_union] = 0
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def measure_gathered(seg: int, sc: Scratch, work: Scratch, fp: FusionParams, item: int, n_union: int, k: int,
                      n_explore: int) -> None:
     """Score every weighting of :data:`WEIGHT_GRID` on the event ``(user, item)``: ``1 / log2(rank + 2)``
@@ -411,8 +411,7 @@ def fuse(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scratch, fp: Fu
     ``sc.excluded`` must hold the user's excluded items. Exploitation comes first, by fused score
     (ties: lower index); then up to ``n_explore`` new items drawn at random, scored just below.
     """
-    n_union = _gather(cooc, pop, sc, fp, user, has_history, n_items, k)
-    n_union = _close_union(sc, sc.li, mf_list(mf, fp, user, has_history, n_items, sc.excluded, sc), n_union)
+    n_union = _union(mf, cooc, pop, sc, sc, np.zeros(SIZE, np.int64), fp, user, has_history, n_items, k)
     fused_scores(sc, fp, segment(cooc.hist_len, user), n_union)
     n = fuse_scored(cooc, pop, sc, fp, user, n_union, k, n_explore, out_i, out_s, out_m)
     _clear_ranks(sc, n_union)
@@ -454,7 +453,7 @@ def rank_and_measure(mf: MFState, cooc: CoocState, pop: PopularityState, sc: Scr
     if measure and not handed:
         if k != top_n:  # the popular source reads max(depth, k) items: other lists
             _clear_ranks(sc, n_union)
-            n_union = _union(mf, cooc, pop, sc, side, sync, fp, user, True, n_items, top_n)
+            n_union = _union(mf, cooc, pop, sc, side, sync, fp, user, has_history, n_items, top_n)  # measured: has one
             if n_union < 0:
                 return -1
         measure_gathered(seg, sc, sc, fp, item, n_union, top_n, top_explore)
@@ -499,7 +498,7 @@ def fused_scores(sc: Scratch, fp: FusionParams, seg: int, n_union: int) -> None:
         sc.fused[it], sc.mask[it] = fused, mask
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def fuse_scored(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams, user: int, n_union: int,
                 k: int, n_explore: int, out_i: IntArray, out_s: FloatArray, out_m: IntArray) -> int:
     """The fusion's steps after :func:`fused_scores`, on the union left as it is: the ``k`` best,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -287,3 +288,18 @@ def test_a_failing_second_thread_stops_the_loop_with_its_error(events: list[Even
     runner.join(timeout=60)
     assert not runner.is_alive(), "the learning loop kept waiting for a thread that had failed"
     assert len(raised) == 1 and isinstance(raised[0], ValueError) and "second thread broke" in str(raised[0])
+
+
+def test_warm_up_says_it_is_loading_the_kernels_and_where_from(monkeypatch, caplog):
+    """A worker's first start on a machine is silent for a minute and a half unless it says why."""
+    import stream_rec.service as service_module
+
+    service_module.warm_up()  # compiled (or loaded) once for this process
+    monkeypatch.setattr(service_module, "_warm", False)
+    with caplog.at_level(logging.INFO, logger=service_module.log.name):
+        seconds = service_module.warm_up()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("loading the model kernels")
+    assert messages[-1].startswith("loaded the model kernels from ")  # this process compiled or loaded them
+    assert f"in {seconds:.1f} s" in messages[-1]
+    assert service_module.warm_up() == 0.0  # once per process
