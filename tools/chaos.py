@@ -236,8 +236,7 @@ def run_chaos(config: ChaosConfig, settings: Settings, broker: EmbeddedBroker | 
 def _warm_up() -> None:
     from stream_rec.service import warm_up
 
-    log.info("loading the model kernels (compiled once per machine: minutes the first time)")
-    log.info("kernels ready in %.1f s", warm_up())
+    warm_up()  # logs what it loads or compiles, and how long it took
 
 
 def _settled(supervisor: Supervisor, partitions: int) -> list[int] | None:

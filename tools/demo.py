@@ -65,8 +65,7 @@ def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, s
         shop = SyntheticShop(ShopConfig(n_users=n_users, n_items=n_items, n_events=n_events, seed=seed))
         events = list(shop.events())
         bad = malformed_messages(settings)
-        print("loading the model kernels (compiled once per machine: about a minute and a half the first time)...", flush=True)
-        print(f"kernels ready in {warm_up():.1f} s", flush=True)
+        warm_up()  # logs that it loads (or, the first time on a machine, compiles) the kernels, and how long
         launched = time.monotonic()
         worker = WorkerProcess(settings, log_path=os.path.join(workdir, "worker.log")).start()
         stack.callback(worker.stop)
