@@ -170,18 +170,14 @@ class RocksStore(Store):
                               for name in FAMILIES}
             self._handles = {name: self._db.get_column_family_handle(name) for name in FAMILIES if name != "meta"}
             self.fresh = self.get("meta", _VERSION_KEY) is None
-            if self.fresh and had_tables:
-                # RocksDB recovered nothing from a folder holding table files: a damaged MANIFEST that it
-                # read as a shorter history (measured with a truncated one). It has already deleted them.
-                raise StateCorruptError(self.path, "RocksDB recovered no state although the folder held table "
-                                                   f"files ({', '.join(had_tables[:3])}): its MANIFEST is damaged")
             live = {os.path.basename(f["name"]) for f in self._db.live_files()}
             dropped = [name for name in had_tables if name not in live]
             if dropped:
-                # The same damage cut after some tables: RocksDB opens the shorter history and drops the
-                # tables recorded after the cut, so a family silently goes back in time (measured). A crash
-                # between a compaction's MANIFEST record and the deletion of its inputs also leaves tables
-                # RocksDB no longer lists: the store is rebuilt from Kafka then too, which loses nothing.
+                # A damaged MANIFEST that RocksDB read as a shorter history (measured with truncated ones):
+                # it opens without error and drops the tables recorded after the cut, all of them when the
+                # cut is early, so a family silently goes back in time or the folder opens empty; it has
+                # already deleted them. A crash between a compaction's MANIFEST record and the deletion of
+                # its inputs also leaves tables RocksDB no longer lists: rebuilt from Kafka then too, no loss.
                 raise StateCorruptError(self.path, f"RocksDB opened without table files the folder held "
                                                    f"({', '.join(dropped[:3])}): its MANIFEST is damaged")
             self.check_version()
