@@ -44,6 +44,8 @@ from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_candidates, coo
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
 from stream_rec.models.popularity import (USER_CATEGORIES, DecayedPopularity, PopularityState, pop_category_top,
                                          pop_is_new, pop_top, user_categories)
+from stream_rec.sources import gather_each
+from stream_rec.sources.builtin import Category, Cooc, Popular, Recent
 from stream_rec.types import FloatArray, IntArray
 
 #: RRF constant. The customary 60 (Cormack et al. 2009) suits long document lists; our lists are 30 deep
@@ -53,6 +55,8 @@ RRF_K = 10.0
 SOURCES = ("mf", "cooc", "popular", "recent", "category")
 MF, COOC, POPULAR_BIT, RECENT, CATEGORY = 0, 1, 2, 3, 4
 N_SOURCES = len(SOURCES)
+#: The sources :func:`_gather` lists, in this order (matrix factorisation's list is added after them).
+GATHERED = (Cooc(COOC), Popular(POPULAR_BIT), Recent(RECENT), Category(CATEGORY))
 #: Name of the source used for users without history, for filling short lists and for exploration.
 POPULAR = "popular"
 EXPLORE = "explore"
@@ -151,6 +155,7 @@ class FusionParams(NamedTuple):
     sample_every: int  # one event in this many (of users with history) is measured before it is learned
     theta: FloatArray  # (2, 2 x sources): the learned scorer per segment, (slope, bonus) per source
     theta_g2: FloatArray  # (2, 2 x sources): running mean of its squared gradients (RMSProp)
+    gathered: tuple  # the markers of the sources :func:`_gather` lists (see :mod:`stream_rec.sources`)
 
 
 @njit(**INLINE)
@@ -233,28 +238,8 @@ def _gather(cooc: CoocState, pop: PopularityState, sc: Scratch, fp: FusionParams
     evaluate loop on MovieLens-100K the user's recent items, all bought, took 0.54 us to list nothing
     (cycle counter around each source), 0.05 us called with their own arrays.
     """
-    ranks, union, mask, li, ls = sc.ranks, sc.union, sc.mask, sc.li, sc.ls
-    w, depth, n_union = fp.weights, fp.depth, 0
     known = user >= 0 and has_history
-    if w[COOC] > 0.0 and known:
-        acc, mark, cand = sc.acc, sc.mark, sc.cand
-        n_cand = cooc_candidates(cooc.hist_item, cooc.hist_len, cooc.nbr, cooc.cnt, cooc.nlen, cooc.mass, cooc.total,
-                                 cooc.row_ts, cooc.dampt, cooc.params, user, acc, mark, cand)
-        m = select_sparse(acc, cand, n_cand, cooc.seen, sc.excluded, depth, sc.buf_s, sc.buf_i, ls, li)
-        cooc_release(mark, acc, cand, n_cand)
-        n_union = _merge(li, m, COOC, ranks, union, mask, n_union)
-    if w[POPULAR_BIT] > 0.0:
-        m = pop_top(pop.top, pop.sizes, pop.key, pop.seen, n_items, max(depth, k), sc.excluded, sc.buf_s, sc.buf_i,
-                    ls, li)
-        n_union = _merge(li, m, POPULAR_BIT, ranks, union, mask, n_union)
-    if w[RECENT] > 0.0 and known:
-        m = cooc_recent(cooc.hist_item, cooc.hist_ts, cooc.hist_len, user, depth, sc.excluded, ls, li)
-        n_union = _merge(li, m, RECENT, ranks, union, mask, n_union)
-    if w[CATEGORY] > 0.0 and known:
-        m = pop_category_top(pop.category, pop.cat_top, pop.cat_len, cooc.hist_item, cooc.hist_len, user, depth,
-                             sc.excluded, sc.cats, ls, li)
-        n_union = _merge(li, m, CATEGORY, ranks, union, mask, n_union)
-    return n_union
+    return gather_each(fp.gathered, cooc, pop, sc, fp, user, known, n_items, k, _merge, sc.ranks, sc.union, sc.mask)
 
 
 @njit(**INLINE)
@@ -683,7 +668,7 @@ class Fusion:
         return FusionParams(self.weights, self.candidates_per_source, self._rng_key, self._rng_counter, self.hits,
                             bool(self.adapt), self._events, float(self.rebuy_after_s), self.blocked, self.shown,
                             int(self.sample_every),
-                            self.theta, self.theta_g2)
+                            self.theta, self.theta_g2, GATHERED)
 
     def hits_state(self) -> bytes:
         """The adaptive fusion's state, to persist: hits, the learned scorer, then the sampling counter."""
