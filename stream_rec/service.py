@@ -35,7 +35,7 @@ from stream_rec.models._sync import (ABORT, ALONE, COUNT, GO, LEARNED, LIST, LIS
                                    set_clock, should_go_alone, store_release, thread_clock, wait_for)
 from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_apply_remote, cooc_learn_one
-from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, RECENT, Fusion, FusionParams, Scratch, fuse, label,
+from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, POPULAR_BIT, RECENT, Fusion, FusionParams, Scratch, fuse, label,
                                       measure_gathered, measured, mf_list, new_scratch,
                                       rank_and_measure)
 from stream_rec.models.mf import ImplicitMF, MFState, mf_apply_remote, mf_learn_one
@@ -43,6 +43,7 @@ from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop
 from stream_rec.profiles import RECENT_EVENT_IDS, Profile, event_digest
 from stream_rec.purchases import Purchases, PurchasesState, purchases_add, purchases_mark
 from stream_rec.settings import Settings
+from stream_rec.sources import learn_each, registered
 from stream_rec.state import item_updates as updates
 from stream_rec.state.changelog import MARKS_KEY, UserRow, decode_marks, decode_user_row, encode_marks, encode_user_row
 from stream_rec.state.item_updates import ItemLog, ItemUpdateError, ItemUpdates, new_item_log
@@ -222,7 +223,8 @@ class RecService:
         self.models = build_models(settings)
         # ``sources`` ranks with a subset of the models (e.g. ("mf",) to judge one alone); all still learn.
         # "recent" ranks the co-occurrence model's per-user history (the items a user just looked at).
-        available = {**self.models, "recent": self.models["cooc"], "category": self.models["popular"]}
+        available = {**self.models, "recent": self.models["cooc"], "category": self.models["popular"],
+                     **{source.name: None for source in registered() if source.learn is not None}}
         chosen = available if sources is None else {name: available[name] for name in sources}
         # The co-occurrence model's histories serve "recent" and "category" even when it does not rank.
         self.fusion = Fusion({"cooc": self.models["cooc"], **chosen},
@@ -1018,7 +1020,9 @@ def _because(mask: int, anchor: int, item: int, names: _Names) -> dict[str, str]
         return {"kind": "popular_in_category", "category": category}
     if mask >> MF & 1:
         return {"kind": "similar_users"}
-    return {"kind": "popular"}
+    if mask >> POPULAR_BIT & 1 or not mask:
+        return {"kind": "popular"}
+    return {"kind": label(mask)[0]}  # a source registered from outside the package: its name
 
 
 class _Names:
@@ -1183,6 +1187,7 @@ def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
             mf_learn_one(mf, u, i, w, mf_log, mf_n, item_side[e], item_log.pu, item_log.step, item_log.neg, e)
         cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n, item_side[e], item_log.pair_n, item_log.pair_j,
                        item_log.pair_w, e)
+        learn_each(fp.gathered, u, i, w, t, cats[e])  # the registered sources that learn on their own
         if item_side[e]:
             pop_learn_one(pop, i, w, t, cats[e])
         if purchase[e]:

@@ -44,24 +44,25 @@ from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_candidates, coo
 from stream_rec.models.mf import ImplicitMF, MFState, mf_top
 from stream_rec.models.popularity import (USER_CATEGORIES, DecayedPopularity, PopularityState, pop_category_top,
                                          pop_is_new, pop_top, user_categories)
-from stream_rec.sources import gather_each
-from stream_rec.sources.builtin import Category, Cooc, Popular, Recent
+from stream_rec.sources import gather_each, seal
 from stream_rec.types import FloatArray, IntArray
 
 #: RRF constant. The customary 60 (Cormack et al. 2009) suits long document lists; our lists are 30 deep
 #: and their top ranks matter: 10 was better than 30 and 60 on MovieLens-100K and the synthetic shop.
 RRF_K = 10.0
+#: The sources :func:`_gather` lists (see :mod:`stream_rec.sources`), in this order; matrix
+#: factorisation's list is added after theirs.
+GATHERED = seal()
 #: The sources, in the order of their bit in a list's source mask (and of names in its labels).
-SOURCES = ("mf", "cooc", "popular", "recent", "category")
-MF, COOC, POPULAR_BIT, RECENT, CATEGORY = 0, 1, 2, 3, 4
+SOURCES = ("mf", *(source.name for source in GATHERED))
+MF = 0
+COOC, POPULAR_BIT, RECENT, CATEGORY = (SOURCES.index(name) for name in ("cooc", "popular", "recent", "category"))
 N_SOURCES = len(SOURCES)
-#: The sources :func:`_gather` lists, in this order (matrix factorisation's list is added after them).
-GATHERED = (Cooc(COOC), Popular(POPULAR_BIT), Recent(RECENT), Category(CATEGORY))
 #: Name of the source used for users without history, for filling short lists and for exploration.
 POPULAR = "popular"
 EXPLORE = "explore"
 #: Bit of the source mask marking an exploration slot.
-EXPLORE_BIT = 5
+EXPLORE_BIT = N_SOURCES
 #: Measured hits halve over this many measured events of a user segment, so weights follow drift.
 HITS_HALF_LIFE = 2000.0
 #: Users with fewer recent items than this form the "new" segment of the hit statistics.
@@ -124,6 +125,7 @@ class Scratch(NamedTuple):
     grid: FloatArray  # (sources, len(WEIGHT_GRID)): every weighting's source weights
     grid_mine: FloatArray  # (len(WEIGHT_GRID),): the measured item's fused score under each weighting
     grid_above: IntArray  # (len(WEIGHT_GRID),): union items ranked above it under each weighting
+    grid_fx: FloatArray  # (len(WEIGHT_GRID),): one union item's fused score under each weighting
     w: FloatArray  # (sources,): the chosen weighting's source weights
     learned: FloatArray  # (sources x depth,): the learned scorer's score of each union item
     grad: FloatArray  # (2 x sources,): its gradient on one event
@@ -137,7 +139,7 @@ def new_scratch(n_items: int, depth: int) -> Scratch:
                    np.zeros(n), np.zeros(n, np.int64), np.zeros(d), np.zeros(d, np.int64),
                    np.zeros((N_SOURCES, N_SOURCES * d), np.int64), np.zeros((N_SOURCES, N_SOURCES * d)),
                    np.zeros((N_SOURCES, len(WEIGHT_GRID))), np.zeros(len(WEIGHT_GRID)),
-                   np.zeros(len(WEIGHT_GRID), np.int64), np.zeros(N_SOURCES),
+                   np.zeros(len(WEIGHT_GRID), np.int64), np.zeros(len(WEIGHT_GRID)), np.zeros(N_SOURCES),
                    np.zeros(N_SOURCES * d), np.zeros(2 * N_SOURCES), np.full(USER_CATEGORIES, -1, np.int64))
 
 
@@ -155,7 +157,7 @@ class FusionParams(NamedTuple):
     sample_every: int  # one event in this many (of users with history) is measured before it is learned
     theta: FloatArray  # (2, 2 x sources): the learned scorer per segment, (slope, bonus) per source
     theta_g2: FloatArray  # (2, 2 x sources): running mean of its squared gradients (RMSProp)
-    gathered: tuple  # the markers of the sources :func:`_gather` lists (see :mod:`stream_rec.sources`)
+    gathered: tuple  # the markers of the registered sources, with their own state (see :mod:`stream_rec.sources`)
 
 
 @njit(**INLINE)
@@ -323,9 +325,12 @@ def measure_gathered(seg: int, sc: Scratch, work: Scratch, fp: FusionParams, ite
         for s in range(N_SOURCES):
             grid[s, g] = max(WEIGHT_GRID[g, s], _FILL_WEIGHT) * fp.weights[s]
     for g in range(n_grid):
-        mine[g] = (grid[0, g] * terms[0, target] + grid[1, g] * terms[1, target] + grid[2, g] * terms[2, target]
-                   + grid[3, g] * terms[3, target] + grid[4, g] * terms[4, target])
-        above[g] = 0
+        mine[g], above[g] = 0.0, 0
+    for s in range(N_SOURCES):
+        t = terms[s, target]
+        for g in range(n_grid):
+            mine[g] += grid[s, g] * t
+    fx = work.grid_fx
     learned = work.learned
     for x in range(n_union):
         learned[x] = learned_score(fp.theta, fp.weights, sc.ranks, seg, x)
@@ -344,10 +349,15 @@ def measure_gathered(seg: int, sc: Scratch, work: Scratch, fp: FusionParams, ite
             if better or (not worse and before):
                 above_all += 1
             continue
-        t0, t1, t2, t3, t4 = terms[0, x], terms[1, x], terms[2, x], terms[3, x], terms[4, x]
+        t = terms[0, x]
         for g in range(n_grid):  # innermost over the grid: vectorised, branch-free
-            f = grid[0, g] * t0 + grid[1, g] * t1 + grid[2, g] * t2 + grid[3, g] * t3 + grid[4, g] * t4
-            above[g] += (f > mine[g]) | ((f == mine[g]) & before)
+            fx[g] = grid[0, g] * t
+        for s in range(1, N_SOURCES):
+            t = terms[s, x]
+            for g in range(n_grid):
+                fx[g] += grid[s, g] * t
+        for g in range(n_grid):
+            above[g] += (fx[g] > mine[g]) | ((fx[g] == mine[g]) & before)
     for g in range(n_grid):
         above[g] += above_all
     slots = k - n_explore
@@ -627,6 +637,8 @@ class Fusion:
                                            or DecayedPopularity())
         chosen = {name: 1.0 for name in sources} | dict(weights or {})
         self.weights = np.array([chosen.get(name, 0.0) if name in sources else 0.0 for name in SOURCES])
+        #: Each registered source's marker, holding its own state if it has one (see :mod:`stream_rec.sources`).
+        self.gathered = tuple(source.make(bit) for bit, source in enumerate(GATHERED, 1))
         self.candidates_per_source = candidates_per_source
         self.explore = explore
         self.popular.keep_new(explore_max_age_s, explore_max_events)
@@ -668,7 +680,7 @@ class Fusion:
         return FusionParams(self.weights, self.candidates_per_source, self._rng_key, self._rng_counter, self.hits,
                             bool(self.adapt), self._events, float(self.rebuy_after_s), self.blocked, self.shown,
                             int(self.sample_every),
-                            self.theta, self.theta_g2, GATHERED)
+                            self.theta, self.theta_g2, self.gathered)
 
     def hits_state(self) -> bytes:
         """The adaptive fusion's state, to persist: hits, the learned scorer, then the sampling counter."""

@@ -1,31 +1,101 @@
-"""The sources a list is gathered from, behind one compiled contract (experiment, branch ``registry``).
+"""The sources a list is gathered from, behind one compiled contract.
 
-A source is a small NamedTuple *marker* (its ``bit``: its place in the source mask and in the fusion's
-weights) and one compiled step registered for the marker's class:
+A source is a :class:`typing.NamedTuple` class, its *marker*, whose first field is ``bit`` (its place
+in a list entry's source mask and in the fusion's weights) and whose other fields, if any, are the
+source's own state (numpy arrays, declared once, by name). Two compiled steps are registered for it:
 
 ``propose(marker, cooc, pop, sc, fp, user, known, n_items, k) -> m``
-    the source's list for ``user`` into ``sc.ls`` / ``sc.li`` (scores, items; best first), its length.
+    the source's list for ``user`` into ``sc.ls`` / ``sc.li`` (scores, items; best first, at most
+    ``fp.depth`` long, none of ``sc.excluded``), its length. ``known``: the user has history. It reads
+    state and never writes any (other scratch arrays it borrows, such as ``sc.mark``, it leaves clear).
+``learn(marker, user, item, weight, t, category)``
+    learn one event (``t`` in seconds; ``category`` -1 if none), in the learning loop, after the event
+    was ranked and measured. Optional: the built-in sources learn in their models' own kernels
+    (:mod:`stream_rec.models.cooc`, :mod:`stream_rec.models.popularity`), whose state several of them
+    share.
 
-:func:`propose` is a stub that numba resolves by the marker's type at compile time
-(``numba.extending.overload``), so the engine loops over a tuple of markers with ``literal_unroll`` and
-calls each source's own code: no dispatch at run time, and the compiled loop is cached on disk (the
-markers' classes are named, unlike compiled functions passed as values, whose cache key holds an
-address). Adding a source is a module with a marker and its step, and one :func:`register` line.
+The engine never names a source: :func:`gather_each` and :func:`learn_each` are written out, at compile
+time, for the tuple of markers the fusion holds (``FusionParams.gathered``), and :func:`propose` /
+:func:`learn` resolve each marker's steps by its class (``numba.extending.overload``), so there is no
+dispatch at run time. The markers' classes are part of the compiled functions' types, so the on-disk
+kernel cache keeps one version per set of sources, and a process with another set compiles its own.
+
+Adding a source is a module with a marker class, its steps and one :func:`register` line; a module
+outside this package is loaded by naming it in ``STREAM_REC_SOURCE_MODULES`` (comma-separated), which
+must be set before :mod:`stream_rec` is imported (the worker, ``stream-rec evaluate`` and ``replay`` read
+it from the environment). Their kernels are cached apart, in a folder named by those modules and their
+contents (see :func:`stream_rec._kernel_cache_apart`). Matrix factorisation is not a registered source: its list is made on the second
+thread, when there is one (see :mod:`stream_rec.models.fusion`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from numba import types
 from numba.extending import overload
 
-_STEPS: dict[type, Callable[..., Any]] = {}
+from stream_rec import SOURCE_MODULES_ENV
+
+#: Environment variable naming modules (comma-separated) that register more sources.
+MODULES_ENV = SOURCE_MODULES_ENV
 
 
-def register(marker: type, step: Callable[..., Any]) -> None:
-    """Make ``step`` (a compiled function with :func:`propose`'s arguments) the list step of ``marker``."""
-    _STEPS[marker] = step
+class Source(NamedTuple):
+    """One registered source."""
+
+    name: str  # as in settings, labels and metrics
+    marker: type  # a NamedTuple class whose first field is ``bit``
+    propose: Callable[..., int]  # plain Python, compiled where it is called
+    learn: Callable[..., None] | None  # None: learns elsewhere (a built-in source)
+    make: Callable[[int], tuple]  # bit -> a marker holding a fresh state
+
+
+_SOURCES: dict[str, Source] = {}
+_sealed = False
+_BY_MARKER: dict[type, Source] = {}
+
+
+def register(name: str, marker: type, propose: Callable[..., int], learn: Callable[..., None] | None = None,
+             make: Callable[[int], tuple] | None = None) -> None:
+    """Register source ``name``: lists by ``propose``, learns by ``learn`` (see the module docstring).
+
+    ``make(bit)`` builds the source's marker with a fresh state; by default ``marker(bit)`` (a source
+    without state of its own). The fusion takes the registered sources when it is imported
+    (:func:`seal`); registering later is an error: name the module in ``STREAM_REC_SOURCE_MODULES``.
+    """
+    if _sealed:
+        raise RuntimeError(f"source {name!r} registered after the fusion took the registered sources: name its "
+                           f"module in {MODULES_ENV} (read when stream_rec.sources is first imported)")
+    fields = getattr(marker, "_fields", ())
+    if not fields or fields[0] != "bit":
+        raise TypeError(f"source {name!r}: its marker must be a NamedTuple whose first field is 'bit'")
+    if name in _SOURCES or name in ("mf", "explore"):
+        raise ValueError(f"a source named {name!r} is already registered")
+    source = Source(name, marker, propose, learn, make or marker)
+    _SOURCES[name] = source
+    _BY_MARKER[marker] = source
+
+
+def registered() -> tuple[Source, ...]:
+    """The registered sources, in registration order (the built-in ones first)."""
+    return tuple(_SOURCES.values())
+
+
+def seal() -> tuple[Source, ...]:
+    """:func:`registered`, after which no source may register (what the fusion ranks with is fixed)."""
+    global _sealed
+    _sealed = True
+    return registered()
+
+
+def _step(marker: Any, attr: str) -> Callable[..., Any] | None:
+    if isinstance(marker, types.BaseNamedTuple) and marker.instance_class in _BY_MARKER:
+        return getattr(_BY_MARKER[marker.instance_class], attr)
+    return None
 
 
 def propose(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN201 (resolved by numba)
@@ -34,9 +104,29 @@ def propose(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001
 
 @overload(propose, jit_options={"cache": True, "nogil": True})
 def _propose(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN202
-    if isinstance(marker, types.BaseNamedTuple) and marker.instance_class in _STEPS:
-        return _STEPS[marker.instance_class]  # plain Python, compiled here and inlined into the caller
-    return None
+    return _step(marker, "propose")
+
+
+def learn(marker, user, item, weight, t, category):  # noqa: ANN001, ANN201 (resolved by numba)
+    raise NotImplementedError("learn runs in compiled code only")
+
+
+@overload(learn, jit_options={"cache": True, "nogil": True})
+def _learn(marker, user, item, weight, t, category):  # noqa: ANN001, ANN202
+    return _step(marker, "learn")
+
+
+def _written_out(name: str, args: str, head: list[str], per_source: list[str], tail: list[str],
+                 indices: list[int], scope: dict[str, Any]) -> Callable[..., Any]:
+    """A function ``name(args)``: ``head``, then ``per_source`` once per marker index in ``indices``
+    (``{s}`` in it: the index), then ``tail``. Static indices type each source once (``literal_unroll`` typed every source in every
+    version of the loop's body: 17 s more compiling for the four built-in sources)."""
+    lines = [f"def {name}({args}):", *head]
+    for s in indices:
+        lines += [line.format(s=s) for line in per_source]
+    lines += tail
+    exec("\n".join(lines), scope)  # noqa: S102 (our own text, a few lines per registered source)
+    return scope[name]
 
 
 def gather_each(markers, cooc, pop, sc, fp, user, known, n_items, k, merge, ranks, union, mask):  # noqa: ANN001, ANN201
@@ -45,18 +135,42 @@ def gather_each(markers, cooc, pop, sc, fp, user, known, n_items, k, merge, rank
 
 @overload(gather_each, inline="always")
 def _gather_each(markers, cooc, pop, sc, fp, user, known, n_items, k, merge, ranks, union, mask):  # noqa: ANN001, ANN202
-    """Each marker's :func:`propose` then ``merge`` of its list, in order: the loop over the sources
-    written out for the tuple's length (static indices type each source once; ``literal_unroll`` typed
-    every source in every version of the loop's body, +17 s of compiling)."""
+    """Each source in use (weight above 0) proposes its list, which ``merge`` adds to the union; returns
+    the union's size."""
     if not isinstance(markers, types.BaseTuple):
         return None
-    lines = ["def impl(markers, cooc, pop, sc, fp, user, known, n_items, k, merge, ranks, union, mask):",
-             "    n_union, w = 0, fp.weights"]
-    for s in range(len(markers)):
-        lines += [f"    if w[markers[{s}].bit] > 0.0:",
-                  f"        m = propose(markers[{s}], cooc, pop, sc, fp, user, known, n_items, k)",
-                  f"        n_union = merge(sc.li, m, markers[{s}].bit, ranks, union, mask, n_union)"]
-    lines.append("    return n_union")
-    scope: dict[str, Any] = {"propose": propose}
-    exec("\n".join(lines), scope)  # noqa: S102 (our own text, one line per registered source)
-    return scope["impl"]
+    return _written_out(
+        "gather_each", "markers, cooc, pop, sc, fp, user, known, n_items, k, merge, ranks, union, mask",
+        ["    n_union, w = 0, fp.weights"],
+        ["    if w[markers[{s}].bit] > 0.0:",
+         "        m = propose(markers[{s}], cooc, pop, sc, fp, user, known, n_items, k)",
+         "        n_union = merge(sc.li, m, markers[{s}].bit, ranks, union, mask, n_union)"],
+        ["    return n_union"], list(range(len(markers))), {"propose": propose})
+
+
+def learn_each(markers, user, item, weight, t, category):  # noqa: ANN001, ANN201
+    raise NotImplementedError("learn_each runs in compiled code only")
+
+
+@overload(learn_each, inline="always")
+def _learn_each(markers, user, item, weight, t, category):  # noqa: ANN001, ANN202
+    """Each source that learns on its own learns the event."""
+    if not isinstance(markers, types.BaseTuple):
+        return None
+    learning = [s for s in range(len(markers)) if _step(markers[s], "learn") is not None]
+    return _written_out("learn_each", "markers, user, item, weight, t, category", [],
+                        ["    learn(markers[{s}], user, item, weight, t, category)"], ["    return None"], learning,
+                        {"learn": learn})
+
+
+def _load() -> None:
+    from stream_rec.sources import builtin  # noqa: F401 (registers the built-in sources)
+
+    for module in filter(None, (m.strip() for m in os.environ.get(MODULES_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ImportError(f"{MODULES_ENV} names {module!r}, which cannot be imported: {exc}") from exc
+
+
+_load()

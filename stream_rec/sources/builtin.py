@@ -1,10 +1,14 @@
-"""The four sources gathered on the loop's own thread (matrix factorisation's list comes separately)."""
+"""The built-in sources gathered on the learning loop's thread (matrix factorisation's list is made apart,
+see :mod:`stream_rec.models.fusion`).
+
+Their state lives in the models they read, which several of them share: ``recent`` and ``category`` read
+the co-occurrence model's per-user history, ``category`` the popularity model's per-category lists. Those
+models learn in their own kernels, so these sources register no ``learn`` step.
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
-
-
 
 from stream_rec.models._kernels import select_sparse
 from stream_rec.models.cooc import cooc_candidates, cooc_recent, cooc_release
@@ -13,23 +17,31 @@ from stream_rec.sources import register
 
 
 class Cooc(NamedTuple):
+    """Items often seen with the user's recent items (:class:`~stream_rec.models.cooc.CoOccurrence`)."""
+
     bit: int
 
 
 class Popular(NamedTuple):
+    """The decayed-popularity top (:class:`~stream_rec.models.popularity.DecayedPopularity`): also the
+    list of users without history."""
+
     bit: int
 
 
 class Recent(NamedTuple):
+    """The user's own recent items, newest first (the co-occurrence model's history)."""
+
     bit: int
 
 
 class Category(NamedTuple):
+    """The popular items of the categories of the user's recent items."""
+
     bit: int
 
 
-
-def cooc_list(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN201
+def cooc_list(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN201 (compiled by numba)
     if not known:
         return 0
     n_cand = cooc_candidates(cooc.hist_item, cooc.hist_len, cooc.nbr, cooc.cnt, cooc.nlen, cooc.mass, cooc.total,
@@ -39,18 +51,16 @@ def cooc_list(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN0
     return m
 
 
-
 def popular_list(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN201
+    # Read at least k deep: it fills lists the other sources cannot fill.
     return pop_top(pop.top, pop.sizes, pop.key, pop.seen, n_items, max(fp.depth, k), sc.excluded, sc.buf_s, sc.buf_i,
                    sc.ls, sc.li)
-
 
 
 def recent_list(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN201
     if not known:
         return 0
     return cooc_recent(cooc.hist_item, cooc.hist_ts, cooc.hist_len, user, fp.depth, sc.excluded, sc.ls, sc.li)
-
 
 
 def category_list(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN201
@@ -60,7 +70,7 @@ def category_list(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: 
                             sc.excluded, sc.cats, sc.ls, sc.li)
 
 
-register(Cooc, cooc_list)
-register(Popular, popular_list)
-register(Recent, recent_list)
-register(Category, category_list)
+register("cooc", Cooc, cooc_list)
+register("popular", Popular, popular_list)
+register("recent", Recent, recent_list)
+register("category", Category, category_list)
