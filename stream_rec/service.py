@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -23,32 +22,27 @@ from typing import Any
 
 import numpy as np
 import orjson
-from numba import njit
 
 import stream_rec
+from stream_rec.engine.handover import THREADS, new_sync
+from stream_rec.engine.loop import apply_remote, rank_many, rank_then_learn, two_threads
 from stream_rec.events import EVENT_TYPES, Availability, Event
+from stream_rec.fusion import CATEGORY, EXPLORE_BIT, MF, POPULAR_BIT, RECENT, Fusion, Scratch, label, new_scratch
 from stream_rec.ids import IdIndex, kafka_partition, row_keys
 from stream_rec.models._arrays import grow
-from stream_rec.models._kernels import INLINE, JIT
-from stream_rec.models._sync import (ABORT, ALONE, COUNT, GO, LEARNED, LIST, LISTED, MEASURE, MEASURE_THERE, MEASURED,
-                                   MOVED_BY_LOOP, MOVED_BY_SECOND, NEED, SEG, THREADS, UNION, go_alone, new_sync,
-                                   set_clock, should_go_alone, store_release, thread_clock, wait_for)
 from stream_rec.models.base import OnlineModel
-from stream_rec.models.cooc import CoOccurrence, CoocState, cooc_anchors, cooc_apply_remote, cooc_learn_one
-from stream_rec.models.fusion import (CATEGORY, COOC, EXPLORE_BIT, MF, POPULAR_BIT, RECENT, Fusion, FusionParams, Scratch, fuse, label,
-                                      measure_gathered, measured, mf_list, new_scratch,
-                                      rank_and_measure)
-from stream_rec.models.mf import ImplicitMF, MFState, mf_apply_remote, mf_learn_one
-from stream_rec.models.popularity import DecayedPopularity, PopularityState, pop_learn_one
+from stream_rec.models.cooc import CoOccurrence
+from stream_rec.models.mf import ImplicitMF
+from stream_rec.models.popularity import DecayedPopularity
 from stream_rec.profiles import RECENT_EVENT_IDS, Profile, event_digest
-from stream_rec.purchases import Purchases, PurchasesState, purchases_add, purchases_mark
+from stream_rec.purchases import Purchases
 from stream_rec.settings import Settings
-from stream_rec.sources import learn_each, registered
+from stream_rec.sources import registered
 from stream_rec.state import item_updates as updates
 from stream_rec.state.changelog import MARKS_KEY, UserRow, decode_marks, decode_user_row, encode_marks, encode_user_row
 from stream_rec.state.item_updates import ItemLog, ItemUpdateError, ItemUpdates, new_item_log
 from stream_rec.state.store import Store
-from stream_rec.types import Float32Array, FloatArray, IntArray
+from stream_rec.types import FloatArray, IntArray
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +136,7 @@ def warm_up() -> float:
     from stream_rec.state import MemoryStore
 
     log.info("loading the model kernels (the first start on a machine compiles them: about a minute and a half)")
-    stats = _rank_then_learn.stats
+    stats = rank_then_learn.stats
     misses = sum(stats.cache_misses.values())
     started = time.perf_counter()
     service = RecService(Settings(explore=0.5, threads=2), MemoryStore(), record_items=True)
@@ -202,7 +196,7 @@ class RecService:
         self._unavailable: set[int] = set()
         self._side: Scratch | None = None  # the second learning thread's scratch (settings.threads == 2)
         self._alone_until = 0.0  # time.monotonic() before which the learning loop keeps to one thread
-        #: Calls of the learning loop that started on two threads and went on alone (see _sync's docstring).
+        #: Calls of the learning loop that started on two threads and went on alone (see stream_rec.engine.handover).
         self.went_alone = 0
         #: lane -> offset of the last event whose user half was applied (the marks of the user partitions)
         self.hwm: dict[str, int] = {}
@@ -316,7 +310,7 @@ class RecService:
         """The prequential step of offline evaluation, one event at a time in compiled code.
 
         For each event in order: if ``scored[e]``, rank the user's top ``k`` on the state so far exactly
-        as :meth:`recommend` does (the same compiled :func:`~stream_rec.models.fusion.fuse`, bought
+        as :meth:`recommend` does (the same compiled :func:`~stream_rec.fusion.fuse`, bought
         items excluded); then learn the event with the same per-event steps :meth:`apply` runs.
         Returns ``(len(batch), k)`` item indices, padded with ``-1`` (all ``-1`` for an unscored or
         duplicate event). Nothing is published and the state is not marked for persisting; with
@@ -386,9 +380,9 @@ class RecService:
                     cooc_log, log_n, top_n, top_explore, item_log, start, progress)
             try:
                 if threads == 1:
-                    _rank_then_learn(*args)
+                    rank_then_learn(*args)
                 else:
-                    _two_threads(sync, args, (mf.state, ranked[0], scratch, side, sync, fp, n_items, users, items,
+                    two_threads(sync, args, (mf.state, ranked[0], scratch, side, sync, fp, n_items, users, items,
                                               weights, mf_log, log_n, top_n, top_explore, item_log, start))
                     self._note_alone(sync)
                 break
@@ -617,7 +611,7 @@ class RecService:
             mf_log = np.empty(len(rows) * (1 + negs.shape[1]), dtype=np.int64)
             cooc_log = np.empty(len(rows) + len(pair_j), dtype=np.int64)
             log_n = np.zeros(2, dtype=np.int64)
-            _apply_remote(mf.state, cooc.state, pop.state, self._tmp_row, items, cats, upd.weight[rows], upd.ts[rows],
+            apply_remote(mf.state, cooc.state, pop.state, self._tmp_row, items, cats, upd.weight[rows], upd.ts[rows],
                           upd.step[rows], upd.pu[rows], negs, upd.pair_start[rows], upd.pair_start[rows + 1], pair_j,
                           upd.pair_w, mf_log, cooc_log, log_n)
             log_mf.append(mf_log[: log_n[0]])
@@ -656,7 +650,7 @@ class RecService:
         out_s, out_m = np.empty((len(users), k)), np.empty((len(users), k), dtype=np.int64)
         out_n = np.empty(len(users), dtype=np.int64)
         fusion = self.fusion
-        _rank_many(fusion.mf.state, fusion.cooc.state, fusion.popular.state, self.purchases.state, scratch,
+        rank_many(fusion.mf.state, fusion.cooc.state, fusion.popular.state, self.purchases.state, scratch,
                    fusion.params(), n_items, k, fusion.n_explore(k), idx, has_history, out_i, out_s, out_m, out_n,
                    out_a, self.models["popular"].now)
         externals = self.items.externals
@@ -1035,216 +1029,6 @@ class _Names:
     def category_of(self, item: int) -> str | None:
         c = self._popularity.category_of(item)
         return self._categories.external(c) if c >= 0 else None
-
-
-@njit(**INLINE)
-def _excluded_since(rebuy_after_s: float, now_s: float) -> int:
-    """Purchases at or after this time (ms) are excluded from lists: all of them without a rebuy window."""
-    if rebuy_after_s <= 0.0:
-        return np.iinfo(np.int64).min
-    return int(np.floor((now_s - rebuy_after_s) * 1000.0)) + 1
-
-
-@njit(**INLINE)
-def _rank_user(mf: MFState, cooc: CoocState, pop: PopularityState, bought: PurchasesState, sc: Scratch,
-               fp: FusionParams, n_items: int, k: int, n_explore: int, u: int, has_history: bool, out_i: IntArray,
-               out_s: FloatArray, out_m: IntArray, now_s: float) -> int:
-    """One user's fused list without the items they bought (within the rebuy window before ``now_s``):
-    the ranking every path of the service uses."""
-    since = _excluded_since(fp.rebuy_after_s, now_s)
-    _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
-    n = fuse(mf, cooc, pop, sc, fp, u, has_history, n_items, k, n_explore, out_i, out_s, out_m)
-    _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
-    return n
-
-
-@njit(**INLINE)
-def _mark_excluded(bought: PurchasesState, u: int, excluded: np.ndarray, blocked: IntArray, since: int,
-                   value: bool) -> None:
-    """Set (or clear) ``excluded`` for what ``u`` may not be shown: recent purchases, unavailable items."""
-    purchases_mark(bought.head, bought.next, bought.item, bought.ts_ms, u, excluded, value, since)
-    for b in blocked:
-        excluded[b] = value
-
-
-@njit(**JIT)
-def _rank_many(mf: MFState, cooc: CoocState, pop: PopularityState, bought: PurchasesState, sc: Scratch,
-               fp: FusionParams, n_items: int, k: int, n_explore: int, users: IntArray, has_history: np.ndarray,
-               out_i: IntArray, out_s: FloatArray, out_m: IntArray, out_n: IntArray, out_a: IntArray,
-               now_s: float) -> None:
-    """Each user's list (what a worker publishes), in one call: see :func:`_rank_user`. ``out_a`` gets,
-    for each item co-occurrence put forward, the history item it goes with (else -1)."""
-    for r in range(len(users)):
-        n = out_n[r] = _rank_user(mf, cooc, pop, bought, sc, fp, n_items, k, n_explore, users[r], has_history[r],
-                                  out_i[r], out_s[r], out_m[r], now_s)
-        cooc_anchors(cooc, users[r], out_i[r], n, sc.mask, out_a[r])
-        for c in range(n):
-            if not out_m[r, c] >> COOC & 1:
-                out_a[r, c] = -1  # explained by another source (co-occurrence did not propose it)
-
-
-def _two_threads(sync: IntArray, main_args: tuple[Any, ...], mf_args: tuple[Any, ...]) -> None:
-    """:func:`_rank_then_learn` here and :func:`_mf_thread` on a second thread, both free of the GIL and
-    meeting through ``sync``; if either fails, the other stops waiting for it (``sync[ABORT]``) and the
-    error is raised here."""
-    failed: list[BaseException] = []
-
-    def mf_side() -> None:
-        try:
-            _mf_thread(*mf_args)
-        except BaseException as err:  # handed to the caller below
-            failed.append(err)
-            sync[ABORT] = 1
-
-    thread = threading.Thread(target=mf_side, name="stream-rec-mf", daemon=True)
-    set_clock(sync, MOVED_BY_LOOP, thread_clock(threading.get_ident()))
-    thread.start()
-    set_clock(sync, MOVED_BY_SECOND, thread_clock(thread.ident))
-    try:
-        done = _rank_then_learn(*main_args)
-    except BaseException:
-        sync[ABORT] = 1
-        raise
-    finally:
-        thread.join()
-    if failed:
-        raise failed[0]
-    if not done:
-        raise RuntimeError("the learning loop's second thread stopped early")
-
-
-@njit(**JIT)
-def _rank_then_learn(mf: MFState, cooc: CoocState, pop: PopularityState,
-                     ranked: tuple[MFState, CoocState, PopularityState], bought: PurchasesState, sc: Scratch,
-                     side: Scratch, sync: IntArray, fp: FusionParams, n_items: int, k: int, n_explore: int,
-                     users: IntArray, items: IntArray, weights: FloatArray, ts_ms: IntArray, purchase: np.ndarray,
-                     cats: IntArray, scored: np.ndarray, out: IntArray, mf_log: IntArray, cooc_log: IntArray,
-                     log_n: IntArray, top_n: int, top_explore: int, item_log: ItemLog, start: int,
-                     progress: IntArray) -> bool:
-    """The learning of every path, event by event from ``start``: rank the event's user first if ``scored[e]``
-    (:meth:`RecService.rank_then_learn`), measure the sources on every ``fp.sample_every``-th event
-    of a known user (:func:`~stream_rec.models.fusion.rank_and_measure`), then learn the event.
-
-    ``mf``, ``cooc`` and ``pop`` learn; the ``ranked`` sources rank (the same models, or an empty
-    stand-in for a source the fusion leaves out). The sources are measured on lists of ``top_n`` (the
-    published length, whatever ``k`` this call ranks). Rows the models changed go to ``mf_log`` and
-    ``cooc_log`` while they have room, counted in ``log_n``.
-
-    With ``sync[THREADS] == 2``, :func:`_mf_thread` runs on another thread meanwhile and does matrix
-    factorisation's part and the measuring (``side`` is its scratch): this loop hands it each event
-    once the user's exclusions are marked, ranks the other sources, takes its list, hands it the union
-    to measure, fuses and learns the rest; it reads the factorisation's state only once the other
-    thread has learned every earlier event, and the union is cleared once it is measured. What one
-    thread writes the other does not touch meanwhile (the measured hits and the learned scorer are
-    read before the union is handed over), and the union puts the factorisation's list last either
-    way, so the lists are the same with one thread or two. If the other thread keeps losing its core,
-    this one sends it away at the start of an event and goes on alone (see :mod:`stream_rec.models._sync`):
-    the same results again, since the other thread has learned every earlier event. Returns ``False`` if
-    the other thread gave up.
-
-    ``item_log`` says which events' item half to learn and records it for other workers (see
-    :mod:`stream_rec.state.item_updates`). ``progress[0]`` is the event in hand: if learning one raises,
-    the caller sets it aside and calls again from the next.
-    """
-    row_i, row_s, row_m = np.empty(k, np.int64), np.empty(k), np.empty(k, np.int64)
-    mf_n, cooc_n = log_n[0:1], log_n[1:2]
-    interval = fp.sample_every
-    two = sync[THREADS] > 1
-    item_side = item_log.item_side
-    for e in range(start, len(users)):
-        progress[0] = e
-        u, i, w, t = users[e], items[e], weights[e], ts_ms[e] / 1000.0
-        if not (w >= 0.0 and ts_ms[e] >= 0):  # NaN fails both
-            raise ValueError("an event with a negative or undefined weight or time cannot be learned")
-        now = pop.clock[0]  # the latest event learned: what the worker's clock says after a batch
-        if two:
-            if not wait_for(sync, LEARNED, e):
-                return False
-            if should_go_alone(sync, e):  # the second thread keeps losing its core: it leaves, this one goes on
-                go_alone(sync, e)
-                two = False
-        known = bool(mf.user_seen[u])
-        measure = False
-        if known:
-            fp.events[0] += 1
-            measure = fp.adapt and fp.events[0] % interval == 0  # measured before it is learned
-        need = scored[e] or measure
-        # Ranking and measuring both see the lists without what the user may not be shown.
-        since = _excluded_since(fp.rebuy_after_s, now)
-        if need:
-            _mark_excluded(bought, u, sc.excluded, fp.blocked, since, True)
-        if two:
-            sync[NEED] = (LIST if need else 0) | (MEASURE_THERE if measure and k == top_n else 0)
-            store_release(sync, GO, e + 1)
-        if need:
-            n = rank_and_measure(ranked[0], ranked[1], ranked[2], sc, side, sync, fp, u, i, known, n_items, k,
-                                 n_explore, scored[e], measure, top_n, top_explore, row_i, row_s, row_m)
-            if n < 0:
-                return False
-            out[e, :n] = row_i[:n]
-            _mark_excluded(bought, u, sc.excluded, fp.blocked, since, False)
-        if not two:
-            mf_learn_one(mf, u, i, w, mf_log, mf_n, item_side[e], item_log.pu, item_log.step, item_log.neg, e)
-        cooc_learn_one(cooc, u, i, w, t, cooc_log, cooc_n, item_side[e], item_log.pair_n, item_log.pair_j,
-                       item_log.pair_w, e)
-        learn_each(fp.gathered, u, i, w, t, cats[e])  # the registered sources that learn on their own
-        if item_side[e]:
-            pop_learn_one(pop, i, w, t, cats[e])
-        if purchase[e]:
-            purchases_add(bought, u, i, ts_ms[e])
-        if not measured(sc, sync):
-            return False
-    return not two or wait_for(sync, LEARNED, len(users))
-
-
-@njit(**JIT)
-def _mf_thread(mf: MFState, ranked_mf: MFState, sc: Scratch, side: Scratch, sync: IntArray, fp: FusionParams,
-               n_items: int, users: IntArray, items: IntArray, weights: FloatArray, mf_log: IntArray,
-               log_n: IntArray, top_n: int, top_explore: int, item_log: ItemLog, start: int) -> bool:
-    """The other thread's part of :func:`_rank_then_learn` with two threads, for each event: matrix
-    factorisation's list (when the loop needs one; with the exclusions it marked in ``sc``) into
-    ``side``, its learning step, then, when the loop hands it the event's union, the measuring of every
-    policy on it (:func:`~stream_rec.models.fusion.measure_gathered`, with ``side``'s work arrays), until
-    the loop sends it away (:data:`~stream_rec.models._sync.ALONE`). Returns ``False`` if the other thread
-    gave up."""
-    mf_n = log_n[0:1]
-    for e in range(start, len(users)):
-        store_release(sync, LEARNED, e)
-        if not wait_for(sync, GO, e + 1):
-            return False
-        u, need = users[e], sync[NEED]
-        if need & ALONE:
-            return True
-        m = 0
-        if need & LIST:
-            m = mf_list(ranked_mf, fp, u, bool(mf.user_seen[u]), n_items, sc.excluded, side)
-        sync[COUNT] = m
-        store_release(sync, LISTED, e + 1)
-        mf_learn_one(mf, u, items[e], weights[e], mf_log, mf_n, item_log.item_side[e], item_log.pu, item_log.step,
-                     item_log.neg, e)
-        if need & MEASURE_THERE:
-            if not wait_for(sync, MEASURE, e + 1):
-                return False
-            measure_gathered(sync[SEG], sc, side, fp, items[e], sync[UNION], top_n, top_explore)
-            store_release(sync, MEASURED, e + 1)
-    store_release(sync, LEARNED, len(users))
-    return True
-
-
-@njit(**JIT)
-def _apply_remote(mf: MFState, cooc: CoocState, pop: PopularityState, tmp: Float32Array, items: IntArray,
-                  cats: IntArray, weights: FloatArray, ts: FloatArray, steps: FloatArray, pu: Float32Array,
-                  negs: IntArray, pair_from: IntArray, pair_to: IntArray, pair_j: IntArray, pair_w: FloatArray,
-                  mf_log: IntArray, cooc_log: IntArray, log_n: IntArray) -> None:
-    """Other workers' item updates, in order: each event's item half, as :func:`_rank_then_learn` learns
-    it (popularity, co-occurrence's totals and pairs, factorisation's steps on the item rows)."""
-    mf_n, cooc_n = log_n[0:1], log_n[1:2]
-    for r in range(len(items)):
-        i, w, t = items[r], weights[r], ts[r]
-        mf_apply_remote(mf, tmp, pu[r], i, steps[r], negs[r], mf_log, mf_n)
-        a, b = pair_from[r], pair_to[r]
-        cooc_apply_remote(cooc, i, w, t, pair_j[a:b], pair_w[a:b], cooc_log, cooc_n)
-        pop_learn_one(pop, i, w, t, cats[r])
 
 
 def _lane_topic(lane: str) -> str:

@@ -1,5 +1,5 @@
 """The built-in sources gathered on the learning loop's thread (matrix factorisation's list is made apart,
-see :mod:`stream_rec.models.fusion`).
+see :mod:`stream_rec.fusion`).
 
 Their state lives in the models they read, which several of them share: ``recent`` and ``category`` read
 the co-occurrence model's per-user history, ``category`` the popularity model's per-category lists. Those

@@ -1,4 +1,4 @@
-"""Known-answer tests for :class:`stream_rec.models.fusion.Fusion`."""
+"""Known-answer tests for :class:`stream_rec.fusion.Fusion`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stream_rec.models.cooc import CoOccurrence
-from stream_rec.models.fusion import EXPLORE_SCAN, SHOWS_PER_EVENT, WEIGHT_GRID, Fusion
+from stream_rec.fusion import EXPLORE_SCAN, SHOWS_PER_EVENT, WEIGHT_GRID, Fusion
 from stream_rec.models.mf import ImplicitMF
 from stream_rec.models.popularity import DecayedPopularity
 from stream_rec.settings import settings_table

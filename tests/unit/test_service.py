@@ -221,7 +221,7 @@ def test_two_learning_threads_give_the_same_lists_and_state_as_one(events: list[
     the loop sends the second thread away and goes on alone, at the first event or in the middle (as it
     does when that thread keeps losing its core)."""
     import stream_rec.service as service_module
-    from stream_rec.models._sync import new_sync
+    from stream_rec.engine.handover import new_sync
 
     if alone_at is not None:
         monkeypatch.setattr(service_module, "new_sync", lambda threads: new_sync(threads, alone_at=alone_at))
@@ -252,13 +252,13 @@ def test_two_learning_threads_give_the_same_lists_and_state_as_one(events: list[
 def test_after_going_alone_the_loop_keeps_to_one_thread_for_a_while(events: list[Event],
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import stream_rec.service as service_module
-    from stream_rec.models._sync import new_sync
+    from stream_rec.engine.handover import new_sync
 
     monkeypatch.setattr(service_module, "new_sync", lambda threads: new_sync(threads, alone_at=100))
     monkeypatch.setattr(service_module, "_ALONE_FOR_S", 3600.0)
     started = []
-    two_threads = service_module._two_threads
-    monkeypatch.setattr(service_module, "_two_threads", lambda *args: (started.append(1), two_threads(*args)))
+    two_threads = service_module.two_threads
+    monkeypatch.setattr(service_module, "two_threads", lambda *args: (started.append(1), two_threads(*args)))
     service = RecService(replace(SETTINGS, threads=2), MemoryStore())
     for s in (0, 500, 1000):
         service.apply([(("lane", s + n), e) for n, e in enumerate(events[s:s + 500])])
@@ -268,12 +268,12 @@ def test_after_going_alone_the_loop_keeps_to_one_thread_for_a_while(events: list
 def test_a_failing_second_thread_stops_the_loop_with_its_error(events: list[Event], monkeypatch) -> None:
     import threading
 
-    import stream_rec.service as service_module
+    import stream_rec.engine.loop as loop_module
 
     def broken(*args: object) -> bool:
         raise ValueError("second thread broke")
 
-    monkeypatch.setattr(service_module, "_mf_thread", broken)
+    monkeypatch.setattr(loop_module, "mf_thread", broken)
     service = RecService(replace(SETTINGS, threads=2), MemoryStore())
     raised: list[BaseException] = []
 

@@ -13,7 +13,7 @@ import pytest
 from numba import njit
 
 from stream_rec.events import Event, decode
-from stream_rec.models.fusion import GATHERED
+from stream_rec.fusion import GATHERED
 from stream_rec.service import RecService
 from stream_rec.settings import Settings
 from stream_rec.sources import Source, propose

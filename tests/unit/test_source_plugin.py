@@ -42,7 +42,7 @@ def test_the_engine_fusion_and_service_do_not_name_the_toy_source() -> None:
 
 
 def test_a_source_registered_after_the_fusion_took_its_sources_is_refused() -> None:
-    import stream_rec.models.fusion  # noqa: F401 (takes the registered sources)
+    import stream_rec.fusion  # noqa: F401 (takes the registered sources)
 
     with pytest.raises(RuntimeError, match=MODULES_ENV):
         register("late", tuple, lambda *a: 0)
@@ -50,7 +50,7 @@ def test_a_source_registered_after_the_fusion_took_its_sources_is_refused() -> N
 
 def test_a_source_module_that_cannot_be_imported_is_named_in_the_error() -> None:
     env = {**os.environ, MODULES_ENV: "no_such_module_here"}
-    run = subprocess.run([sys.executable, "-c", "import stream_rec.models.fusion"], env=env, capture_output=True,
+    run = subprocess.run([sys.executable, "-c", "import stream_rec.fusion"], env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode != 0
     assert f"{MODULES_ENV} names 'no_such_module_here'" in run.stderr

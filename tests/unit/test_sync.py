@@ -1,4 +1,4 @@
-"""The two learning threads' hand-over (stream_rec.models._sync): waits that end, time off core that is counted,
+"""The two learning threads' hand-over (stream_rec.engine.handover): waits that end, time off core that is counted,
 and the loop's decision to go on alone. No test here depends on how fast the machine is."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from stream_rec.models._sync import (ABORT, ALONE, ALONE_AT, GO, LISTED, MOVED_BY_SECOND, NEED, OFF_CORE,
+from stream_rec.engine.handover import (ABORT, ALONE, ALONE_AT, GO, LISTED, MOVED_BY_SECOND, NEED, OFF_CORE,
                                      OFF_CORE_MIN_NS, STARTED, THREADS, go_alone, new_sync, set_clock,
                                      should_go_alone, thread_clock, wait_for)
 

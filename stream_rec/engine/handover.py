@@ -2,7 +2,7 @@
 
 The learning loop can run matrix factorisation (its list and its learning step) and the adaptive
 fusion's measuring on a second thread beside the other sources
-(:func:`stream_rec.service._rank_then_learn`). The threads meet a few times per event, microseconds
+(:func:`stream_rec.engine.loop.rank_then_learn`). The threads meet a few times per event, microseconds
 apart, so they signal through counters in one shared int64
 array, written with release and read with acquire ordering: everything a thread wrote before it
 moved a counter is visible to the other once it sees the new value. A hand-over costs ~30 ns
