@@ -27,7 +27,7 @@ import stream_rec
 from stream_rec.engine.handover import THREADS, new_sync
 from stream_rec.engine.loop import apply_remote, rank_many, rank_then_learn, two_threads
 from stream_rec.events import EVENT_TYPES, Availability, Event
-from stream_rec.fusion import CATEGORY, EXPLORE_BIT, MF, POPULAR_BIT, RECENT, Fusion, Scratch, label, new_scratch
+from stream_rec.fusion import Fusion, Scratch, label, new_scratch
 from stream_rec.ids import IdIndex, kafka_partition, row_keys
 from stream_rec.models._arrays import grow
 from stream_rec.models.base import OnlineModel
@@ -36,9 +36,11 @@ from stream_rec.models.mf import ImplicitMF
 from stream_rec.models.popularity import DecayedPopularity
 from stream_rec.profiles import RECENT_EVENT_IDS, Profile, event_digest
 from stream_rec.purchases import Purchases
+from stream_rec.recommendations import Names, message, reason
 from stream_rec.settings import Settings
 from stream_rec.sources import registered
 from stream_rec.state import item_updates as updates
+from stream_rec.state import keys
 from stream_rec.state.changelog import MARKS_KEY, UserRow, decode_marks, decode_user_row, encode_marks, encode_user_row
 from stream_rec.state.item_updates import ItemLog, ItemUpdateError, ItemUpdates, new_item_log
 from stream_rec.state.store import Store
@@ -65,17 +67,6 @@ _MOST_SET_ASIDE = 3
 #: Events per item-update message: ~330 bytes each with 32 factors (~830 with 128), so a message stays
 #: well under Kafka's customary 1 MB limit.
 UPDATES_PER_MESSAGE = 1000
-
-# Keys of the local cache (see :meth:`RecService.persist`). Users: the user id, valued as in the changelog.
-_MARKS = b"marks/"  # + partition: that partition's marks record, as in the changelog
-_CHECKPOINT = b"changelog/"  # + partition: the changelog offset the cached users of that partition reflect
-_ITEM_HWM = b"item-hwm"  # lane -> the last offset whose item half is in the item model
-_ITEM_LOG = b"item-log/"  # + partition of the item-updates topic: the next offset to apply
-_TOPIC_IDS = b"topic-ids"  # topic -> the id of the topic the state was built from (a recreated one has another)
-_ID = b"id/"
-_FUSION = b"fusion/hits"
-_CATEGORY = b"category/"
-
 
 def lane_partition(lane: str) -> int:
     """The user partition a lane belongs to (see :data:`Position`).
@@ -227,7 +218,7 @@ class RecService:
                              rebuy_after_s=settings.rebuy_after_days * 86400.0,
                              sample_every=settings.fusion_sample_every)
         self.model_version = f"{stream_rec.__version__}+{_settings_digest(settings)}"
-        self._names = _Names(self.items, self.categories, self.models["popular"])
+        self._names = Names(self.items, self.categories, self.models["popular"])
         self._tmp_row = np.zeros((1, settings.mf_factors), dtype=np.float32)
         self._pending_updates: dict[int, list[bytes]] = {}
         self._load()
@@ -291,7 +282,7 @@ class RecService:
         if lists:
             touched = list(last_event)
             ranked = self._rank_many(touched, self.settings.top_n)
-            result.recommendations = [self._recommendation(last_event[u], *r) for u, r in zip(touched, ranked)]
+            result.recommendations = [message(last_event[u], *r, self.model_version) for u, r in zip(touched, ranked)]
         positions = [batch[n][0] for n in keep]
         if self.record_items:
             result.item_updates = self._item_updates(positions, items, cats, weights, ts_ms, item_log)
@@ -657,24 +648,10 @@ class RecService:
         lists = []
         for r, n in enumerate(out_n.tolist()):
             masks = out_m[r, :n].tolist()
-            because = [_because(m, a, i, self._names) for m, a, i in zip(masks, out_a[r, :n].tolist(),
+            because = [reason(m, a, i, self._names) for m, a, i in zip(masks, out_a[r, :n].tolist(),
                                                                          out_i[r, :n].tolist())]
             lists.append((externals(out_i[r, :n].tolist()), out_s[r, :n].tolist(), [label(m) for m in masks], because))
         return lists
-
-    def _recommendation(self, trigger: Event, item_ids: list[str], scores: list[float],
-                        sources: list[tuple[str, ...]], because: list[dict[str, str]]) -> dict[str, Any]:
-        return {
-            "v": 1,
-            "user_id": trigger.user_id,
-            "items": [
-                {"item_id": item, "score": round(score, 6), "sources": list(src), "because": why}
-                for item, score, src, why in zip(item_ids, scores, sources, because)
-            ],
-            "model_version": self.model_version,
-            "trigger": {"event_id": trigger.event_id, "type": trigger.type, "ts": trigger.ts_ms},
-            "generated_at": int(time.time() * 1000),
-        }
 
     # -- user rows: the changelog and the local cache ---------------------------------------------
 
@@ -753,8 +730,8 @@ class RecService:
             self.ahead.pop(lane, None)
         if gone:
             parts = {self.partition_of(lane) for lane in gone}
-            meta = {_MARKS + str(p).encode(): encode_marks(self.marks_of(p)) for p in parts}
-            meta[_ITEM_HWM] = encode_marks(self.item_hwm)
+            meta = {keys.MARKS + str(p).encode(): encode_marks(self.marks_of(p)) for p in parts}
+            meta[keys.ITEM_HWM] = encode_marks(self.item_hwm)
             self.store.write({"meta": meta})
         return gone
 
@@ -773,14 +750,14 @@ class RecService:
             gone = set(recreated)
             self.forget_positions([lane for lane in {*self.hwm, *self.item_hwm} if _lane_topic(lane) in gone])
             if changelog in gone:
-                meta.update({_CHECKPOINT + str(p).encode(): None for p in self.checkpoints})
+                meta.update({keys.CHECKPOINT + str(p).encode(): None for p in self.checkpoints})
                 self.checkpoints.clear()
                 self.reseed = True
             if item_updates in gone:
-                meta.update({_ITEM_LOG + str(p).encode(): None for p in self.item_log})
+                meta.update({keys.ITEM_LOG + str(p).encode(): None for p in self.item_log})
                 self.item_log.clear()
         self.topic_ids.update(ids)
-        meta[_TOPIC_IDS] = orjson.dumps(self.topic_ids)
+        meta[keys.TOPIC_IDS] = orjson.dumps(self.topic_ids)
         self.store.write({"meta": meta})
         return recreated
 
@@ -821,10 +798,10 @@ class RecService:
                     self.ahead.setdefault(lane, {})[u] = offset
         result = BatchResult(applied=len(rows))
         result.changes = self._changes(list(latest.items()))
-        result.changes["meta"][_MARKS + str(partition).encode()] = encode_marks(self.marks_of(partition))
+        result.changes["meta"][keys.MARKS + str(partition).encode()] = encode_marks(self.marks_of(partition))
         if next_offset is not None:
             self.checkpoints[partition] = next_offset
-            result.changes["meta"][_CHECKPOINT + str(partition).encode()] = str(next_offset).encode()
+            result.changes["meta"][keys.CHECKPOINT + str(partition).encode()] = str(next_offset).encode()
         return result
 
     def _install_rows(self, rows: list[UserRow]) -> list[int]:
@@ -878,7 +855,7 @@ class RecService:
         if marks is None:
             marks = {p: encode_marks(self.marks_of(p)) for p in {self.partition_of(lane) for lane in self._touched_lanes}}
         self._touched_lanes.clear()
-        meta: dict[bytes, bytes | None] = {_MARKS + str(p).encode(): m for p, m in marks.items()}
+        meta: dict[bytes, bytes | None] = {keys.MARKS + str(p).encode(): m for p, m in marks.items()}
         return {"meta": meta, "users": dict(user_rows)}
 
     def _item_changes(self) -> dict[str, dict[bytes, bytes | None]]:
@@ -886,17 +863,18 @@ class RecService:
         the item positions they reflect (``item_hwm``, ``item_log``) and the fusion's statistics."""
         items: dict[bytes, bytes | None] = {}
         for key in self.items.pop_new():
-            items[_ID + key.encode("utf-8", "surrogatepass")] = _int_bytes(self.items.get(key))
+            items[keys.ID + key.encode("utf-8", "surrogatepass")] = keys.int_bytes(self.items.get(key))
         for name, model in self.models.items():
             prefix = name.encode() + b"/"
             _, touched_i = model.pop_touched()
             for i in touched_i.tolist():
-                items[prefix + _int_bytes(i)] = model.item_state(i)
-        meta: dict[bytes, bytes | None] = {_CATEGORY + key.encode("utf-8", "surrogatepass"): _int_bytes(
+                items[prefix + keys.int_bytes(i)] = model.item_state(i)
+        meta: dict[bytes, bytes | None] = {keys.CATEGORY + key.encode("utf-8", "surrogatepass"): keys.int_bytes(
             self.categories.get(key)) for key in self.categories.pop_new()}
-        meta[_ITEM_HWM] = encode_marks(self.item_hwm)
-        meta.update({_ITEM_LOG + str(part).encode(): str(offset).encode() for part, offset in self.item_log.items()})
-        meta[_FUSION] = self.fusion.hits_state()
+        meta[keys.ITEM_HWM] = encode_marks(self.item_hwm)
+        meta.update({keys.ITEM_LOG + str(part).encode(): str(offset).encode()
+                     for part, offset in self.item_log.items()})
+        meta[keys.FUSION] = self.fusion.hits_state()
         return {"meta": meta, "items": items}
 
     def _forget_changes(self) -> None:
@@ -917,7 +895,7 @@ class RecService:
         meta = changes.setdefault("meta", {})
         for part, offset in (checkpoints or {}).items():
             self.checkpoints[part] = offset
-            meta[_CHECKPOINT + str(part).encode()] = str(offset).encode()
+            meta[keys.CHECKPOINT + str(part).encode()] = str(offset).encode()
         self.store.write(changes)
 
     def persist_items(self) -> None:
@@ -935,19 +913,20 @@ class RecService:
     def _load(self) -> None:
         started = time.perf_counter()
         for key, value in self.store.items("meta"):
-            if key.startswith(_MARKS):
+            if key.startswith(keys.MARKS):
                 self.hwm.update(decode_marks(value))
-            elif key.startswith(_CHECKPOINT):
-                self.checkpoints[int(key[len(_CHECKPOINT):])] = int(value)
-            elif key.startswith(_ITEM_LOG):
-                self.item_log[int(key[len(_ITEM_LOG):])] = int(value)
-            elif key == _ITEM_HWM:
+            elif key.startswith(keys.CHECKPOINT):
+                self.checkpoints[int(key[len(keys.CHECKPOINT):])] = int(value)
+            elif key.startswith(keys.ITEM_LOG):
+                self.item_log[int(key[len(keys.ITEM_LOG):])] = int(value)
+            elif key == keys.ITEM_HWM:
                 self.item_hwm = decode_marks(value)
-            elif key == _TOPIC_IDS:
+            elif key == keys.TOPIC_IDS:
                 self.topic_ids = {str(k): str(v) for k, v in orjson.loads(value).items()}
-            elif key.startswith(_CATEGORY):
-                self.categories.restore(key[len(_CATEGORY):].decode("utf-8", "surrogatepass"), _from_int_bytes(value))
-            elif key == _FUSION and not self.fusion.set_hits_state(value):
+            elif key.startswith(keys.CATEGORY):
+                self.categories.restore(key[len(keys.CATEGORY):].decode("utf-8", "surrogatepass"),
+                                        keys.from_int_bytes(value))
+            elif key == keys.FUSION and not self.fusion.set_hits_state(value):
                 log.warning("the stored fusion statistics belong to another version: weights start equal again")
         self.categories.pop_new()
         self._load_items()
@@ -963,12 +942,12 @@ class RecService:
         rows: dict[bytes, tuple[list[int], list[bytes]]] = {}
         restored: list[tuple[str, int]] = []
         for key, value in self.store.items("items"):
-            if key.startswith(_ID):
-                restored.append((key[len(_ID):].decode("utf-8", "surrogatepass"), _from_int_bytes(value)))
+            if key.startswith(keys.ID):
+                restored.append((key[len(keys.ID):].decode("utf-8", "surrogatepass"), keys.from_int_bytes(value)))
             else:
                 name, _, raw_idx = key.partition(b"/")
                 indices, blobs = rows.setdefault(name, ([], []))
-                indices.append(_from_int_bytes(raw_idx))
+                indices.append(keys.from_int_bytes(raw_idx))
                 blobs.append(value)
         for item_id, idx in restored:
             self.items.restore(item_id, idx)
@@ -999,50 +978,11 @@ _NONE = np.zeros(0, dtype=np.int64)
 _NONE_KEYS = np.zeros(0, dtype=np.uint64)
 
 
-def _because(mask: int, anchor: int, item: int, names: _Names) -> dict[str, str]:
-    """An item's reason, the most specific one its sources give: an exploration slot is ``new``; the
-    user's own recent item is ``recently_viewed``; an item co-occurrence put forward goes ``with_item``
-    (the history item it was most often seen with); one the category source put forward is
-    ``popular_in_category``; else ``similar_users`` (matrix factorisation) or ``popular``."""
-    if mask >> EXPLORE_BIT & 1:
-        return {"kind": "new"}
-    if mask >> RECENT & 1:
-        return {"kind": "recently_viewed"}
-    if anchor >= 0:
-        return {"kind": "with_item", "item_id": names.item(anchor)}
-    if mask >> CATEGORY & 1 and (category := names.category_of(item)) is not None:
-        return {"kind": "popular_in_category", "category": category}
-    if mask >> MF & 1:
-        return {"kind": "similar_users"}
-    if mask >> POPULAR_BIT & 1 or not mask:
-        return {"kind": "popular"}
-    return {"kind": label(mask)[0]}  # a source registered from outside the package: its name
-
-
-class _Names:
-    """External names of item and category indices, for explanations."""
-
-    def __init__(self, items: IdIndex, categories: IdIndex, popularity: DecayedPopularity) -> None:
-        self.item = items.external
-        self._categories, self._popularity = categories, popularity
-
-    def category_of(self, item: int) -> str | None:
-        c = self._popularity.category_of(item)
-        return self._categories.external(c) if c >= 0 else None
-
-
 def _lane_topic(lane: str) -> str:
     """The source topic of a lane (see :data:`Position`)."""
     return lane.rpartition(">")[2].rpartition(":")[0]
 
 
-def _int_bytes(value: int) -> bytes:
-    # Big-endian so RocksDB's byte order is index order.
-    return value.to_bytes(4, "big")
-
-
-def _from_int_bytes(data: bytes) -> int:
-    return int.from_bytes(data, "big")
 
 
 def _settings_digest(settings: Settings) -> str:

@@ -17,15 +17,15 @@ source's own state (numpy arrays, declared once, by name). Two compiled steps ar
 The engine never names a source: :func:`gather_each` and :func:`learn_each` are written out, at compile
 time, for the tuple of markers the fusion holds (``FusionParams.gathered``), and :func:`propose` /
 :func:`learn` resolve each marker's steps by its class (``numba.extending.overload``), so there is no
-dispatch at run time. The markers' classes are part of the compiled functions' types, so the on-disk
-kernel cache keeps one version per set of sources, and a process with another set compiles its own.
+dispatch at run time. The markers' classes are part of the compiled functions' types, so a process
+with another set of sources compiles its own kernels.
 
 Adding a source is a module with a marker class, its steps and one :func:`register` line; a module
 outside this package is loaded by naming it in ``STREAM_REC_SOURCE_MODULES`` (comma-separated), which
-must be set before :mod:`stream_rec` is imported (the worker, ``stream-rec evaluate`` and ``replay`` read
-it from the environment). Their kernels are cached apart, in a folder named by those modules and their
-contents (see :func:`stream_rec._kernel_cache_apart`). Matrix factorisation is not a registered source: its list is made on the second
-thread, when there is one (see :mod:`stream_rec.fusion`).
+must be set before :mod:`stream_rec` is imported (the worker, ``stream-rec evaluate`` and ``replay``
+read it from the environment). Their kernels are cached apart, in a folder named by those modules and
+their contents (see :func:`stream_rec._kernel_cache_apart`). Matrix factorisation is not a registered
+source: its list is made on the second thread, when there is one (see :mod:`stream_rec.fusion`).
 """
 
 from __future__ import annotations
@@ -122,8 +122,9 @@ def _learn(marker, user, item, weight, t, category):  # noqa: ANN001, ANN202
 def _written_out(name: str, args: str, head: list[str], per_source: list[str], tail: list[str],
                  indices: list[int], scope: dict[str, Any]) -> Callable[..., Any]:
     """A function ``name(args)``: ``head``, then ``per_source`` once per marker index in ``indices``
-    (``{s}`` in it: the index), then ``tail``. Static indices type each source once (``literal_unroll`` typed every source in every
-    version of the loop's body: 17 s more compiling for the four built-in sources)."""
+    (``{s}`` in it: the index), then ``tail``. Static indices type each source once (``literal_unroll``
+    typed every source in every version of the loop's body: 17 s more compiling for the four built-in
+    sources)."""
     lines = [f"def {name}({args}):", *head]
     for s in indices:
         lines += [line.format(s=s) for line in per_source]
@@ -137,7 +138,7 @@ def gather_each(markers, cooc, pop, sc, fp, user, known, n_items, k, merge, rank
 
 
 @overload(gather_each, inline="always")
-def _gather_each(markers, cooc, pop, sc, fp, user, known, n_items, k, merge, ranks, union, mask):  # noqa: ANN001, ANN202
+def _gather_each(markers, cooc, pop, sc, fp, user, known, n_items, k, merge, ranks, union, mask):  # noqa: ANN001
     """Each source in use (weight above 0) proposes its list, which ``merge`` adds to the union; returns
     the union's size."""
     if not isinstance(markers, types.BaseTuple):
