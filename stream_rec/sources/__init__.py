@@ -15,10 +15,11 @@ source's own state (numpy arrays, declared once, by name). Two compiled steps ar
     share.
 
 The engine never names a source: :func:`gather_each` and :func:`learn_each` are written out, at compile
-time, for the tuple of markers the fusion holds (``FusionParams.gathered``), and :func:`propose` /
-:func:`learn` resolve each marker's steps by its class (``numba.extending.overload``), so there is no
-dispatch at run time. The markers' classes are part of the compiled functions' types, so a process
-with another set of sources compiles its own kernels.
+time, for the tuple of markers the fusion holds (``FusionParams.gathered``), each calling the steps
+registered for its marker's class, inlined, so nothing dispatches at run time. (:func:`propose` and
+:func:`learn` call one marker's step from compiled code elsewhere, as the contract tests do.) The
+markers' classes are part of the compiled functions' types, so a process with another set of sources
+compiles its own kernels.
 
 Adding a source is a module with a marker class, its steps and one :func:`register` line; a module
 outside this package is loaded by naming it in ``STREAM_REC_SOURCE_MODULES`` (comma-separated), which
@@ -35,10 +36,11 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from numba import types
+from numba import njit, types
 from numba.extending import overload
 
 from stream_rec import SOURCE_MODULES_ENV
+from stream_rec.models._kernels import INLINE
 
 #: Environment variable naming modules (comma-separated) that register more sources.
 MODULES_ENV = SOURCE_MODULES_ENV
@@ -52,6 +54,8 @@ class Source(NamedTuple):
     propose: Callable[..., int]  # plain Python, compiled where it is called
     learn: Callable[..., None] | None  # None: learns elsewhere (a built-in source)
     make: Callable[[int], tuple]  # bit -> a marker holding a fresh state
+    propose_kernel: Any  # propose, compiled to be inlined where the engine calls it
+    learn_kernel: Any  # learn, likewise (None without)
 
 
 _SOURCES: dict[str, Source] = {}
@@ -75,7 +79,8 @@ def register(name: str, marker: type, propose: Callable[..., int], learn: Callab
         raise TypeError(f"source {name!r}: its marker must be a NamedTuple whose first field is 'bit'")
     if name in _SOURCES or name in ("mf", "explore"):
         raise ValueError(f"a source named {name!r} is already registered")
-    source = Source(name, marker, propose, learn, make or marker)
+    source = Source(name, marker, propose, learn, make or marker, njit(**INLINE)(propose),
+                    njit(**INLINE)(learn) if learn is not None else None)
     _SOURCES[name] = source
     _BY_MARKER[marker] = source
 
@@ -102,10 +107,7 @@ def propose(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001
     raise NotImplementedError("propose runs in compiled code only")
 
 
-# Inlined into the loop: as a compiled call of its own, each source's step took the state tuples and paid
-# reference counting per array per call (ML-100K fused evaluate 0.93x of the hand-written gathering; inlined
-# 0.97-1.0x, side by side), at ~18 s more compiling.
-@overload(propose, inline="always")
+@overload(propose, jit_options={"cache": True, "nogil": True})
 def _propose(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN202
     return _step(marker, "propose")
 
@@ -147,9 +149,9 @@ def _gather_each(markers, cooc, pop, sc, fp, user, known, n_items, k, merge, ran
         "gather_each", "markers, cooc, pop, sc, fp, user, known, n_items, k, merge, ranks, union, mask",
         ["    n_union, w = 0, fp.weights"],
         ["    if w[markers[{s}].bit] > 0.0:",
-         "        m = propose(markers[{s}], cooc, pop, sc, fp, user, known, n_items, k)",
+         "        m = propose_{s}(markers[{s}], cooc, pop, sc, fp, user, known, n_items, k)",
          "        n_union = merge(sc.li, m, markers[{s}].bit, ranks, union, mask, n_union)"],
-        ["    return n_union"], list(range(len(markers))), {"propose": propose})
+        ["    return n_union"], list(range(len(markers))), _kernels(markers, "propose"))
 
 
 def learn_each(markers, user, item, weight, t, category):  # noqa: ANN001, ANN201
@@ -163,8 +165,22 @@ def _learn_each(markers, user, item, weight, t, category):  # noqa: ANN001, ANN2
         return None
     learning = [s for s in range(len(markers)) if _step(markers[s], "learn") is not None]
     return _written_out("learn_each", "markers, user, item, weight, t, category", [],
-                        ["    learn(markers[{s}], user, item, weight, t, category)"], ["    return None"], learning,
-                        {"learn": learn})
+                        ["    learn_{s}(markers[{s}], user, item, weight, t, category)"], ["    return None"], learning,
+                        _kernels(markers, "learn"))
+
+
+def _kernels(markers: Any, step: str) -> dict[str, Any]:
+    """``{step}_{s}``: the compiled ``step`` of marker ``s``, inlined where the written-out loop calls it.
+
+    Each source's step is inlined: as a compiled call of its own (:func:`propose`) it took the state
+    tuples and paid reference counting per array per call (ML-100K fused evaluate 0.93x of the
+    hand-written gathering, side by side); through an inlining overload it cost ~18 s more compiling."""
+    found = {}
+    for s in range(len(markers)):
+        kernel = getattr(_BY_MARKER[markers[s].instance_class], f"{step}_kernel")
+        if kernel is not None:
+            found[f"{step}_{s}"] = kernel
+    return found
 
 
 def _load() -> None:
