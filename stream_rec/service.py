@@ -116,7 +116,7 @@ _warm = False
 def warm_up() -> float:
     """Compile (or load from numba's on-disk cache) every kernel the service runs; returns seconds.
 
-    The first process on a machine compiles for about a minute and a half; later ones load the cache in about
+    The first process on a machine compiles for about two minutes; later ones load the cache in about
     a second. :class:`RecService` calls this once per process, before it loads state, so a worker is
     ready to go fast before it joins its consumer group.
     """
@@ -126,7 +126,7 @@ def warm_up() -> float:
     _warm = True
     from stream_rec.state import MemoryStore
 
-    log.info("loading the model kernels (the first start on a machine compiles them: about a minute and a half)")
+    log.info("loading the model kernels (the first start on a machine compiles them: about two minutes)")
     stats = rank_then_learn.stats
     misses = sum(stats.cache_misses.values())
     started = time.perf_counter()
