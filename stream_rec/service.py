@@ -208,8 +208,9 @@ class RecService:
         self.models = build_models(settings)
         # ``sources`` ranks with a subset of the models (e.g. ("mf",) to judge one alone); all still learn.
         # "recent" ranks the co-occurrence model's per-user history (the items a user just looked at).
-        available = {**self.models, "recent": self.models["cooc"], "category": self.models["popular"],
-                     **{source.name: None for source in registered() if source.learn is not None}}
+        available = {**self.models, "recent": self.models["cooc"], "category": self.models["popular"]}
+        # A source registered from outside the package holds its own state (its marker's): no model here.
+        available |= {source.name: None for source in registered() if source.name not in available}
         chosen = available if sources is None else {name: available[name] for name in sources}
         # The co-occurrence model's histories serve "recent" and "category" even when it does not rank.
         self.fusion = Fusion({"cooc": self.models["cooc"], **chosen},
