@@ -16,10 +16,9 @@ source's own state (numpy arrays, declared once, by name). Two compiled steps ar
 
 The engine never names a source: :func:`gather_each` and :func:`learn_each` are written out, at compile
 time, for the tuple of markers the fusion holds (``FusionParams.gathered``), each calling the steps
-registered for its marker's class, inlined, so nothing dispatches at run time. (:func:`propose` and
-:func:`learn` call one marker's step from compiled code elsewhere, as the contract tests do.) The
-markers' classes are part of the compiled functions' types, so a process with another set of sources
-compiles its own kernels.
+registered for its marker's class, inlined, so nothing dispatches at run time. The markers' classes are
+part of the compiled functions' types, so a process with another set of sources compiles its own
+kernels.
 
 Adding a source is a module with a marker class, its steps and one :func:`register` line; a module
 outside this package is loaded by naming it in ``STREAM_REC_SOURCE_MODULES`` (comma-separated), which
@@ -27,6 +26,9 @@ must be set before :mod:`stream_rec` is imported (the worker, ``stream-rec evalu
 read it from the environment). Their kernels are cached apart, in a folder named by those modules and
 their contents (see :func:`stream_rec._kernel_cache_apart`). Matrix factorisation is not a registered
 source: its list is made on the second thread, when there is one (see :mod:`stream_rec.fusion`).
+
+Limits: a source's own state (its marker's arrays) is neither persisted nor shared between workers, as
+the built-in models' is; the fusion's weight grid grows as 3 to the number of sources (not capped).
 """
 
 from __future__ import annotations
@@ -47,15 +49,14 @@ MODULES_ENV = SOURCE_MODULES_ENV
 
 
 class Source(NamedTuple):
-    """One registered source."""
+    """One registered source: its steps compiled to be inlined where the engine calls them (callable from
+    Python too, as the contract tests do)."""
 
     name: str  # as in settings, labels and metrics
     marker: type  # a NamedTuple class whose first field is ``bit``
-    propose: Callable[..., int]  # plain Python, compiled where it is called
-    learn: Callable[..., None] | None  # None: learns elsewhere (a built-in source)
     make: Callable[[int], tuple]  # bit -> a marker holding a fresh state
-    propose_kernel: Any  # propose, compiled to be inlined where the engine calls it
-    learn_kernel: Any  # learn, likewise (None without)
+    propose: Any  # the compiled propose step
+    learn: Any  # the compiled learn step, None for a source that learns elsewhere (a built-in one)
 
 
 _SOURCES: dict[str, Source] = {}
@@ -79,7 +80,7 @@ def register(name: str, marker: type, propose: Callable[..., int], learn: Callab
         raise TypeError(f"source {name!r}: its marker must be a NamedTuple whose first field is 'bit'")
     if name in _SOURCES or name in ("mf", "explore"):
         raise ValueError(f"a source named {name!r} is already registered")
-    source = Source(name, marker, propose, learn, make or marker, njit(**INLINE)(propose),
+    source = Source(name, marker, make or marker, njit(**INLINE)(propose),
                     njit(**INLINE)(learn) if learn is not None else None)
     _SOURCES[name] = source
     _BY_MARKER[marker] = source
@@ -95,30 +96,6 @@ def seal() -> tuple[Source, ...]:
     global _sealed
     _sealed = True
     return registered()
-
-
-def _step(marker: Any, attr: str) -> Callable[..., Any] | None:
-    if isinstance(marker, types.BaseNamedTuple) and marker.instance_class in _BY_MARKER:
-        return getattr(_BY_MARKER[marker.instance_class], attr)
-    return None
-
-
-def propose(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN201 (resolved by numba)
-    raise NotImplementedError("propose runs in compiled code only")
-
-
-@overload(propose, jit_options={"cache": True, "nogil": True})
-def _propose(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN202
-    return _step(marker, "propose")
-
-
-def learn(marker, user, item, weight, t, category):  # noqa: ANN001, ANN201 (resolved by numba)
-    raise NotImplementedError("learn runs in compiled code only")
-
-
-@overload(learn, jit_options={"cache": True, "nogil": True})
-def _learn(marker, user, item, weight, t, category):  # noqa: ANN001, ANN202
-    return _step(marker, "learn")
 
 
 def _written_out(name: str, args: str, head: list[str], per_source: list[str], tail: list[str],
@@ -163,21 +140,22 @@ def _learn_each(markers, user, item, weight, t, category):  # noqa: ANN001, ANN2
     """Each source that learns on its own learns the event."""
     if not isinstance(markers, types.BaseTuple):
         return None
-    learning = [s for s in range(len(markers)) if _step(markers[s], "learn") is not None]
+    kernels = _kernels(markers, "learn")
+    learning = [s for s in range(len(markers)) if f"learn_{s}" in kernels]
     return _written_out("learn_each", "markers, user, item, weight, t, category", [],
                         ["    learn_{s}(markers[{s}], user, item, weight, t, category)"], ["    return None"], learning,
-                        _kernels(markers, "learn"))
+                        kernels)
 
 
 def _kernels(markers: Any, step: str) -> dict[str, Any]:
     """``{step}_{s}``: the compiled ``step`` of marker ``s``, inlined where the written-out loop calls it.
 
-    Each source's step is inlined: as a compiled call of its own (:func:`propose`) it took the state
+    Each source's step is inlined: as a compiled call of its own it took the state
     tuples and paid reference counting per array per call (ML-100K fused evaluate 0.93x of the
     hand-written gathering, side by side); through an inlining overload it cost ~18 s more compiling."""
     found = {}
     for s in range(len(markers)):
-        kernel = getattr(_BY_MARKER[markers[s].instance_class], f"{step}_kernel")
+        kernel = getattr(_BY_MARKER[markers[s].instance_class], step)
         if kernel is not None:
             found[f"{step}_{s}"] = kernel
     return found

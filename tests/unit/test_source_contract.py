@@ -10,23 +10,17 @@ import json
 
 import numpy as np
 import pytest
-from numba import njit
 
 from stream_rec.events import Event, decode
 from stream_rec.fusion import GATHERED
 from stream_rec.service import RecService
 from stream_rec.settings import Settings
-from stream_rec.sources import Source, propose
+from stream_rec.sources import Source
 from stream_rec.state import MemoryStore
 from stream_rec.synth import ShopConfig, SyntheticShop
 
 SETTINGS = Settings(explore=0.0, top_n=10)
 K = 10
-
-
-@njit(cache=True)
-def _propose(marker, cooc, pop, sc, fp, user, known, n_items, k):  # noqa: ANN001, ANN202
-    return propose(marker, cooc, pop, sc, fp, user, known, n_items, k)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +52,7 @@ def _lists(service: RecService, source: Source, users: list[int], excluded: np.n
     try:
         out = []
         for u in users:
-            m = _propose(marker, fusion.cooc.state, fusion.popular.state, sc, fp, u, u >= 0, n_items, K)
+            m = source.propose(marker, fusion.cooc.state, fusion.popular.state, sc, fp, u, u >= 0, n_items, K)
             out.append((sc.li[:m].tolist(), sc.ls[:m].tolist()))
         return out
     finally:
