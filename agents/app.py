@@ -44,7 +44,8 @@ from agents.group import BalancedAssignor
 from agents.lifecycle import exit_on_crash, guarded, state_write
 from agents.state import KafkaState
 from agents.transport import Transport
-from stream_rec.events import Availability, Event, InvalidEvent, Limits, decode, decode_availability, internal_error
+from stream_rec.events import (Availability, Event, Forget, InvalidEvent, Limits, decode, decode_availability,
+                               decode_forget, internal_error)
 from stream_rec.heap import collections_paused
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, Position, RecService
@@ -53,6 +54,7 @@ from stream_rec.wire import MAX_DEAD_LETTER_BYTES, dead_letter, dead_letter_head
 
 log = logging.getLogger(__name__)
 _MISKEYED = "\0miskeyed"  # a counts label that no event type or reason can take
+FORGET = "forget"  # the stream name of the forget topic (no event type is called so)
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -72,7 +74,7 @@ def faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> 
         store="memory://",  # stream_rec keeps its own RocksDB state; Faust tables are not used
         web_enabled=False,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
@@ -120,7 +122,8 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     """The worker app for ``settings`` against ``bootstrap``, learning into ``service``; ``topic_ids`` are
     the topics' ids now (:func:`agents.topics.topic_ids`), checked against those the state was built from."""
     app = faust_app(settings, bootstrap)
-    topic_stream = {topic: stream for stream, topic in settings.input_topics().items()}
+    # Forget requests are keyed by user id like events, and meet a user's events in its partition.
+    topic_stream = {topic: stream for stream, topic in settings.input_topics().items()} | {settings.topic_forget: FORGET}
     inputs = app.topic(*topic_stream, **RAW)
     keyed = app.topic(settings.topic_events, internal=True, partitions=settings.partitions, **RAW)
 
@@ -147,58 +150,75 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         except Exception:  # losing this bad message's copy costs less than crashing the agent with its batch
             log.exception("could not dead-letter %s[%s]@%s (%s)", msg.topic, msg.partition, msg.offset, err.reason)
 
-    async def check(event: EventT, now_ms: int, counts: Counter[tuple[bool, str]]) -> Event | None:
-        """The message's event, or None after dead-lettering it; counts (valid, type or reason).
+    async def check(event: EventT, now_ms: int, counts: Counter[tuple[bool, str]]) -> Event | Forget | None:
+        """The message's event (or forget request), or None after dead-lettering it; counts (valid, type or reason).
 
         Whatever fails on one message, decoding it or encoding its user id as the key it is routed by,
         dead-letters that message alone: an exception here would restart the agent and cost its batch.
         """
         msg = event.message
+        stream = topic_stream[msg.topic]
         try:
-            valid = decode(msg.value, topic_stream[msg.topic], now_ms=now_ms, limits=limits)
+            valid = decode_forget(msg.key) if stream == FORGET else decode(msg.value, stream, now_ms=now_ms, limits=limits)
             valid.user_id.encode()
         except Exception as exc:  # decode raises InvalidEvent; anything else is a bug, still this message's alone
             err = exc if isinstance(exc, InvalidEvent) else internal_error(exc)
             await send_dead_letter(msg, err)
             counts[False, err.reason] += 1
             return None
-        counts[True, valid.type] += 1
+        counts[True, FORGET if valid.__class__ is Forget else valid.type] += 1
         return valid
 
     state = KafkaState(app, settings, bootstrap, service, metrics)
     if topic_ids:
         state.adopt_topic_ids(topic_ids)
 
-    async def learn_batch(items: list[tuple[Position, Event]], sources: list[EventT], batch: Sequence[EventT],
+    async def learn_batch(items: list[tuple[Position, Event | Forget]], sources: list[EventT], batch: Sequence[EventT],
                           started: float) -> None:
-        """Learn ``items`` (from the messages ``sources``) and publish what they changed (agents.state)."""
+        """Learn ``items`` (from the messages ``sources``) and publish what they changed (agents.state).
+
+        A forget request (rare) cuts the batch: the events before it are learned and published, then the
+        user is erased, then the events after it are learned, so each sees the state it came after."""
         if not state.items_ready.is_set():
             await state.items_ready.wait()  # rank from the shared item model, not from a cold one
         async with state.lock:
             if not state.verified:  # the first batch since an assignment: were topics made anew meanwhile?
                 await state.check_topics(locked=True)
             await state.restore({service.partition_of(position[0]) for position, _ in items})
-            with collections_paused():
-                # Synchronous, and nothing built here outlives the block but the encoded lists: no collection
-                # needs to run in it, nor owes one after it (stream_rec.heap).
-                result = service.apply(items)
-                lists = [(payload["user_id"].encode(), encode_recommendation(payload))
-                         for payload in result.recommendations]
-                result.recommendations.clear()
-            await state.publish_item_updates(result)
-            for key, value in lists:
-                await send(settings.topic_recommendations, key, value)
-            for n, error in result.rejected:
-                await send_dead_letter(sources[n].message, InvalidEvent("learn_failed", error))
-                metrics.dead_letters.labels("learn_failed").inc()
-            # Lists, dead letters and rows go out before the local cache is written and the batch acked: a
-            # crash in between re-applies what the changelog does not hold and re-sends the lists
-            # (at-least-once output), never loses them.
-            checkpoints = await state.publish_changelog(result)
-            with state_write():  # a failure here ends the worker (agents.lifecycle)
-                service.persist(result, checkpoints)
-        _observe(metrics, result, len(lists), batch, started)
+            for start, end in _runs(items):
+                if end > start and items[start][1].__class__ is Forget:
+                    position, request = items[start]
+                    result = service.forget(position, request)  # type: ignore[arg-type]
+                    metrics.forgotten.inc(len(result.forgotten))
+                    await publish(result, sources[start:end], [])
+                else:
+                    with collections_paused():
+                        # Synchronous, and nothing built here outlives the block but the encoded lists: no
+                        # collection needs to run in it, nor owes one after it (stream_rec.heap).
+                        result = service.apply(items[start:end])  # type: ignore[arg-type]
+                        lists = [(payload["user_id"].encode(), encode_recommendation(payload))
+                                 for payload in result.recommendations]
+                        result.recommendations.clear()
+                    await publish(result, sources[start:end], lists)
+                    _observe(metrics, result, len(lists), batch, started)
         metrics.state_events.set(service.events_total)
+
+    async def publish(result: BatchResult, sources: list[EventT], lists: list[tuple[bytes, bytes]]) -> None:
+        """Send what one run of a batch changed, then write the local cache (under ``state.lock``)."""
+        await state.publish_item_updates(result)
+        for key, value in lists:
+            await send(settings.topic_recommendations, key, value)
+        for user_id in result.forgotten:  # the compacted topic then drops the user's lists
+            await send(settings.topic_recommendations, user_id.encode(), None)  # type: ignore[arg-type]
+        for n, error in result.rejected:
+            await send_dead_letter(sources[n].message, InvalidEvent("learn_failed", error))
+            metrics.dead_letters.labels("learn_failed").inc()
+        # Lists, dead letters and rows go out before the local cache is written and the batch acked: a
+        # crash in between re-applies what the changelog does not hold and re-sends the lists
+        # (at-least-once output), never loses them.
+        checkpoints = await state.publish_changelog(result)
+        with state_write():  # a failure here ends the worker (agents.lifecycle)
+            service.persist(result, checkpoints)
 
     if settings.input_keys == "user_id":
         # Producers key by user id, so a user's events already share one partition number on all three
@@ -267,7 +287,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 for messages in fetched.values():
                     for msg in messages:
                         try:
-                            updates.append(decode_availability(msg.value, limits=limits))
+                            updates.append(decode_availability(msg.value, key=msg.key, limits=limits))
                         except Exception as exc:  # as in check()
                             err = exc if isinstance(exc, InvalidEvent) else internal_error(exc)
                             await send_dead_letter(msg, err)
@@ -311,10 +331,32 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     return app
 
 
+def _runs(items: Sequence[tuple[Position, Event | Forget]]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of events, and of each forget request alone, in batch order.
+
+    >>> e, f = Event("u", "i", "view", 1), Forget("u")
+    >>> _runs([(("l", 0), e), (("l", 1), e), (("l", 2), f), (("l", 3), e)])
+    [(0, 2), (2, 3), (3, 4)]
+    """
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for n, (_, item) in enumerate(items):
+        if item.__class__ is Forget:
+            if n > start:
+                runs.append((start, n))
+            runs.append((n, n + 1))
+            start = n + 1
+    if start < len(items) or not items:
+        runs.append((start, len(items)))
+    return runs
+
+
 def _count(metrics: Metrics, counts: Counter[tuple[bool, str]]) -> None:
     for (valid, label), n in counts.items():  # one metric update per label, not per event
         if label == _MISKEYED:
             metrics.miskeyed.inc(n)
+        elif label == FORGET:
+            continue  # counted once applied, by the worker that owns the user (stream_rec_state_users_forgotten_total)
         else:
             (metrics.events_in if valid else metrics.dead_letters).labels(label).inc(n)
 

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def all_topics(settings: Settings) -> list[str]:
-    return [*settings.input_topics().values(), settings.topic_items, settings.topic_events,
+    return [*settings.input_topics().values(), settings.topic_items, settings.topic_forget, settings.topic_events,
             settings.topic_recommendations, settings.topic_dead_letter, settings.topic_user_state,
             settings.topic_item_updates]
 
@@ -22,9 +22,15 @@ def all_topics(settings: Settings) -> list[str]:
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """Configs of the topics that need more than the cluster's defaults.
 
-    The user-state changelog keeps the latest row per user (compacted). The item updates are kept for
-    ever: a worker that starts without a local state rebuilds its item model from all of them."""
+    Compacted, the latest value per key kept: the user-state changelog (a row per user), the
+    recommendations (a list per user; a front end or ``stream-rec serve`` reads the latest of each) and
+    the items (a message per item). The items topic keeps its tombstones for ever (``delete.retention.ms``
+    at its maximum): every worker reads it from the start, so a deleted item's tombstone is the only way
+    one started later learns of the deletion. The item updates are kept for ever: a worker that starts
+    without a local state rebuilds its item model from all of them."""
     return {settings.topic_user_state: {"cleanup.policy": "compact"},
+            settings.topic_recommendations: {"cleanup.policy": "compact"},
+            settings.topic_items: {"cleanup.policy": "compact", "delete.retention.ms": str(2**63 - 1)},
             settings.topic_item_updates: {"retention.ms": "-1", "retention.bytes": "-1"}}
 
 
@@ -50,7 +56,8 @@ def reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
 
 
 def ensure_topics(settings: Settings, bootstrap: str) -> None:
-    """Create every topic that does not exist yet, with ``settings.partitions`` partitions."""
+    """Create every topic that does not exist yet, with ``settings.partitions`` partitions replicated
+    ``settings.replication_factor`` times (a topic that exists is left as it is)."""
     if not reachable(bootstrap):  # kafka-python alone would wait 30 s before saying so
         raise BrokerUnreachable(_unreachable(bootstrap, "connection refused or timed out"))
     try:
@@ -63,7 +70,8 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
         configs = topic_configs(settings)
         for topic in missing:
             try:
-                admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=1,
+                admin.create_topics([NewTopic(topic, num_partitions=settings.partitions,
+                                              replication_factor=settings.replication_factor,
                                               topic_configs=configs.get(topic, {}))])
             except TopicAlreadyExistsError:
                 pass  # another worker created it between our listing and our request

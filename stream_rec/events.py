@@ -155,19 +155,32 @@ def decode(raw: bytes | None, stream: str | None = None, *, now_ms: int, limits:
 
 @dataclass(frozen=True, slots=True)
 class Availability:
-    """An item-availability message: ``{"item_id": "sku-1", "available": false}`` (``ts`` optional)."""
+    """An item-availability message: ``{"item_id": "sku-1", "available": false}`` (``ts`` optional), or a
+    tombstone (a null value keyed by the item id), which deletes the item: ``deleted`` and not available."""
 
     item_id: str
     available: bool
+    deleted: bool = False
 
 
-def decode_availability(raw: bytes | None, *, limits: Limits = Limits()) -> Availability:
+def decode_availability(raw: bytes | None, *, key: bytes | None = None, limits: Limits = Limits()) -> Availability:
     """A message of the items topic, or :class:`InvalidEvent` naming the field (same reasons as events).
+    A null value (``raw`` None: Kafka's tombstone) deletes the item its ``key`` names.
 
     >>> decode_availability(b'{"item_id": "sku-1", "available": false}')
-    Availability(item_id='sku-1', available=False)
+    Availability(item_id='sku-1', available=False, deleted=False)
+    >>> decode_availability(None, key=b"sku-1")
+    Availability(item_id='sku-1', available=False, deleted=True)
     """
     try:
+        if raw is None:
+            if not key:
+                raise InvalidEvent("empty", "a tombstone (null value) deletes the item its key names, and it has no key")
+            try:
+                text = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidEvent("bad_field", "the tombstone's key (the item id) is not UTF-8 text") from None
+            return Availability(_required_id({"item_id": text}, "item_id"), False, deleted=True)
         obj = _parse(raw, limits.max_bytes)
         item_id = _required_id(obj, "item_id")
         available = obj.get("available")
@@ -176,6 +189,38 @@ def decode_availability(raw: bytes | None, *, limits: Limits = Limits()) -> Avai
         if not isinstance(available, bool):
             raise InvalidEvent("bad_field", f"field 'available' must be true or false, got {_kind(available)}")
         return Availability(item_id, available)
+    except InvalidEvent:
+        raise
+    except Exception as exc:
+        raise internal_error(exc) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """A request to erase everything held about a user: a message on the forget topic keyed by the user id
+    (its value is not read)."""
+
+    user_id: str
+
+
+def decode_forget(key: bytes | None) -> Forget:
+    """The request a forget-topic message's key makes, or :class:`InvalidEvent` (reasons as for events).
+
+    >>> decode_forget(b"u42")
+    Forget(user_id='u42')
+    >>> decode_forget(None)
+    Traceback (most recent call last):
+    ...
+    stream_rec.events.InvalidEvent: a forget request is keyed by the user id to forget, and it has no key
+    """
+    if not key:
+        raise InvalidEvent("missing_field", "a forget request is keyed by the user id to forget, and it has no key")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEvent("bad_field", "the forget request's key (the user id) is not UTF-8 text") from None
+    try:
+        return Forget(_required_id({"user_id": text}, "user_id"))
     except InvalidEvent:
         raise
     except Exception as exc:

@@ -20,6 +20,8 @@ class Metrics:
         self.miskeyed = Counter("stream_rec_ingest_miskeyed_total",
                                 "Events read straight from the input (STREAM_REC_INPUT_KEYS=user_id) whose key is not their user id.",
                                 registry=r)
+        self.forgotten = Counter("stream_rec_state_users_forgotten_total",
+                                 "Users erased on request (the forget topic) by the worker that owns them.", registry=r)
         self.availability = Counter("stream_rec_ingest_availability_total",
                                     "Item-availability messages applied (every worker reads them all).", registry=r)
         self.unavailable = Gauge("stream_rec_state_unavailable_items", "Items currently marked unavailable.", registry=r)

@@ -26,7 +26,7 @@ import orjson
 import stream_rec
 from stream_rec.engine.handover import THREADS, new_sync
 from stream_rec.engine.loop import apply_remote, rank_many, rank_then_learn, two_threads
-from stream_rec.events import EVENT_TYPES, Availability, Event
+from stream_rec.events import EVENT_TYPES, Availability, Event, Forget
 from stream_rec.fusion import Fusion, Scratch, label, new_scratch
 from stream_rec.ids import IdIndex, kafka_partition, row_keys
 from stream_rec.models._arrays import grow
@@ -97,6 +97,8 @@ class BatchResult:
     changelog: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
     item_updates: dict[int, list[bytes]] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    #: Users erased (:meth:`RecService.forget`): publish a tombstone for each on the recommendations topic.
+    forgotten: list[str] = field(default_factory=list)
 
 
 def build_models(settings: Settings) -> dict[str, OnlineModel]:
@@ -292,6 +294,47 @@ class RecService:
         else:
             self._forget_changes()
         return result
+
+    def forget(self, position: Position, request: Forget) -> BatchResult:
+        """Erase everything held about a user (the request at ``position`` of its user partition): the
+        user's row (factors, history, purchases, event counts, the event ids kept for de-duplication) here,
+        in the local cache and, by a tombstone, in the changelog; the user is then a stranger. Events after
+        the request start a new history. ``forgotten`` names the user, whose list the caller tombstones.
+
+        What the user's past events taught the item side (item factors, co-occurrence, popularity) stays:
+        it is aggregated over every user and keyed by item, not by user.
+
+        >>> from stream_rec.state import MemoryStore
+        >>> service = RecService(Settings(explore=0.0), MemoryStore())
+        >>> _ = service.apply([(("lane", 0), Event("u", "i", "purchase", 1, event_id="e1"))])
+        >>> result = service.forget(("lane", 1), Forget("u"))
+        >>> result.forgotten, result.changelog[0][0], service.stats()["users"]
+        (['u'], (b'u', None), 0)
+        >>> service.apply([(("lane", 2), Event("u", "i", "purchase", 1, event_id="e1"))]).applied  # not a duplicate now
+        1
+        """
+        result = BatchResult()
+        lane, offset = position
+        if offset <= self.hwm.get(lane, -1):  # applied before: events after it may be applied already
+            result.duplicates = 1
+            return result
+        self.hwm[lane] = offset
+        self._touched_lanes.add(lane)
+        self._erase_users([request.user_id])
+        result.forgotten.append(request.user_id)
+        key = request.user_id.encode("utf-8", "surrogatepass")
+        result.changelog, result.changes = self._user_side({self.partition_of(lane): [(key, None)]})  # type: ignore[list-item]
+        return result
+
+    def _erase_users(self, user_ids: list[str]) -> None:
+        """Put a blank row in place of these users' state, in memory, and make them strangers again."""
+        known = [user_id for user_id in user_ids if self.users.get(user_id) >= 0]
+        if not known:
+            return
+        for u in self._install_rows([UserRow(user_id) for user_id in known]):
+            del self.profiles[u]
+            for users in self.ahead.values():
+                users.pop(u, None)
 
     def _item_log(self, item_side: list[bool]) -> ItemLog:
         mf, cooc = self.models["mf"], self.models["cooc"]
@@ -790,6 +833,8 @@ class RecService:
             elif not key.startswith(b"\x00"):  # fences and any other record of stream_rec's own
                 latest[key] = value
         rows = [decode_user_row(key, value) for key, value in latest.items() if value is not None]
+        # A tombstone is a forgotten user (:meth:`forget`): whatever this worker still held of it goes too.
+        self._erase_users([key.decode("utf-8", "surrogatepass") for key, value in latest.items() if value is None])
         if marks is not None:
             for lane, offset in marks.items():
                 self.hwm[lane] = offset
@@ -971,7 +1016,7 @@ class RecService:
 
     def stats(self) -> dict[str, Any]:
         """Counts a person or a test can check against the input."""
-        return {"users": len(self.users), "items": len(self.items), "events": self.counts,
+        return {"users": len(self.profiles), "items": len(self.items), "events": self.counts,
                 "events_total": self.events_total}
 
 

@@ -34,10 +34,14 @@ class Settings:
     topic_click: str = _setting("stream-rec.click", "Input topic for click and add_to_cart events.")
     topic_purchase: str = _setting("stream-rec.purchase", "Input topic for purchase events.")
     topic_items: str = _setting(
-        "stream-rec.items", "Input topic for item availability, `{\"item_id\": ..., \"available\": false}`; every "
-        "worker reads all of it from the start (keep it compacted).")
+        "stream-rec.items", "Input topic (compacted, keyed by item id) for item availability, `{\"item_id\": ..., "
+        "\"available\": false}`; a null value (tombstone) deletes the item. Every worker reads all of it from the start.")
+    topic_forget: str = _setting(
+        "stream-rec.forget", "Input topic: a message keyed by a user id erases everything held about that user.")
     topic_events: str = _setting("stream-rec.events-by-user", "Internal topic: valid events re-keyed by user id.")
-    topic_recommendations: str = _setting("stream-rec.recommendations", "Output topic: refreshed top-N per user, keyed by user id.")
+    topic_recommendations: str = _setting(
+        "stream-rec.recommendations", "Output topic (compacted): refreshed top-N per user, keyed by user id; the empty "
+        "key holds the list for a user not seen yet; a null value (tombstone) is a forgotten user.")
     topic_dead_letter: str = _setting("stream-rec.dead-letter", "Rejected messages, untouched (cut to fit 1,000,000 bytes when larger), with the reason in headers.")
     topic_user_state: str = _setting(
         "stream-rec.user-state", "Internal compacted changelog of user state, keyed by user id, partitioned like the "
@@ -46,6 +50,8 @@ class Settings:
         "stream-rec.item-updates", "Internal topic of item updates: what each worker learned about items, which every "
         "other worker applies so that all of them rank from one item model.")
     partitions: int = _setting(4, "Partitions of the topics stream_rec creates (the most workers that can share the work).")
+    replication_factor: int = _setting(
+        1, "Replication factor of the topics stream_rec creates (3 on a production cluster; 1 for one broker).")
     top_n: int = _setting(20, "Items per recommendation list.")
     batch_max: int = _setting(2000, "Most events per micro-batch.")
     batch_wait_ms: int = _setting(20, "Longest wait to fill a micro-batch, in milliseconds.")
@@ -113,6 +119,7 @@ class Settings:
     def __post_init__(self) -> None:
         checks = {
             "partitions": self.partitions >= 1,
+            "replication_factor": self.replication_factor >= 1,
             "top_n": self.top_n >= 1,
             "batch_max": self.batch_max >= 1,
             "batch_wait_ms": self.batch_wait_ms >= 1,
@@ -191,7 +198,7 @@ class Settings:
 
 
 #: Every topic setting: a demo, a bench run or a test gives each its own prefixed copy.
-TOPIC_FIELDS = ("topic_browse", "topic_click", "topic_purchase", "topic_items", "topic_events",
+TOPIC_FIELDS = ("topic_browse", "topic_click", "topic_purchase", "topic_items", "topic_forget", "topic_events",
                 "topic_recommendations", "topic_dead_letter", "topic_user_state", "topic_item_updates")
 
 

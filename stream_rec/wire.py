@@ -6,28 +6,35 @@ from typing import Any
 
 import orjson
 
-from stream_rec.events import Event
+from stream_rec.events import Event, Forget
 
 _FIELDS = tuple(Event.__dataclass_fields__)
 
 
-def encode_keyed(event: Event, topic: str, partition: int, offset: int) -> bytes:
-    """An event for the internal user-keyed topic, with the source position that makes it idempotent.
+def encode_keyed(event: Event | Forget, topic: str, partition: int, offset: int) -> bytes:
+    """An event (or a forget request) for the internal user-keyed topic, with the source position that
+    makes it idempotent.
 
     >>> e = Event("u1", "i1", "view", 5)
     >>> decode_keyed(encode_keyed(e, "shop.browse", 2, 41)) == (e, "shop.browse:2", 41)
     True
+    >>> decode_keyed(encode_keyed(Forget("u1"), "shop.forget", 0, 7))
+    (Forget(user_id='u1'), 'shop.forget:0', 7)
     """
+    if event.__class__ is Forget:
+        return orjson.dumps({"forget": event.user_id, "src": [topic, partition, offset]})
     # getattr over the slots, not dataclasses.asdict, which deep-copies and costs ~10 us an event.
     body = {name: value for name in _FIELDS if (value := getattr(event, name)) is not None}
     body["src"] = [topic, partition, offset]
     return orjson.dumps(body)
 
 
-def decode_keyed(data: bytes) -> tuple[Event, str, int]:
-    """``(event, source lane, source offset)`` from :func:`encode_keyed` bytes."""
+def decode_keyed(data: bytes) -> tuple[Event | Forget, str, int]:
+    """``(event or forget request, source lane, source offset)`` from :func:`encode_keyed` bytes."""
     body = orjson.loads(data)  # our own bytes: already validated before they were written
     topic, partition, offset = body.pop("src")
+    if "forget" in body:
+        return Forget(body["forget"]), f"{topic}:{partition}", offset
     return Event(**{k: body[k] for k in _FIELDS if k in body}), f"{topic}:{partition}", offset
 
 

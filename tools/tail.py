@@ -137,6 +137,9 @@ def readable(message: Any) -> str:
     if isinstance(payload, dict) and isinstance(payload.get("items"), list):
         return _list_line(message, payload)
     key = message.key.decode("utf-8", "replace") if message.key is not None else "-"
+    if message.value is None:
+        return f"{_clock(message.timestamp)} {key}: (tombstone: deleted; a user forgotten, on the recommendations topic)"
+    key = message.key.decode("utf-8", "replace") if message.key is not None else "-"
     return f"{_clock(message.timestamp)} {key}: {(message.value or b'').decode('utf-8', 'replace')[:200]}"
 
 

@@ -589,6 +589,7 @@ class ImplicitMF(TracksTouched):
             return
         self.reserve(int(users.max()) + 1, 0)
         self.P[users[learned]] = factors
+        self.P[users[~learned]] = 0.0  # nothing of a forgotten user's factors stays (an unseen row starts anew)
         self._user_n[users] = np.where(learned, counts, 0)
         self._user_seen[users] = learned
 

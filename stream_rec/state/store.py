@@ -319,6 +319,22 @@ class RocksStore(Store):
                 raise
             raise self._write_error(exc) from exc
 
+    def compact(self) -> None:
+        """Flush and compact every family down to its last level, so that deleted rows (a forgotten user's,
+        :meth:`stream_rec.service.RecService.forget`) are gone from the files too, not only from reads."""
+        from rocksdict import BottommostLevelCompaction, CompactOptions
+
+        options = CompactOptions()
+        options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        try:
+            for family in self._families.values():
+                family.flush()
+                family.compact_range(None, None, options)
+        except Exception as exc:
+            if not _from_rocksdb(exc):
+                raise
+            raise self._write_error(exc) from exc
+
     def _write_error(self, exc: Exception) -> StateError:
         detail = str(exc)
         return StateCorruptError(self.path, detail) if detail.startswith("Corruption") else StateWriteError(self.path, detail)

@@ -49,6 +49,9 @@ def start_worker(settings: Settings, tmp_path: Path, worker_id: str = "worker-1"
 def latest_lists(settings: Settings) -> dict[str, dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
     for message in read_topic(settings.kafka_bootstrap, settings.topic_recommendations, idle_ms=1500):
+        if message.value is None:  # a forgotten user's tombstone
+            latest.pop(message.key.decode(), None)
+            continue
         payload = json.loads(message.value)
         assert message.key == payload["user_id"].encode()  # keyed by user id
         latest[payload["user_id"]] = payload

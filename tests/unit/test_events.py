@@ -102,6 +102,19 @@ def test_availability_message_round_trip() -> None:
     assert decode_availability(b'{"item_id": "sku-1", "available": true, "ts": 5}') == Availability("sku-1", True)
 
 
+def test_a_tombstone_on_the_items_topic_deletes_the_item_its_key_names() -> None:
+    assert decode_availability(None, key=b"sku-1") == Availability("sku-1", False, deleted=True)
+    assert decode_availability(None, key="été-42".encode()).item_id == "été-42"
+
+
+@pytest.mark.parametrize("key, reason", [(None, "empty"), (b"", "empty"), (b"\xff\xfe", "bad_field"),
+                                         (b"a\x00b", "bad_field"), (b"x" * 300, "bad_field")])
+def test_a_tombstone_needs_an_item_id_as_its_key(key: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidEvent) as err:
+        decode_availability(None, key=key)
+    assert err.value.reason == reason
+
+
 # --- Whatever the bytes: an Event that every later step can encode, or InvalidEvent naming the field. ---
 
 BASE = b'{"user_id": "u1", "item_id": "i1", "type": "view", "ts": 1700000000000%s}'

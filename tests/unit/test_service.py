@@ -169,6 +169,10 @@ def test_list_message_carries_what_the_schema_promises() -> None:
     assert set(by_user) == {"u1", "u2"}  # one list per touched user, not per event
     assert by_user["u1"]["trigger"] == {"event_id": "e2", "type": "click", "ts": 2000}
     assert by_user["u1"]["v"] == 1 and by_user["u1"]["model_version"].startswith("0.1.0+")
+    # Every list has an id of its own (impressions and events name it), across batches too.
+    again = service.apply([(("l", 3), Event("u1", "i3", "view", 3000))]).recommendations[0]
+    ids = [by_user["u1"]["list_id"], by_user["u2"]["list_id"], again["list_id"]]
+    assert len(set(ids)) == 3 and all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
     assert "i1" not in [i["item_id"] for i in by_user["u2"]["items"]]
     assert all(set(i) == {"item_id", "score", "sources", "because"} for r in by_user.values() for i in r["items"])
 
