@@ -155,12 +155,26 @@ def decode(raw: bytes | None, stream: str | None = None, *, now_ms: int, limits:
 
 @dataclass(frozen=True, slots=True)
 class Availability:
-    """An item-availability message: ``{"item_id": "sku-1", "available": false}`` (``ts`` optional), or a
-    tombstone (a null value keyed by the item id), which deletes the item: ``deleted`` and not available."""
+    """A message of the items topic (the catalogue), keyed by item id::
+
+        {"item_id": "sku-1", "available": false}
+        {"item_id": "sku-9", "category": "shoes", "price": 59.9, "new": true, "ts": 1700000000000}
+
+    ``available`` (default true when the message carries metadata), ``category``, ``price`` and ``new``
+    (the item has just arrived: it may be explored before its first event, from ``ts``, epoch ms or
+    ISO-8601, else from when it is read) are each optional, but a message gives at least one of them.
+    A tombstone (a null value keyed by the item id) deletes the item: ``deleted`` and not available."""
 
     item_id: str
     available: bool
     deleted: bool = False
+    category: str | None = None
+    price: float | None = None
+    new: bool = False
+    ts_ms: int | None = None
+
+
+_CATALOGUE_FIELDS = ("available", "category", "price", "new")
 
 
 def decode_availability(raw: bytes | None, *, key: bytes | None = None, limits: Limits = Limits()) -> Availability:
@@ -168,9 +182,12 @@ def decode_availability(raw: bytes | None, *, key: bytes | None = None, limits: 
     A null value (``raw`` None: Kafka's tombstone) deletes the item its ``key`` names.
 
     >>> decode_availability(b'{"item_id": "sku-1", "available": false}')
-    Availability(item_id='sku-1', available=False, deleted=False)
-    >>> decode_availability(None, key=b"sku-1")
-    Availability(item_id='sku-1', available=False, deleted=True)
+    Availability(item_id='sku-1', available=False, deleted=False, category=None, price=None, new=False, ts_ms=None)
+    >>> decode_availability(None, key=b"sku-1").deleted
+    True
+    >>> item = decode_availability(b'{"item_id": "sku-9", "category": "shoes", "price": 59.9, "new": true}')
+    >>> item.available, item.category, item.price, item.new
+    (True, 'shoes', 59.9, True)
     """
     try:
         if raw is None:
@@ -183,12 +200,21 @@ def decode_availability(raw: bytes | None, *, key: bytes | None = None, limits: 
             return Availability(_required_id({"item_id": text}, "item_id"), False, deleted=True)
         obj = _parse(raw, limits.max_bytes)
         item_id = _required_id(obj, "item_id")
-        available = obj.get("available")
-        if available is None:
-            raise InvalidEvent("missing_field", "field 'available' is required")
+        if all(obj.get(name) is None for name in _CATALOGUE_FIELDS):
+            raise InvalidEvent("missing_field", "field 'available' is required (or item metadata: 'category', "
+                                                "'price', 'new')")
+        available = obj.get("available", True)
         if not isinstance(available, bool):
             raise InvalidEvent("bad_field", f"field 'available' must be true or false, got {_kind(available)}")
-        return Availability(item_id, available)
+        new = obj.get("new", False)
+        if not isinstance(new, bool):
+            raise InvalidEvent("bad_field", f"field 'new' must be true or false, got {_kind(new)}")
+        ts = obj.get("ts")
+        ts_ms = None if ts is None else (_iso_to_ms(ts) if isinstance(ts, str) else _integer("ts", ts))
+        if ts_ms is not None and ts_ms < 0:
+            raise InvalidEvent("bad_field", "field 'ts' must not be before 1970")
+        return Availability(item_id, available, category=_optional_id(obj, "category"), price=_price(obj.get("price")),
+                            new=new, ts_ms=ts_ms)
     except InvalidEvent:
         raise
     except Exception as exc:

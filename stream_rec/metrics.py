@@ -23,7 +23,7 @@ class Metrics:
         self.forgotten = Counter("stream_rec_state_users_forgotten_total",
                                  "Users erased on request (the forget topic) by the worker that owns them.", registry=r)
         self.availability = Counter("stream_rec_ingest_availability_total",
-                                    "Item-availability messages applied (every worker reads them all).", registry=r)
+                                    "Items-topic messages applied: availability, catalogue metadata, deletions (every worker reads them all).", registry=r)
         self.unavailable = Gauge("stream_rec_state_unavailable_items", "Items currently marked unavailable.", registry=r)
         self.applied = Counter("stream_rec_learn_events_applied_total", "Events applied to the models.", registry=r)
         self.duplicates = Counter("stream_rec_learn_duplicates_total", "Redelivered events recognised and skipped.", registry=r)

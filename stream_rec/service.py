@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -455,11 +456,21 @@ class RecService:
         return side
 
     def set_availability(self, updates: Iterable[Availability]) -> int:
-        """Apply item-availability messages in order: an unavailable item leaves every list until it is
-        available again. Returns how many items changed state."""
+        """Apply the items topic's messages in order: an unavailable (or deleted) item leaves every list
+        until it is available again; a category files the item under it, and a new item may be explored
+        before its first event (:meth:`DecayedPopularity.catalogue`). Returns how many items changed
+        availability."""
         changed = 0
+        pop = self.models["popular"]
         for update in updates:
             item = self._index_items([update.item_id])[0]  # an item may be withdrawn before its first event
+            if update.category is not None or update.new:
+                category = -1 if update.category is None else self.categories.add(update.category)
+                arrived = None
+                if update.new:  # from when the message says, else now (the events' clock, or the wall's before any)
+                    now = pop.now if math.isfinite(pop.now) else time.time()
+                    arrived = update.ts_ms / 1000.0 if update.ts_ms is not None else now
+                pop.catalogue(item, category, arrived)
             if update.available == (item in self._unavailable):
                 changed += 1
                 if update.available:

@@ -408,6 +408,31 @@ class DecayedPopularity(TracksTouched):
                        np.asarray(ts, dtype=np.float64).reshape(-1), cats)
         self._touched.add(items=items)
 
+    def catalogue(self, item: int, category: int, arrived: float | None) -> None:
+        """What the catalogue (the items topic) says of ``item`` before or beside its events: its
+        ``category`` (index, -1: not said) and, when it is new, the time it ``arrived`` (seconds).
+
+        A new item nothing was learned of yet enters the exploration pool as of ``arrived``, with the
+        credit of one event (exploration stops showing an item that earns no event in
+        ``SHOWS_PER_EVENT`` showings), and the global and category lists where they have room (an item
+        of a new category is that category's list); its value stays 0, so any learned item ranks above
+        it. Idempotent: every worker reads the whole items topic at each start-up, and an item seen
+        before keeps what its events taught (its category alone is updated)."""
+        self.reserve(item + 1)
+        if category >= 0:
+            self.reserve_categories(category + 1)
+            _set_category(self.state, item, category)
+        if arrived is None or self._seen[item]:
+            if category >= 0 and self._seen[item]:
+                _rank_up(self.state, item)  # into its (new) category's list where it ranks
+            return
+        self._seen[item] = True
+        self._value[item], self._last[item], self._first[item], self._count[item] = 0.0, arrived, arrived, 1
+        self._key[item] = -np.inf
+        self._fresh[self._sizes[1]] = item
+        self._sizes[1] += 1
+        _rank_up(self.state, item)
+
     def category_of(self, item: int) -> int:
         """The category index of ``item``, -1 if none is known."""
         return int(self._category[item]) if 0 <= item < len(self._category) else -1

@@ -99,7 +99,26 @@ def test_availability_messages_are_checked_like_events(raw: bytes, reason: str) 
 
 
 def test_availability_message_round_trip() -> None:
-    assert decode_availability(b'{"item_id": "sku-1", "available": true, "ts": 5}') == Availability("sku-1", True)
+    assert decode_availability(b'{"item_id": "sku-1", "available": true, "ts": 5}') == Availability("sku-1", True, ts_ms=5)
+
+
+def test_an_items_message_may_carry_catalogue_metadata_instead_of_availability() -> None:
+    item = decode_availability(b'{"item_id": 42, "category": 7, "price": 10, "new": true, "ts": "2023-11-14T22:13:20Z"}')
+    assert item == Availability("42", True, category="7", price=10.0, new=True, ts_ms=1_700_000_000_000)
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"item_id": "sku-1"}', "missing_field"),  # neither availability nor metadata: says nothing
+    (b'{"item_id": "sku-1", "new": "yes"}', "bad_field"),
+    (b'{"item_id": "sku-1", "price": "cheap"}', "bad_field"),
+    (b'{"item_id": "sku-1", "category": ["shoes"]}', "bad_field"),
+    (b'{"item_id": "sku-1", "new": true, "ts": -5}', "bad_field"),
+    (b'{"item_id": "sku-1", "new": true, "ts": "soon"}', "bad_field"),
+])
+def test_catalogue_metadata_is_checked_like_event_fields(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidEvent) as err:
+        decode_availability(raw)
+    assert err.value.reason == reason
 
 
 def test_a_tombstone_on_the_items_topic_deletes_the_item_its_key_names() -> None:

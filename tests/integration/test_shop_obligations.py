@@ -1,4 +1,5 @@
-"""Serving a shop's obligations: forgetting a user, deleting an item, compacted topics (embedded broker, real worker)."""
+"""What a shop needs beside the lists: forgetting a user, deleting an item, a catalogue, compacted topics, the
+front-end example (embedded broker, real worker)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,30 @@ def test_a_tombstone_on_the_items_topic_deletes_the_item(settings: Settings, tmp
     assert metrics["stream_rec_state_unavailable_items"] == 1
     assert late_metrics["stream_rec_state_unavailable_items"] == 1
     assert [dict(m.headers)["stream_rec.reason"] for m in dead] == [b"empty"]
+
+
+def test_a_new_item_is_recommended_from_its_catalogue_metadata_before_its_first_event(settings: Settings,
+                                                                                     tmp_path: Path) -> None:
+    shop = [event(f"u{n}", f"shoe-{n % 8}", "view", T0 + n * 1000, category="shoes") for n in range(200)]
+    shop.append(event("hat-lover", "hat-1", "view", T0 + 300_000, category="hats"))
+    worker = start_worker(replace(settings, fusion_adapt=False), tmp_path)
+    try:
+        producer = make_producer(settings.kafka_bootstrap)
+        assert produce_events(producer, shop, settings) == len(shop)
+        worker.wait_for(STATE_EVENTS, len(shop), timeout_s=90)
+        producer.send(settings.topic_items, key=b"hat-2",
+                      value=b'{"item_id": "hat-2", "category": "hats", "price": 24.5, "new": true}')
+        producer.flush()
+        worker.wait_for("stream_rec_ingest_availability_total", 1, timeout_s=30)
+        later = event("hat-lover", "shoe-1", "view", T0 + 400_000, category="shoes")
+        assert produce_events(producer, [later], settings) == 1
+        producer.close()
+        worker.wait_for(STATE_EVENTS, len(shop) + 1, timeout_s=60)
+    finally:
+        assert worker.stop() == 0
+    rec = latest_lists(settings)["hat-lover"]
+    because = {i["item_id"]: i["because"] for i in rec["items"]}
+    assert because.get("hat-2") == {"kind": "popular_in_category", "category": "hats"}, rec["items"]
 
 
 def test_topics_are_created_with_the_partitions_and_replication_factor_set(settings: Settings) -> None:
