@@ -44,8 +44,8 @@ from agents.group import BalancedAssignor
 from agents.lifecycle import exit_on_crash, guarded, state_write
 from agents.state import KafkaState
 from agents.transport import Transport
-from stream_rec.events import (Availability, Event, Forget, InvalidEvent, Limits, decode, decode_availability,
-                               decode_forget, internal_error)
+from stream_rec.events import (Availability, Event, Forget, Impression, InvalidEvent, Limits, decode,
+                               decode_availability, decode_forget, decode_impression, internal_error)
 from stream_rec.heap import collections_paused
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, Position, RecService
@@ -55,6 +55,7 @@ from stream_rec.wire import MAX_DEAD_LETTER_BYTES, dead_letter, dead_letter_head
 log = logging.getLogger(__name__)
 _MISKEYED = "\0miskeyed"  # a counts label that no event type or reason can take
 FORGET = "forget"  # the stream name of the forget topic (no event type is called so)
+IMPRESSIONS = "impressions"  # the stream name of the impressions topic
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -122,8 +123,9 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     """The worker app for ``settings`` against ``bootstrap``, learning into ``service``; ``topic_ids`` are
     the topics' ids now (:func:`agents.topics.topic_ids`), checked against those the state was built from."""
     app = faust_app(settings, bootstrap)
-    # Forget requests are keyed by user id like events, and meet a user's events in its partition.
-    topic_stream = {topic: stream for stream, topic in settings.input_topics().items()} | {settings.topic_forget: FORGET}
+    # Forget requests and impressions are keyed by user id like events, and meet a user's events in its partition.
+    topic_stream = ({topic: stream for stream, topic in settings.input_topics().items()}
+                    | {settings.topic_forget: FORGET, settings.topic_impressions: IMPRESSIONS})
     inputs = app.topic(*topic_stream, **RAW)
     keyed = app.topic(settings.topic_events, internal=True, partitions=settings.partitions, **RAW)
 
@@ -150,8 +152,9 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         except Exception:  # losing this bad message's copy costs less than crashing the agent with its batch
             log.exception("could not dead-letter %s[%s]@%s (%s)", msg.topic, msg.partition, msg.offset, err.reason)
 
-    async def check(event: EventT, now_ms: int, counts: Counter[tuple[bool, str]]) -> Event | Forget | None:
-        """The message's event (or forget request), or None after dead-lettering it; counts (valid, type or reason).
+    async def check(event: EventT, now_ms: int, counts: Counter[tuple[bool, str]]) -> Event | Forget | Impression | None:
+        """The message's event (forget request, impression), or None after dead-lettering it; counts (valid, type
+        or reason).
 
         Whatever fails on one message, decoding it or encoding its user id as the key it is routed by,
         dead-letters that message alone: an exception here would restart the agent and cost its batch.
@@ -159,17 +162,23 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         msg = event.message
         stream = topic_stream[msg.topic]
         try:
-            valid = decode_forget(msg.key) if stream == FORGET else decode(msg.value, stream, now_ms=now_ms, limits=limits)
+            if stream == FORGET:
+                valid = decode_forget(msg.key)
+            elif stream == IMPRESSIONS:
+                valid = decode_impression(msg.value, limits=limits)
+            else:
+                valid = decode(msg.value, stream, now_ms=now_ms, limits=limits)
             valid.user_id.encode()
         except Exception as exc:  # decode raises InvalidEvent; anything else is a bug, still this message's alone
             err = exc if isinstance(exc, InvalidEvent) else internal_error(exc)
             await send_dead_letter(msg, err)
             counts[False, err.reason] += 1
             return None
-        counts[True, FORGET if valid.__class__ is Forget else valid.type] += 1
+        counts[True, _STREAM_OF.get(valid.__class__) or valid.type] += 1
         return valid
 
     state = KafkaState(app, settings, bootstrap, service, metrics)
+    outcomes = OutcomeCounters(service)
     if topic_ids:
         state.adopt_topic_ids(topic_ids)
 
@@ -186,10 +195,14 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                 await state.check_topics(locked=True)
             await state.restore({service.partition_of(position[0]) for position, _ in items})
             for start, end in _runs(items):
-                if end > start and items[start][1].__class__ is Forget:
+                kind = items[start][1].__class__ if end > start else Event
+                if kind is Forget:
                     position, request = items[start]
                     result = service.forget(position, request)  # type: ignore[arg-type]
                     metrics.forgotten.inc(len(result.forgotten))
+                    await publish(result, sources[start:end], [])
+                elif kind is Impression:
+                    result = service.note_impressions(items[start:end])  # type: ignore[arg-type]
                     await publish(result, sources[start:end], [])
                 else:
                     with collections_paused():
@@ -201,6 +214,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                         result.recommendations.clear()
                     await publish(result, sources[start:end], lists)
                     _observe(metrics, result, len(lists), batch, started)
+            outcomes.export(metrics)
         metrics.state_events.set(service.events_total)
 
     async def publish(result: BatchResult, sources: list[EventT], lists: list[tuple[bytes, bytes]]) -> None:
@@ -331,32 +345,63 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     return app
 
 
-def _runs(items: Sequence[tuple[Position, Event | Forget]]) -> list[tuple[int, int]]:
-    """``(start, end)`` of each run of events, and of each forget request alone, in batch order.
+def _runs(items: Sequence[tuple[Position, Event | Forget | Impression]]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of events, each run of impressions and each forget request alone, in
+    batch order: a forget request cuts the batch so each event sees the state it came after.
 
-    >>> e, f = Event("u", "i", "view", 1), Forget("u")
-    >>> _runs([(("l", 0), e), (("l", 1), e), (("l", 2), f), (("l", 3), e)])
-    [(0, 2), (2, 3), (3, 4)]
+    >>> e, f, i = Event("u", "i", "view", 1), Forget("u"), Impression("u", "l", ("i",))
+    >>> _runs([(("l", 0), e), (("l", 1), e), (("l", 2), f), (("l", 3), i), (("l", 4), i), (("l", 5), e)])
+    [(0, 2), (2, 3), (3, 5), (5, 6)]
     """
     runs: list[tuple[int, int]] = []
     start = 0
-    for n, (_, item) in enumerate(items):
-        if item.__class__ is Forget:
-            if n > start:
-                runs.append((start, n))
-            runs.append((n, n + 1))
-            start = n + 1
-    if start < len(items) or not items:
-        runs.append((start, len(items)))
-    return runs
+    for n in range(1, len(items) + 1):
+        if n == len(items) or items[n][1].__class__ is not items[start][1].__class__ or items[start][1].__class__ is Forget:
+            runs.append((start, n))
+            start = n
+    return runs or [(0, 0)]
+
+
+#: The counts label of what is not an event.
+_STREAM_OF = {Forget: FORGET, Impression: IMPRESSIONS}
+
+
+class OutcomeCounters:
+    """Prometheus counters of what became of the lists (:attr:`stream_rec.service.RecService.outcomes`):
+    each export adds what the service counted since the last one."""
+
+    def __init__(self, service: RecService) -> None:
+        self.service = service
+        self.sent: Counter[tuple[str, str, str, str]] = Counter()
+
+    def export(self, metrics: Metrics) -> None:
+        figures = self.service.outcomes.figures
+        for key, n in figures.items():
+            delta = n - self.sent[key]
+            if delta <= 0:
+                continue
+            self.sent[key] = n
+            variant, kind, source, etype = key
+            if kind == "measured":
+                metrics.variant_measured.labels(variant).inc(delta)
+            elif kind == "hits":
+                metrics.variant_hits.labels(variant).inc(delta)
+            elif kind == "impressions":
+                metrics.impressions.labels(variant).inc(delta)
+            elif kind == "shown":
+                metrics.shown_items.labels(variant, source).inc(delta)
+            elif kind == "acted":
+                metrics.acted.labels(variant, source or "any", etype).inc(delta)
+            elif kind == "unmatched":
+                metrics.unmatched.labels(etype).inc(delta)
 
 
 def _count(metrics: Metrics, counts: Counter[tuple[bool, str]]) -> None:
     for (valid, label), n in counts.items():  # one metric update per label, not per event
         if label == _MISKEYED:
             metrics.miskeyed.inc(n)
-        elif label == FORGET:
-            continue  # counted once applied, by the worker that owns the user (stream_rec_state_users_forgotten_total)
+        elif label in (FORGET, IMPRESSIONS):
+            continue  # counted once applied, by the worker that owns the user
         else:
             (metrics.events_in if valid else metrics.dead_letters).labels(label).inc(n)
 

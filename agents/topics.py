@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def all_topics(settings: Settings) -> list[str]:
-    return [*settings.input_topics().values(), settings.topic_items, settings.topic_forget, settings.topic_events,
+    return [*settings.input_topics().values(), settings.topic_items, settings.topic_impressions, settings.topic_forget,
+            settings.topic_events,
             settings.topic_recommendations, settings.topic_dead_letter, settings.topic_user_state,
             settings.topic_item_updates]
 

@@ -3,7 +3,8 @@
 A shop sends one JSON object per Kafka message::
 
     {"user_id": "u42", "item_id": "sku-1", "type": "purchase", "ts": 1700000000000,
-     "event_id": "e-9", "session_id": "s-1", "category": "shoes", "price": 59.9, "quantity": 1}
+     "event_id": "e-9", "session_id": "s-1", "category": "shoes", "price": 59.9, "quantity": 1,
+     "list_id": "9f1c0a7d3b2e4c55"}
 
 ``user_id``, ``item_id``, ``type`` and ``ts`` are required; everything else is optional. ``ts`` is epoch
 milliseconds (an int or float) or an ISO-8601 string. ``v`` may name the schema version (only 1 exists).
@@ -89,6 +90,8 @@ class Event:
     price: float | None = None
     quantity: int | None = None
     properties: dict[str, Any] | None = field(default=None, compare=False)
+    #: The list (``list_id`` of a published list) the user acted from, when the shop says so.
+    list_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,7 @@ def decode(raw: bytes | None, stream: str | None = None, *, now_ms: int, limits:
             price=_price(obj.get("price")),
             quantity=_quantity(obj.get("quantity")),
             properties=_properties(obj.get("properties")),
+            list_id=_optional_id(obj, "list_id"),
         )
     except InvalidEvent:
         raise
@@ -247,6 +251,41 @@ def decode_forget(key: bytes | None) -> Forget:
         raise InvalidEvent("bad_field", "the forget request's key (the user id) is not UTF-8 text") from None
     try:
         return Forget(_required_id({"user_id": text}, "user_id"))
+    except InvalidEvent:
+        raise
+    except Exception as exc:
+        raise internal_error(exc) from exc
+
+
+#: Most items one impression may name (a page shows a few dozen).
+MAX_IMPRESSION_ITEMS: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """What a front end showed a user from one list: ``{"list_id": ..., "user_id": ..., "items": [...]}``
+    on the impressions topic (keyed by the user id, like events)."""
+
+    user_id: str
+    list_id: str
+    items: tuple[str, ...]
+
+
+def decode_impression(raw: bytes | None, *, limits: Limits = Limits()) -> Impression:
+    """An impressions-topic message, or :class:`InvalidEvent` naming the field (same reasons as events).
+
+    >>> decode_impression(b'{"list_id": "9f1c", "user_id": "u42", "items": ["sku-7", "sku-3"]}')
+    Impression(user_id='u42', list_id='9f1c', items=('sku-7', 'sku-3'))
+    """
+    try:
+        obj = _parse(raw, limits.max_bytes)
+        items = obj.get("items")
+        if items is None:
+            raise InvalidEvent("missing_field", "field 'items' is required")
+        if not isinstance(items, list) or len(items) > MAX_IMPRESSION_ITEMS:
+            raise InvalidEvent("bad_field", f"field 'items' must be a list of at most {MAX_IMPRESSION_ITEMS} item ids")
+        shown = tuple(_required_id({"items": item}, "items") for item in items)
+        return Impression(_required_id(obj, "user_id"), _required_id(obj, "list_id"), shown)
     except InvalidEvent:
         raise
     except Exception as exc:

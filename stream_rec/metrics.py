@@ -20,6 +20,22 @@ class Metrics:
         self.miskeyed = Counter("stream_rec_ingest_miskeyed_total",
                                 "Events read straight from the input (STREAM_REC_INPUT_KEYS=user_id) whose key is not their user id.",
                                 registry=r)
+        self.variant_measured = Counter(
+            "stream_rec_variant_events_measured_total", "Events of users who had been sent a list, before they were "
+            "learned, by the variant that ranked it.", ["variant"], registry=r)
+        self.variant_hits = Counter(
+            "stream_rec_variant_hits_total", "Of those, events whose item was on the first 10 items of the list "
+            "(HR@10 = hits / measured).", ["variant"], registry=r)
+        self.impressions = Counter("stream_rec_impressions_total", "Impressions (lists shown) matched to a list.",
+                                   ["variant"], registry=r)
+        self.shown_items = Counter("stream_rec_impressions_items_total",
+                                   "Items shown from lists, by the variant and each source that listed them.",
+                                   ["variant", "source"], registry=r)
+        self.acted = Counter("stream_rec_attributed_events_total",
+                             "Events naming the list they came from (list_id), by variant, source (any: each event "
+                             "once) and type.", ["variant", "source", "type"], registry=r)
+        self.unmatched = Counter("stream_rec_unmatched_total", "Impressions and events naming a list this worker "
+                                 "does not remember (published before a restart, or elsewhere).", ["type"], registry=r)
         self.forgotten = Counter("stream_rec_state_users_forgotten_total",
                                  "Users erased on request (the forget topic) by the worker that owns them.", registry=r)
         self.availability = Counter("stream_rec_ingest_availability_total",

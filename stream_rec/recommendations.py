@@ -17,12 +17,13 @@ VERSION = 1
 
 
 def message(trigger: Event, item_ids: list[str], scores: list[float], sources: list[tuple[str, ...]],
-            because: list[dict[str, str]], model_version: str) -> dict[str, Any]:
-    """The list published for ``trigger``'s user after ``trigger`` was learned."""
+            because: list[dict[str, str]], model_version: str, variant: str = "default") -> dict[str, Any]:
+    """The list published for ``trigger``'s user after ``trigger`` was learned, ranked by ``variant``."""
     return {
         "v": VERSION,
         "user_id": trigger.user_id,
         "list_id": new_list_id(),
+        "variant": variant,
         "items": [
             {"item_id": item, "score": round(score, 6), "sources": list(src), "because": why}
             for item, score, src, why in zip(item_ids, scores, sources, because)

@@ -19,7 +19,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -27,8 +27,8 @@ import orjson
 import stream_rec
 from stream_rec.engine.handover import THREADS, new_sync
 from stream_rec.engine.loop import apply_remote, rank_many, rank_then_learn, two_threads
-from stream_rec.events import EVENT_TYPES, Availability, Event, Forget
-from stream_rec.fusion import Fusion, Scratch, label, new_scratch
+from stream_rec.events import EVENT_TYPES, Availability, Event, Forget, Impression
+from stream_rec.fusion import EXPLORE_BIT, SOURCES, Fusion, Scratch, label, new_scratch
 from stream_rec.ids import IdIndex, kafka_partition, row_keys
 from stream_rec.models._arrays import grow
 from stream_rec.models.base import OnlineModel
@@ -46,6 +46,8 @@ from stream_rec.state.changelog import MARKS_KEY, UserRow, decode_marks, decode_
 from stream_rec.state.item_updates import ItemLog, ItemUpdateError, ItemUpdates, new_item_log
 from stream_rec.state.store import Store
 from stream_rec.types import FloatArray, IntArray
+from stream_rec.variants import DEFAULT, Variant, parse_variants, variant_of
+from stream_rec.outcomes import Outcomes
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,17 @@ def lane_partition(lane: str) -> int:
     """
     head, sep, _ = lane.partition(">")
     return int(head) if sep else 0
+
+
+class Ranked(NamedTuple):
+    """Rows of ranked lists: items, scores, source masks, lengths, co-occurrence anchors, variant."""
+
+    out_i: IntArray
+    out_s: FloatArray
+    out_m: IntArray
+    out_n: IntArray
+    out_a: IntArray
+    variant: IntArray
 
 
 @dataclass
@@ -173,7 +186,7 @@ class RecService:
     """
 
     def __init__(self, settings: Settings, store: Store, *, sources: Sequence[str] | None = None,
-                 record_items: bool = False) -> None:
+                 record_items: bool = False, variant: Variant | None = None) -> None:
         warm_up()
         self.settings = settings
         self.store = store
@@ -216,16 +229,31 @@ class RecService:
         available |= {source.name: None for source in registered() if source.name not in available}
         chosen = available if sources is None else {name: available[name] for name in sources}
         # The co-occurrence model's histories serve "recent" and "category" even when it does not rank.
+        # ``variant`` makes one variant the whole model (evaluation replays a log through each variant so).
+        base = variant or DEFAULT
+        _check_variant_sources([base, *parse_variants(settings.variants)])
         self.fusion = Fusion({"cooc": self.models["cooc"], **chosen},
-                             weights={} if "cooc" in chosen else {"cooc": 0.0}, explore=settings.explore,
-                             seed=settings.seed, adapt=settings.fusion_adapt,
+                             weights=({} if "cooc" in chosen else {"cooc": 0.0}) | base.weights,
+                             explore=settings.explore if base.explore is None else base.explore,
+                             seed=settings.seed, adapt=settings.fusion_adapt if base.adapt is None else base.adapt,
                              rebuy_after_s=settings.rebuy_after_days * 86400.0,
                              sample_every=settings.fusion_sample_every)
+        #: The A/B variants lists are ranked by (STREAM_REC_VARIANTS), a user's chosen by a hash of its id.
+        self.variants = parse_variants(settings.variants) or [base if variant else DEFAULT]
+        self._variant_weights = [self._weights_of(v) for v in self.variants]
+        self.outcomes = Outcomes([v.name for v in self.variants])
         self.model_version = f"{stream_rec.__version__}+{_settings_digest(settings)}"
         self._names = Names(self.items, self.categories, self.models["popular"])
         self._tmp_row = np.zeros((1, settings.mf_factors), dtype=np.float32)
         self._pending_updates: dict[int, list[bytes]] = {}
         self._load()
+
+    def _weights_of(self, variant: Variant) -> FloatArray:
+        """The fusion's source weights with ``variant``'s own in place."""
+        weights = self.fusion.weights.copy()
+        for source, weight in variant.weights.items():
+            weights[SOURCES.index(source)] = weight
+        return weights
 
     # -- ids --------------------------------------------------------------------------------------
 
@@ -270,6 +298,9 @@ class RecService:
                 result.changelog, result.changes = self._user_side({})
             return result
         arrays = self._arrays(fresh)
+        if self.outcomes.remembering:  # judged before they are learned: what each user had been offered
+            self.outcomes.measure(arrays[0].tolist(), arrays[1].tolist(), [e.type for e in fresh],
+                                  [e.list_id for e in fresh])
         item_log = self._item_log(item_side)
         failed = self._learn(*arrays, np.zeros(len(fresh), dtype=bool), 0, item_log, logs=True)
         if failed:  # set aside: the rest is learned, these are handed back to be dead-lettered
@@ -285,8 +316,14 @@ class RecService:
         last_event = self._update_profiles(fresh, users, result, digests=True)
         if lists:
             touched = list(last_event)
-            ranked = self._rank_many(touched, self.settings.top_n)
-            result.recommendations = [message(last_event[u], *r, self.model_version) for u, r in zip(touched, ranked)]
+            ranked = self._rank_rows(touched, self.settings.top_n, published=True)
+            result.recommendations = []
+            for r, (u, explained) in enumerate(zip(touched, self._explain(ranked))):
+                variant = int(ranked.variant[r])
+                payload = message(last_event[u], *explained, self.model_version, self.variants[variant].name)
+                n = int(ranked.out_n[r])
+                self.outcomes.remember(u, payload["list_id"], variant, ranked.out_i[r, :n], ranked.out_m[r, :n])
+                result.recommendations.append(payload)
         positions = [batch[n][0] for n in keep]
         if self.record_items:
             result.item_updates = self._item_updates(positions, items, cats, weights, ts_ms, item_log)
@@ -334,6 +371,7 @@ class RecService:
             return
         for u in self._install_rows([UserRow(user_id) for user_id in known]):
             del self.profiles[u]
+            self.outcomes.forget(u)
             for users in self.ahead.values():
                 users.pop(u, None)
 
@@ -686,27 +724,85 @@ class RecService:
 
     def _rank_many(self, users: list[int], k: int) -> list[tuple[list[str], list[float], list[tuple[str, ...]],
                                                                  list[dict[str, str]]]]:
-        """The fused top ``k`` of each user index (-1: a stranger), all in one compiled call:
-        ``(item ids, scores, sources, because)`` per user."""
+        """The fused top ``k`` of each user index (-1: a stranger): ``(item ids, scores, sources, because)``
+        per user."""
+        return self._explain(self._rank_rows(users, k))
+
+    def _rank_rows(self, users: list[int], k: int, *, published: bool = False) -> Ranked:
+        """Each user's list, ranked by the user's variant: one compiled call per variant over its users.
+
+        ``published``: the lists go to the users. With STREAM_REC_IMPRESSIONS exploration then counts an
+        item as shown only when an impression says so, so the showing the ranking counted is taken back."""
         n_items = len(self.items)
         _, scratch = self.fusion.prepare(k, n_items)
+        n = len(users)
         idx = np.array(users, dtype=np.int64)
         has_history = np.array([u in self.profiles for u in users], dtype=bool)
-        out_i, out_a = np.empty((len(users), k), dtype=np.int64), np.empty((len(users), k), dtype=np.int64)
-        out_s, out_m = np.empty((len(users), k)), np.empty((len(users), k), dtype=np.int64)
-        out_n = np.empty(len(users), dtype=np.int64)
+        out_i, out_a = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.int64)
+        out_s, out_m = np.empty((n, k)), np.empty((n, k), dtype=np.int64)
+        out_n = np.empty(n, dtype=np.int64)
         fusion = self.fusion
-        rank_many(fusion.mf.state, fusion.cooc.state, fusion.popular.state, self.purchases.state, scratch,
-                   fusion.params(), n_items, k, fusion.n_explore(k), idx, has_history, out_i, out_s, out_m, out_n,
-                   out_a, self.models["popular"].now)
+        params = fusion.params()
+        if len(self.variants) == 1:
+            variant = np.zeros(n, dtype=np.int64)
+            groups = [(0, 0, n)]
+        else:
+            external = self.users.external
+            variant = np.array([variant_of(external(u) if u >= 0 else "", len(self.variants)) for u in users],
+                               dtype=np.int64)
+            order = np.argsort(variant, kind="stable")
+            idx, has_history, variant = idx[order], has_history[order], variant[order]
+            bounds = np.searchsorted(variant, np.arange(len(self.variants) + 1))
+            groups = [(v, int(bounds[v]), int(bounds[v + 1])) for v in range(len(self.variants)) if bounds[v] < bounds[v + 1]]
+        for v, a, b in groups:
+            chosen = self.variants[v]
+            fp = params if len(self.variants) == 1 else params._replace(
+                weights=self._variant_weights[v], adapt=fusion.adapt if chosen.adapt is None else chosen.adapt)
+            n_explore = fusion.n_explore(k) if chosen.explore is None else max(0, round(chosen.explore * k))
+            rank_many(fusion.mf.state, fusion.cooc.state, fusion.popular.state, self.purchases.state, scratch, fp,
+                      n_items, k, n_explore, idx[a:b], has_history[a:b], out_i[a:b], out_s[a:b], out_m[a:b], out_n[a:b],
+                      out_a[a:b], self.models["popular"].now)
+        if len(self.variants) > 1:  # back to the callers' order
+            back = np.empty(n, dtype=np.int64)
+            back[order] = np.arange(n)
+            out_i, out_s, out_m, out_n, out_a, variant = (x[back] for x in (out_i, out_s, out_m, out_n, out_a, variant))
+        if published and self.settings.impressions:
+            explored = out_i[(out_m >> EXPLORE_BIT & 1).astype(bool) & (np.arange(k)[None, :] < out_n[:, None])]
+            np.subtract.at(fusion.shown, explored, 1)
+        return Ranked(out_i, out_s, out_m, out_n, out_a, variant)
+
+    def _explain(self, ranked: Ranked) -> list[tuple[list[str], list[float], list[tuple[str, ...]], list[dict[str, str]]]]:
+        """External ids, scores, source labels and reasons of ranked rows."""
         externals = self.items.externals
         lists = []
-        for r, n in enumerate(out_n.tolist()):
-            masks = out_m[r, :n].tolist()
-            because = [reason(m, a, i, self._names) for m, a, i in zip(masks, out_a[r, :n].tolist(),
-                                                                         out_i[r, :n].tolist())]
-            lists.append((externals(out_i[r, :n].tolist()), out_s[r, :n].tolist(), [label(m) for m in masks], because))
+        for r, n in enumerate(ranked.out_n.tolist()):
+            masks = ranked.out_m[r, :n].tolist()
+            because = [reason(m, a, i, self._names) for m, a, i in zip(masks, ranked.out_a[r, :n].tolist(),
+                                                                         ranked.out_i[r, :n].tolist())]
+            lists.append((externals(ranked.out_i[r, :n].tolist()), ranked.out_s[r, :n].tolist(),
+                          [label(m) for m in masks], because))
         return lists
+
+    # -- outcomes: impressions, and what was done from a list --------------------------------------
+
+    def note_impressions(self, batch: Sequence[tuple[Position, Impression]]) -> BatchResult:
+        """What the front end showed (the impressions topic): counted per variant and source
+        (:attr:`outcomes`); with STREAM_REC_IMPRESSIONS, the exploration items shown count for exploration.
+        Each position once, like events (``duplicates``: applied before)."""
+        result = BatchResult()
+        for (lane, offset), impression in batch:
+            if offset <= self.hwm.get(lane, -1):
+                result.duplicates += 1
+                continue
+            self.hwm[lane] = offset
+            self._touched_lanes.add(lane)
+            result.applied += 1
+            explored = self.outcomes.shown(self.users.get(impression.user_id), impression.list_id,
+                                           [self.items.get(item) for item in impression.items])
+            if self.settings.impressions and len(explored):
+                np.add.at(self.fusion.shown, explored[explored < len(self.fusion.shown)], 1)
+        result.changelog, result.changes = self._user_side({})
+        return result
 
     # -- user rows: the changelog and the local cache ---------------------------------------------
 
@@ -932,6 +1028,9 @@ class RecService:
         meta.update({keys.ITEM_LOG + str(part).encode(): str(offset).encode()
                      for part, offset in self.item_log.items()})
         meta[keys.FUSION] = self.fusion.hits_state()
+        meta[keys.OUTCOMES] = self.outcomes.state()
+        shown = np.flatnonzero(self.fusion.shown)
+        meta[keys.SHOWN] = shown.astype("<i8").tobytes() + self.fusion.shown[shown].astype("<i8").tobytes()
         return {"meta": meta, "items": items}
 
     def _forget_changes(self) -> None:
@@ -969,6 +1068,7 @@ class RecService:
 
     def _load(self) -> None:
         started = time.perf_counter()
+        shown = b""
         for key, value in self.store.items("meta"):
             if key.startswith(keys.MARKS):
                 self.hwm.update(decode_marks(value))
@@ -985,8 +1085,16 @@ class RecService:
                                         keys.from_int_bytes(value))
             elif key == keys.FUSION and not self.fusion.set_hits_state(value):
                 log.warning("the stored fusion statistics belong to another version: weights start equal again")
+            elif key == keys.OUTCOMES:
+                self.outcomes.set_state(value)
+            elif key == keys.SHOWN:
+                shown = value
         self.categories.pop_new()
         self._load_items()
+        if shown:  # after the items: the fusion's arrays have room for every item index then
+            self.fusion.prepare(1, len(self.items))
+            half = len(shown) // 2
+            np.add.at(self.fusion.shown, np.frombuffer(shown[:half], "<i8"), np.frombuffer(shown[half:], "<i8"))
         rows = [decode_user_row(key, value) for key, value in self.store.items("users")]
         self._install_rows(rows)
         self._forget_changes()  # rows restored from the store are not changes
@@ -1033,6 +1141,14 @@ class RecService:
 
 _NONE = np.zeros(0, dtype=np.int64)
 _NONE_KEYS = np.zeros(0, dtype=np.uint64)
+
+
+def _check_variant_sources(variants: Sequence[Variant]) -> None:
+    for variant in variants:
+        for source in variant.weights:
+            if source not in SOURCES:
+                raise ValueError(f"STREAM_REC_VARIANTS: variant {variant.name!r} weights {source!r}, which is not a "
+                                 f"source (sources: {', '.join(SOURCES)}; other keys: explore, adapt)")
 
 
 def _lane_topic(lane: str) -> str:

@@ -36,6 +36,10 @@ class Settings:
     topic_items: str = _setting(
         "stream-rec.items", "Input topic (compacted, keyed by item id) for item availability, `{\"item_id\": ..., "
         "\"available\": false}`; a null value (tombstone) deletes the item. Every worker reads all of it from the start.")
+    topic_impressions: str = _setting(
+        "stream-rec.impressions", "Input topic (optional): what a front end showed, `{\"list_id\", \"user_id\", "
+        "\"items\"}` keyed by user id; counted per source and variant, and exploration's counts with "
+        "STREAM_REC_IMPRESSIONS.")
     topic_forget: str = _setting(
         "stream-rec.forget", "Input topic: a message keyed by a user id erases everything held about that user.")
     topic_events: str = _setting("stream-rec.events-by-user", "Internal topic: valid events re-keyed by user id.")
@@ -91,6 +95,13 @@ class Settings:
         0.0, "Days after a purchase before the bought item may be recommended to that user again (0 = never; set it "
         "for consumables that people buy again).")
     explore: float = _setting(0.1, "Share of list slots given to new, little-seen items (0 = deterministic lists).")
+    impressions: bool = _setting(
+        False, "The front end reports what it showed on the impressions topic: exploration counts an item as "
+        "shown from those reports instead of from every list published.")
+    variants: str = _setting(
+        "", "A/B variants, `name:key=value,...;name:...` (keys: explore, adapt, or a source's weight, e.g. "
+        "`a:;b:explore=0.2,mf=2`): each user's lists are ranked by one, chosen by a hash of the user id; empty = "
+        "one variant, `default`.")
     seed: int = _setting(0, "Seed of every random choice (model init, sampling, exploration).")
     threads: int = _setting(
         1, "Threads of the learning loop: 2 runs matrix factorisation (its lists and learning) and the adaptive "
@@ -148,6 +159,9 @@ class Settings:
         if bad:
             raise ValueError(f"invalid setting {_env_name(bad[0])}={getattr(self, bad[0])!r}")
         self.event_weights()  # validates the weights string
+        from stream_rec.variants import parse_variants
+
+        parse_variants(self.variants)  # validates the variants string
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -198,8 +212,8 @@ class Settings:
 
 
 #: Every topic setting: a demo, a bench run or a test gives each its own prefixed copy.
-TOPIC_FIELDS = ("topic_browse", "topic_click", "topic_purchase", "topic_items", "topic_forget", "topic_events",
-                "topic_recommendations", "topic_dead_letter", "topic_user_state", "topic_item_updates")
+TOPIC_FIELDS = ("topic_browse", "topic_click", "topic_purchase", "topic_items", "topic_impressions", "topic_forget",
+                "topic_events", "topic_recommendations", "topic_dead_letter", "topic_user_state", "topic_item_updates")
 
 
 def _env_name(name: str) -> str:

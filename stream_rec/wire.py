@@ -6,12 +6,12 @@ from typing import Any
 
 import orjson
 
-from stream_rec.events import Event, Forget
+from stream_rec.events import Event, Forget, Impression
 
 _FIELDS = tuple(Event.__dataclass_fields__)
 
 
-def encode_keyed(event: Event | Forget, topic: str, partition: int, offset: int) -> bytes:
+def encode_keyed(event: Event | Forget | Impression, topic: str, partition: int, offset: int) -> bytes:
     """An event (or a forget request) for the internal user-keyed topic, with the source position that
     makes it idempotent.
 
@@ -20,21 +20,28 @@ def encode_keyed(event: Event | Forget, topic: str, partition: int, offset: int)
     True
     >>> decode_keyed(encode_keyed(Forget("u1"), "shop.forget", 0, 7))
     (Forget(user_id='u1'), 'shop.forget:0', 7)
+    >>> decode_keyed(encode_keyed(Impression("u1", "l1", ("a", "b")), "shop.impressions", 0, 8))[0]
+    Impression(user_id='u1', list_id='l1', items=('a', 'b'))
     """
     if event.__class__ is Forget:
         return orjson.dumps({"forget": event.user_id, "src": [topic, partition, offset]})
+    if event.__class__ is Impression:
+        return orjson.dumps({"shown": [event.user_id, event.list_id, event.items], "src": [topic, partition, offset]})
     # getattr over the slots, not dataclasses.asdict, which deep-copies and costs ~10 us an event.
     body = {name: value for name in _FIELDS if (value := getattr(event, name)) is not None}
     body["src"] = [topic, partition, offset]
     return orjson.dumps(body)
 
 
-def decode_keyed(data: bytes) -> tuple[Event | Forget, str, int]:
-    """``(event or forget request, source lane, source offset)`` from :func:`encode_keyed` bytes."""
+def decode_keyed(data: bytes) -> tuple[Event | Forget | Impression, str, int]:
+    """``(event, forget request or impression, source lane, source offset)`` from :func:`encode_keyed` bytes."""
     body = orjson.loads(data)  # our own bytes: already validated before they were written
     topic, partition, offset = body.pop("src")
     if "forget" in body:
         return Forget(body["forget"]), f"{topic}:{partition}", offset
+    if "shown" in body:
+        user, list_id, items = body["shown"]
+        return Impression(user, list_id, tuple(items)), f"{topic}:{partition}", offset
     return Event(**{k: body[k] for k in _FIELDS if k in body}), f"{topic}:{partition}", offset
 
 

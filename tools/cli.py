@@ -100,7 +100,9 @@ def _cmd_state(args: argparse.Namespace) -> int:
     try:
         store = RocksStore(settings.state_path)
         try:
-            stats = RecService(settings, store).stats()  # loading reads every row: a damaged block raises here
+            service = RecService(settings, store)  # loading reads every row: a damaged block raises here
+            # What became of the published lists, per A/B variant (stream_rec.outcomes).
+            stats = service.stats() | {"variants": service.outcomes.summary()}
         finally:
             store.close()
     except StateError as err:  # corrupt, locked, another format version, or a disk that refuses writes

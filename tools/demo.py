@@ -93,7 +93,19 @@ def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, s
         print(f"  recommendations    {int(metrics.get('stream_rec_output_recommendations_total', 0))} lists for {len(lists)} users")
         print(f"  elapsed            {elapsed:.1f} s (produce to last event applied)")
         print(f"  throughput         {sent / elapsed:,.0f} events/s")
+        _print_variants(metrics, lists)
     return 0
+
+
+def _print_variants(metrics: dict[str, float], lists: dict[str, dict[str, Any]]) -> None:
+    """Per A/B variant (STREAM_REC_VARIANTS): its users and how its lists did on the events that followed."""
+    prefix = "stream_rec_variant_events_measured_total{variant="
+    for key in sorted(k for k in metrics if k.startswith(prefix)):
+        name = key[len(prefix):-1]
+        measured, hits = metrics[key], metrics.get(f"stream_rec_variant_hits_total{{variant={name}}}", 0.0)
+        users = sum(1 for rec in lists.values() if rec.get("variant") == name)
+        print(f"  variant {name:<10} {users} users; HR@10 of the lists sent, judged by each user's next event: "
+              f"{hits / measured:.3f} ({int(measured)} events)" if measured else f"  variant {name:<10} {users} users")
 
 
 def _demo_settings(settings: Settings, run_id: str, bootstrap: str, workdir: str) -> Settings:

@@ -24,12 +24,13 @@ from typing import Any
 
 from stream_rec.events import Event
 from stream_rec.logs import PRESETS, read_log
-from stream_rec.evaluation.baselines import MODEL_NAMES, REFERENCE_NAMES, ServiceModel, Vocabulary, build
+from stream_rec.evaluation.baselines import MODEL_NAMES, REFERENCE_NAMES, ServiceModel, Vocabulary, build, build_variants
 from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Prequential
 from stream_rec.evaluation.report import table, write_json, write_plots
 from stream_rec.evaluation.scale_out import CLOCKS, WORKER_RATE, build_scale_out
 from stream_rec.heap import settle
 from stream_rec.settings import Settings
+from stream_rec.variants import parse_variants
 from tools.logargs import add_log_format_arguments, log_format
 
 log = logging.getLogger("stream_rec.evaluate")
@@ -112,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
     vocab = Vocabulary.empty()
     try:
         competitors = build(names, vocab, settings, refit_every=args.refit_every)
+        variants = parse_variants(settings.variants if args.variants is None else args.variants)
+        if variants:  # side by side: each variant replays the whole log as its own model
+            group = build_variants(variants, vocab, settings)
+            competitors.update(group)
+            names += list(group)
         if args.workers:
             group = build_scale_out(settings, vocab, _ints(args.workers, "--workers"), _syncs(args.sync_ms),
                                     clock=args.clock, rate=args.rate)
@@ -194,6 +200,9 @@ def add_parser(subparsers: Any) -> None:
                    help="threads of our models' learning loop, overrides STREAM_REC_THREADS (default 1): 2 runs matrix "
                         "factorisation on a second core, same results; it goes back to one while the machine has no "
                         "core to spare")
+    p.add_argument("--variants", metavar="SPEC",
+                   help="also replay the log through each A/B variant as a whole model, one row each (fused:NAME), "
+                        "e.g. 'a:;b:explore=0.2,mf=2' (the format of STREAM_REC_VARIANTS, which is the default)")
     p.add_argument("--workers", metavar="N[,N...]",
                    help="also simulate the fused model run by N workers in one group (users partitioned as the group "
                         "partitions them), each N as its own row, e.g. 1,2,4,8")

@@ -53,6 +53,7 @@ from stream_rec.service import RecService
 from stream_rec.settings import Settings
 from stream_rec.state import MemoryStore
 from stream_rec.types import FloatArray, IntArray
+from stream_rec.variants import Variant
 
 #: Dense score blocks are at most this many cells: users of a batch are ranked in chunks beyond it.
 MAX_BLOCK_CELLS = 4_000_000
@@ -178,12 +179,14 @@ class ServiceModel(Competitor):
 
     sequential = True
 
-    def __init__(self, name: str, settings: Settings, vocab: Vocabulary, sources: Sequence[str] | None = None) -> None:
+    def __init__(self, name: str, settings: Settings, vocab: Vocabulary, sources: Sequence[str] | None = None,
+                 variant: Variant | None = None) -> None:
         self.name = name
         self.vocab = vocab
         if sources is not None:
             settings = dataclasses.replace(settings, fusion_adapt=False)
-        self.service = RecService(settings, MemoryStore(), sources=sources)
+        # A variant replayed as a whole model: every user's lists ranked by it (not a share of them).
+        self.service = RecService(settings, MemoryStore(), sources=sources, variant=variant)
         self._offset = 0
         self._to_vocab = np.zeros(0, dtype=np.int64)  # service item index -> vocabulary item index
 
@@ -426,6 +429,12 @@ MODEL_NAMES = ("fused", "mf", "cooc", "recent", "category", "popularity", "decay
                "river-funkmf", "batch-knn")
 #: References run on request: the same models with matrix factorisation scoring every item.
 REFERENCE_NAMES = ("fused-exact", "mf-exact")
+
+
+def build_variants(variants: Sequence[Variant], vocab: Vocabulary, settings: Settings) -> dict[str, Competitor]:
+    """The fused model once per A/B variant, named ``fused:<variant>``, each replaying the whole log."""
+    alone = dataclasses.replace(settings, variants="")
+    return {f"fused:{v.name}": ServiceModel(f"fused:{v.name}", alone, vocab, variant=v) for v in variants}
 
 
 def build(names: Sequence[str], vocab: Vocabulary, settings: Settings, *, refit_every: int = 10_000) -> dict[str, Competitor]:

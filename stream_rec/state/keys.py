@@ -12,6 +12,8 @@ TOPIC_IDS = b"topic-ids"  # topic -> the id of the topic the state was built fro
 ID = b"id/"  # + item id: the item's index
 FUSION = b"fusion/hits"  # the adaptive fusion's state (Fusion.hits_state)
 CATEGORY = b"category/"  # + category name: the category's index
+OUTCOMES = b"outcomes"  # what became of the published lists, per variant and source (Outcomes.state)
+SHOWN = b"fusion/shown"  # exploration slots each item was shown in: int64 item indices, then int64 counts
 
 
 def int_bytes(value: int) -> bytes:
