@@ -49,10 +49,14 @@ from stream_rec.heap import collections_paused
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, Position, RecService
 from stream_rec.settings import Settings
-from stream_rec.wire import MAX_DEAD_LETTER_BYTES, dead_letter, dead_letter_headers, decode_keyed, encode_keyed, encode_recommendation
+from stream_rec.wire import (MAX_DEAD_LETTER_BYTES, STRANGER_KEY, dead_letter, dead_letter_headers, decode_keyed,
+                            encode_keyed, encode_recommendation)
 
 log = logging.getLogger(__name__)
 _MISKEYED = "\0miskeyed"  # a counts label that no event type or reason can take
+#: Seconds between two publications of the list for strangers (:data:`~stream_rec.wire.STRANGER_KEY`) by one
+#: worker, the first right after its first batch: popularity moves slowly, and each costs a ranking.
+STRANGER_EVERY_S = 5.0
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -169,9 +173,12 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     if topic_ids:
         state.adopt_topic_ids(topic_ids)
 
+    stranger_due = 0.0  # time.monotonic() when the list for strangers is next published
+
     async def learn_batch(items: list[tuple[Position, Event]], sources: list[EventT], batch: Sequence[EventT],
                           started: float) -> None:
         """Learn ``items`` (from the messages ``sources``) and publish what they changed (agents.state)."""
+        nonlocal stranger_due
         if not state.items_ready.is_set():
             await state.items_ready.wait()  # rank from the shared item model, not from a cold one
         async with state.lock:
@@ -188,6 +195,9 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
             await state.publish_item_updates(result)
             for key, value in lists:
                 await send(settings.topic_recommendations, key, value)
+            if time.monotonic() >= stranger_due:
+                stranger_due = time.monotonic() + STRANGER_EVERY_S
+                await send(settings.topic_recommendations, STRANGER_KEY, encode_recommendation(service.stranger_list()))
             for n, error in result.rejected:
                 await send_dead_letter(sources[n].message, InvalidEvent("learn_failed", error))
                 metrics.dead_letters.labels("learn_failed").inc()

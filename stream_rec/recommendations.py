@@ -18,15 +18,33 @@ VERSION = 1
 def message(trigger: Event, item_ids: list[str], scores: list[float], sources: list[tuple[str, ...]],
             because: list[dict[str, str]], model_version: str) -> dict[str, Any]:
     """The list published for ``trigger``'s user after ``trigger`` was learned."""
+    return _list(trigger.user_id, item_ids, scores, sources, because, model_version,
+                 {"event_id": trigger.event_id, "type": trigger.type, "ts": trigger.ts_ms})
+
+
+def stranger_message(item_ids: list[str], scores: list[float], sources: list[tuple[str, ...]],
+                     because: list[dict[str, str]], model_version: str) -> dict[str, Any]:
+    """The list for a user never seen, in the same format with ``"user_id": ""`` and no trigger (no event
+    made it); published under :data:`stream_rec.wire.STRANGER_KEY`, as no user id is empty.
+
+    >>> rec = stranger_message(["i1"], [0.5], [("popular",)], [{"kind": "popular"}], "v")
+    >>> rec["user_id"], rec["trigger"], rec["items"][0]["because"]
+    ('', None, {'kind': 'popular'})
+    """
+    return _list("", item_ids, scores, sources, because, model_version, None)
+
+
+def _list(user_id: str, item_ids: list[str], scores: list[float], sources: list[tuple[str, ...]],
+          because: list[dict[str, str]], model_version: str, trigger: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "v": VERSION,
-        "user_id": trigger.user_id,
+        "user_id": user_id,
         "items": [
             {"item_id": item, "score": round(score, 6), "sources": list(src), "because": why}
             for item, score, src, why in zip(item_ids, scores, sources, because)
         ],
         "model_version": model_version,
-        "trigger": {"event_id": trigger.event_id, "type": trigger.type, "ts": trigger.ts_ms},
+        "trigger": trigger,
         "generated_at": int(time.time() * 1000),
     }
 

@@ -36,7 +36,7 @@ from stream_rec.models.mf import ImplicitMF
 from stream_rec.models.popularity import DecayedPopularity
 from stream_rec.profiles import RECENT_EVENT_IDS, Profile, event_digest
 from stream_rec.purchases import Purchases
-from stream_rec.recommendations import Names, message, reason
+from stream_rec.recommendations import Names, message, reason, stranger_message
 from stream_rec.settings import Settings
 from stream_rec.sources import registered
 from stream_rec.state import item_updates as updates
@@ -630,8 +630,17 @@ class RecService:
         k = self.settings.top_n if k is None else k
         return self._rank_many([self.users.get(user_id)], k)[0]
 
-    def _rank_many(self, users: list[int], k: int) -> list[tuple[list[str], list[float], list[tuple[str, ...]],
-                                                                 list[dict[str, str]]]]:
+    def stranger_list(self) -> dict[str, Any]:
+        """The list for a user never seen (the popular items, as :meth:`recommend` ranks an unknown id), as
+        the message published under :data:`stream_rec.wire.STRANGER_KEY`.
+
+        No exploration slots: drawing them would count the new items as shown and move the exploration's
+        random stream, so how often this list is published would change the users' lists.
+        """
+        return stranger_message(*self._rank_many([-1], self.settings.top_n, explore=False)[0], self.model_version)
+
+    def _rank_many(self, users: list[int], k: int, *, explore: bool = True
+                   ) -> list[tuple[list[str], list[float], list[tuple[str, ...]], list[dict[str, str]]]]:
         """The fused top ``k`` of each user index (-1: a stranger), all in one compiled call:
         ``(item ids, scores, sources, because)`` per user."""
         n_items = len(self.items)
@@ -643,7 +652,7 @@ class RecService:
         out_n = np.empty(len(users), dtype=np.int64)
         fusion = self.fusion
         rank_many(fusion.mf.state, fusion.cooc.state, fusion.popular.state, self.purchases.state, scratch,
-                   fusion.params(), n_items, k, fusion.n_explore(k), idx, has_history, out_i, out_s, out_m, out_n,
+                   fusion.params(), n_items, k, fusion.n_explore(k) if explore else 0, idx, has_history, out_i, out_s, out_m, out_n,
                    out_a, self.models["popular"].now)
         externals = self.items.externals
         lists = []
