@@ -147,8 +147,8 @@ def is_list(value: bytes) -> bool:
         payload = orjson.loads(value)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(payload, dict) and isinstance(payload.get("items"), list) and \
-        isinstance(payload.get("generated_at"), int)
+    return (isinstance(payload, dict) and isinstance(payload.get("items"), list)
+            and isinstance(payload.get("generated_at"), int))
 
 
 def open_copy(settings: Settings, topic: bytes) -> RocksStore:
@@ -162,8 +162,8 @@ def open_copy(settings: Settings, topic: bytes) -> RocksStore:
         raise ServeError(f"{path} is in use by another process: is another `stream-rec serve` running on port "
                          f"{settings.serve_port}?") from None
     except (StateCorruptError, StateFormatError) as err:
-        log.error("the copy in %s cannot be used (%s); moved it to %s, copying the topic anew", path, err,
-                  quarantine(path))
+        moved = quarantine(path)
+        log.error("the copy in %s cannot be used (%s); moved it to %s, copying the topic anew", path, err, moved)
         store = RocksStore(path)
     found = store.get("meta", _TOPIC_KEY)
     if found is not None and found != topic:

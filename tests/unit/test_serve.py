@@ -124,6 +124,19 @@ def test_a_copy_of_another_topic_is_started_anew(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_damaged_copy_is_moved_aside_and_made_anew(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path))
+    settings.serve_path.mkdir(parents=True)
+    (settings.serve_path / "000007.sst").write_bytes(b"half a table")  # data files without a CURRENT
+    store = open_copy(settings, b"t")
+    try:
+        assert Materialiser(store).next_offsets() == {} and list(store.items(LISTS)) == []
+    finally:
+        store.close()
+    [moved] = settings.serve_path.parent.glob("lists.corrupt-*")
+    assert (moved / "000007.sst").read_bytes() == b"half a table"  # kept as evidence
+
+
 def test_a_copy_in_use_names_the_port(tmp_path: Path) -> None:
     settings = Settings(data_dir=str(tmp_path), serve_port=8124)
     holder = RocksStore(settings.serve_path)
