@@ -50,12 +50,16 @@ from stream_rec.heap import collections_paused
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, Position, RecService
 from stream_rec.settings import Settings
-from stream_rec.wire import MAX_DEAD_LETTER_BYTES, dead_letter, dead_letter_headers, decode_keyed, encode_keyed, encode_recommendation
+from stream_rec.wire import (MAX_DEAD_LETTER_BYTES, STRANGER_KEY, dead_letter, dead_letter_headers, decode_keyed,
+                            encode_keyed, encode_recommendation)
 
 log = logging.getLogger(__name__)
 _MISKEYED = "\0miskeyed"  # a counts label that no event type or reason can take
 FORGET = "forget"  # the stream name of the forget topic (no event type is called so)
 IMPRESSIONS = "impressions"  # the stream name of the impressions topic
+#: Seconds between two publications of the list for strangers (:data:`~stream_rec.wire.STRANGER_KEY`) by one
+#: worker, the first right after its first batch: popularity moves slowly, and each costs a ranking.
+STRANGER_EVERY_S = 5.0
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -182,12 +186,15 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     if topic_ids:
         state.adopt_topic_ids(topic_ids)
 
+    stranger_due = 0.0  # time.monotonic() when the list for strangers is next published
+
     async def learn_batch(items: list[tuple[Position, Event | Forget]], sources: list[EventT], batch: Sequence[EventT],
                           started: float) -> None:
         """Learn ``items`` (from the messages ``sources``) and publish what they changed (agents.state).
 
         A forget request (rare) cuts the batch: the events before it are learned and published, then the
         user is erased, then the events after it are learned, so each sees the state it came after."""
+        nonlocal stranger_due
         if not state.items_ready.is_set():
             await state.items_ready.wait()  # rank from the shared item model, not from a cold one
         async with state.lock:
@@ -214,6 +221,9 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                         result.recommendations.clear()
                     await publish(result, sources[start:end], lists)
                     _observe(metrics, result, len(lists), batch, started)
+            if time.monotonic() >= stranger_due:
+                stranger_due = time.monotonic() + STRANGER_EVERY_S
+                await send(settings.topic_recommendations, STRANGER_KEY, encode_recommendation(service.stranger_list()))
             outcomes.export(metrics)
         metrics.state_events.set(service.events_total)
 

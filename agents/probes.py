@@ -27,6 +27,7 @@ from agents.topics import ensure_topics
 from agents.worker import DEFAULT_BOOTSTRAP, run_worker
 from stream_rec.events import Event
 from stream_rec.metrics import Metrics
+from stream_rec.recommendations import stranger_message
 from stream_rec.service import BatchResult, Position, lane_partition
 from stream_rec.settings import Settings
 from stream_rec.state.store import Store
@@ -76,6 +77,9 @@ class StubService:
              "trigger": {"event_id": e.event_id, "type": e.type, "ts": e.ts_ms}, "generated_at": now_ms}
             for user, e in last.items()]
         return BatchResult(applied=len(batch), recommendations=lists)
+
+    def stranger_list(self) -> dict[str, Any]:
+        return stranger_message([], [], [], [], "stub")
 
     def persist(self, result: BatchResult, checkpoints: Any = None) -> None:
         pass

@@ -19,9 +19,28 @@ VERSION = 1
 def message(trigger: Event, item_ids: list[str], scores: list[float], sources: list[tuple[str, ...]],
             because: list[dict[str, str]], model_version: str, variant: str = "default") -> dict[str, Any]:
     """The list published for ``trigger``'s user after ``trigger`` was learned, ranked by ``variant``."""
+    return _list(trigger.user_id, item_ids, scores, sources, because, model_version, variant,
+                 {"event_id": trigger.event_id, "type": trigger.type, "ts": trigger.ts_ms})
+
+
+def stranger_message(item_ids: list[str], scores: list[float], sources: list[tuple[str, ...]],
+                     because: list[dict[str, str]], model_version: str, variant: str = "default") -> dict[str, Any]:
+    """The list for a user never seen, in the same format with ``"user_id": ""`` and no trigger (no event
+    made it); published under :data:`stream_rec.wire.STRANGER_KEY`, as no user id is empty.
+
+    >>> rec = stranger_message(["i1"], [0.5], [("popular",)], [{"kind": "popular"}], "v")
+    >>> rec["user_id"], rec["trigger"], rec["items"][0]["because"], len(rec["list_id"])
+    ('', None, {'kind': 'popular'}, 16)
+    """
+    return _list("", item_ids, scores, sources, because, model_version, variant, None)
+
+
+def _list(user_id: str, item_ids: list[str], scores: list[float], sources: list[tuple[str, ...]],
+          because: list[dict[str, str]], model_version: str, variant: str, trigger: dict[str, Any] | None
+          ) -> dict[str, Any]:
     return {
         "v": VERSION,
-        "user_id": trigger.user_id,
+        "user_id": user_id,
         "list_id": new_list_id(),
         "variant": variant,
         "items": [
@@ -29,7 +48,7 @@ def message(trigger: Event, item_ids: list[str], scores: list[float], sources: l
             for item, score, src, why in zip(item_ids, scores, sources, because)
         ],
         "model_version": model_version,
-        "trigger": {"event_id": trigger.event_id, "type": trigger.type, "ts": trigger.ts_ms},
+        "trigger": trigger,
         "generated_at": int(time.time() * 1000),
     }
 

@@ -37,7 +37,7 @@ from stream_rec.models.mf import ImplicitMF
 from stream_rec.models.popularity import DecayedPopularity
 from stream_rec.profiles import RECENT_EVENT_IDS, Profile, event_digest
 from stream_rec.purchases import Purchases
-from stream_rec.recommendations import Names, message, reason
+from stream_rec.recommendations import Names, message, reason, stranger_message
 from stream_rec.settings import Settings
 from stream_rec.sources import registered
 from stream_rec.state import item_updates as updates
@@ -722,14 +722,26 @@ class RecService:
         k = self.settings.top_n if k is None else k
         return self._rank_many([self.users.get(user_id)], k)[0]
 
+    def stranger_list(self) -> dict[str, Any]:
+        """The list for a user never seen (the popular items, as :meth:`recommend` ranks an unknown id), as
+        the message published under :data:`stream_rec.wire.STRANGER_KEY`, ranked by the first variant.
+
+        No exploration slots: drawing them would count the new items as shown and move the exploration's
+        random stream, so how often this list is published would change the users' lists.
+        """
+        ranked = self._rank_rows([-1], self.settings.top_n, explore=False, variant=0)
+        return stranger_message(*self._explain(ranked)[0], self.model_version, self.variants[0].name)
+
     def _rank_many(self, users: list[int], k: int) -> list[tuple[list[str], list[float], list[tuple[str, ...]],
                                                                  list[dict[str, str]]]]:
         """The fused top ``k`` of each user index (-1: a stranger): ``(item ids, scores, sources, because)``
         per user."""
         return self._explain(self._rank_rows(users, k))
 
-    def _rank_rows(self, users: list[int], k: int, *, published: bool = False) -> Ranked:
-        """Each user's list, ranked by the user's variant: one compiled call per variant over its users.
+    def _rank_rows(self, users: list[int], k: int, *, published: bool = False, explore: bool = True,
+                   variant: int | None = None) -> Ranked:
+        """Each user's list, ranked by the user's variant (or by ``variant`` for all): one compiled call per
+        variant over its users; ``explore=False`` gives no exploration slots.
 
         ``published``: the lists go to the users. With STREAM_REC_IMPRESSIONS exploration then counts an
         item as shown only when an impression says so, so the showing the ranking counted is taken back."""
@@ -743,9 +755,10 @@ class RecService:
         out_n = np.empty(n, dtype=np.int64)
         fusion = self.fusion
         params = fusion.params()
-        if len(self.variants) == 1:
-            variant = np.zeros(n, dtype=np.int64)
-            groups = [(0, 0, n)]
+        order = None
+        if len(self.variants) == 1 or variant is not None:
+            groups = [(variant or 0, 0, n)]
+            variant = np.full(n, variant or 0, dtype=np.int64)
         else:
             external = self.users.external
             variant = np.array([variant_of(external(u) if u >= 0 else "", len(self.variants)) for u in users],
@@ -759,10 +772,11 @@ class RecService:
             fp = params if len(self.variants) == 1 else params._replace(
                 weights=self._variant_weights[v], adapt=fusion.adapt if chosen.adapt is None else chosen.adapt)
             n_explore = fusion.n_explore(k) if chosen.explore is None else max(0, round(chosen.explore * k))
+            n_explore = n_explore if explore else 0
             rank_many(fusion.mf.state, fusion.cooc.state, fusion.popular.state, self.purchases.state, scratch, fp,
                       n_items, k, n_explore, idx[a:b], has_history[a:b], out_i[a:b], out_s[a:b], out_m[a:b], out_n[a:b],
                       out_a[a:b], self.models["popular"].now)
-        if len(self.variants) > 1:  # back to the callers' order
+        if order is not None:  # back to the callers' order
             back = np.empty(n, dtype=np.int64)
             back[order] = np.arange(n)
             out_i, out_s, out_m, out_n, out_a, variant = (x[back] for x in (out_i, out_s, out_m, out_n, out_a, variant))

@@ -29,7 +29,7 @@ class Settings:
         "(`stream-rec broker`); the demo starts its own on a free port.")
     app_id: str = _setting("stream-rec", "Consumer group and Faust app id; workers with the same id share the work.")
     worker_id: str = _setting("worker-1", "Names this worker's state folder under data_dir; unique per worker on a host.")
-    data_dir: str = _setting("./stream-rec-data", "Where workers keep their RocksDB state.")
+    data_dir: str = _setting("./stream-rec-data", "Where workers and `stream-rec serve` keep their RocksDB state.")
     topic_browse: str = _setting("stream-rec.browse", "Input topic for view events.")
     topic_click: str = _setting("stream-rec.click", "Input topic for click and add_to_cart events.")
     topic_purchase: str = _setting("stream-rec.purchase", "Input topic for purchase events.")
@@ -125,6 +125,10 @@ class Settings:
     item_sync_ms: int = _setting(
         100, "How often a worker applies the item updates other workers published (each worker publishes its own "
         "with every micro-batch); lower is fresher, higher applies bigger batches.")
+    serve_host: str = _setting("127.0.0.1", "Address `stream-rec serve` listens on (0.0.0.0: every interface).")
+    serve_port: int = _setting(
+        8080, "HTTP port of `stream-rec serve`; it also names the replica's copy of the lists under data_dir "
+        "(serve-<port>), as two replicas on one host cannot share a port.")
     log_level: str = _setting("info", "Logging level.")
 
     def __post_init__(self) -> None:
@@ -154,6 +158,8 @@ class Settings:
             "rebalance_timeout_s": self.rebalance_timeout_s >= 1.0,
             "broker_unreachable_s": self.broker_unreachable_s > 0.0,
             "stop_timeout_s": self.stop_timeout_s > 0.0,
+            "serve_host": bool(self.serve_host),
+            "serve_port": 0 < self.serve_port < 65536,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -205,6 +211,11 @@ class Settings:
     def state_path(self) -> Path:
         """This worker's RocksDB state."""
         return self.worker_dir / "state"
+
+    @property
+    def serve_path(self) -> Path:
+        """The RocksDB copy of the recommendations topic that ``stream-rec serve`` on ``serve_port`` keeps."""
+        return Path(self.data_dir) / f"serve-{self.serve_port}" / "lists"
 
     def input_topics(self) -> dict[str, str]:
         """Stream name -> topic name."""

@@ -45,6 +45,11 @@ def decode_keyed(data: bytes) -> tuple[Event | Forget | Impression, str, int]:
     return Event(**{k: body[k] for k in _FIELDS if k in body}), f"{topic}:{partition}", offset
 
 
+#: The recommendations topic's key of the list for a user the shop has not seen (popular items): no user id
+#: is empty (an event with an empty ``user_id`` is rejected), so the key cannot belong to a user.
+STRANGER_KEY = b""
+
+
 def encode_recommendation(rec: dict[str, Any]) -> bytes:
     """A list message as compact JSON (orjson: ~15x ``json.dumps`` on a 20-item list, once per list)."""
     return orjson.dumps(rec)

@@ -496,6 +496,13 @@ def catalogue_scale(bench: Bench) -> list[Figure]:
     return bench_catalogue.catalogue_scale(bench)
 
 
+def serving(bench: Bench) -> list[Figure]:
+    """(h) The read API, ``stream-rec serve``: latency at 1,000 requests/s and produce-to-readable freshness."""
+    from tools import bench_serving
+
+    return bench_serving.serving(bench)
+
+
 #: The sections, in run order; each later one may read the figures of the earlier ones.
 SECTIONS: dict[str, Section] = {
     "ceilings": ceilings,
@@ -506,6 +513,7 @@ SECTIONS: dict[str, Section] = {
     "memory": memory,
     "threads_under_load": threads_under_load,
     "catalogue_scale": catalogue_scale,
+    "serving": serving,
 }
 
 

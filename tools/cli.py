@@ -65,6 +65,20 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from agents.serve import ServeError, run_serve
+    from agents.topics import BrokerUnreachable
+
+    overrides = {name: value for name, value in (("serve_port", args.port), ("serve_host", args.host),
+                                                  ("data_dir", args.data_dir), ("kafka_bootstrap", args.bootstrap))
+                 if value is not None}
+    try:
+        return run_serve(Settings.from_env(**overrides))
+    except (BrokerUnreachable, ServeError) as err:
+        print(f"stream-rec serve: {err}", file=sys.stderr)
+        return 1
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from stream_rec.synth import SyntheticShop, default_categories, write_jsonl
 
@@ -138,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="overrides STREAM_REC_DATA_DIR")
     p.add_argument("--bootstrap", help="overrides STREAM_REC_KAFKA_BOOTSTRAP")
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("serve", help="answer GET /users/{user_id}/recommendations over HTTP from a copy of the "
+                                     "recommendations topic (docs/serving.md)", epilog=_settings_epilog(),
+                       formatter_class=fmt)
+    p.add_argument("--port", type=int, help="overrides STREAM_REC_SERVE_PORT")
+    p.add_argument("--host", help="overrides STREAM_REC_SERVE_HOST")
+    p.add_argument("--data-dir", help="overrides STREAM_REC_DATA_DIR")
+    p.add_argument("--bootstrap", help="overrides STREAM_REC_KAFKA_BOOTSTRAP")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("generate", help="write a seeded synthetic shop's events as JSONL")
     p.add_argument("--users", type=whole(1), default=2000, help="users (default: %(default)s)")

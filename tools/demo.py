@@ -18,6 +18,7 @@ from tqdm import tqdm
 from stream_rec.service import warm_up
 from stream_rec.settings import TOPIC_FIELDS, Settings
 from stream_rec.synth import ShopConfig, SyntheticShop
+from stream_rec.wire import STRANGER_KEY
 from tools.broker import EmbeddedBroker
 from tools.produce import make_producer, produce_events, read_topic
 from tools.workers import WorkerProcess
@@ -117,6 +118,8 @@ def _demo_settings(settings: Settings, run_id: str, bootstrap: str, workdir: str
 def _latest_lists(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
     for message in read_topic(bootstrap, topic, idle_ms=1500):
+        if message.key == STRANGER_KEY:  # the list for strangers, not a user's
+            continue
         payload = json.loads(message.value)
         latest[payload["user_id"]] = payload
     return latest

@@ -31,6 +31,7 @@ from pathlib import Path
 from kafka.partitioner.default import murmur2
 
 from stream_rec.settings import Settings
+from stream_rec.wire import STRANGER_KEY
 from tools.produce import make_producer, read_topic
 from tools.workers import WorkerProcess
 
@@ -115,6 +116,8 @@ def list_times(settings: Settings) -> dict[int, list[float]]:
     """When each partition's lists were made (seconds, wall clock), in order."""
     times: dict[int, list[float]] = {p: [] for p in range(settings.partitions)}
     for message in read_topic(settings.kafka_bootstrap, settings.topic_recommendations, idle_ms=1500):
+        if message.key == STRANGER_KEY:  # any worker publishes it: it says nothing of a partition
+            continue
         payload = json.loads(message.value)
         times[partition_of(payload["user_id"], settings.partitions)].append(payload["generated_at"] / 1000.0)
     return {p: sorted(ts) for p, ts in times.items()}

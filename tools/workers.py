@@ -1,12 +1,14 @@
-"""Run ``stream-rec worker`` as a child process and read its metrics: used by the demo and the tests."""
+"""Run ``stream-rec worker`` (or ``serve``) as a child process and read its metrics or API: demo, bench, tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -95,3 +97,32 @@ class WorkerProcess:
                 self.proc.wait()
         return self.proc.returncode
 
+
+
+class ServeProcess(WorkerProcess):
+    """``stream-rec serve`` in its own process, on ``settings.serve_host:serve_port``."""
+
+    def __init__(self, settings: Settings, *, log_path: str | Path | None = None) -> None:
+        super().__init__(settings, log_path=log_path, module=("tools.cli", "serve"))
+        self.base_url = f"http://{settings.serve_host}:{settings.serve_port}"
+
+    def get(self, path: str) -> tuple[int, dict]:
+        """``(status, JSON body)`` of a GET of ``path``, error statuses included."""
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until ``/readyz`` answers 200 (raises on timeout, or if the process ends)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:  # not listening yet
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"stream-rec serve was not ready within {timeout_s:.0f} s (log: {self.log_path})")

@@ -11,6 +11,7 @@ from typing import Any
 from stream_rec.service import RecService
 from stream_rec.settings import Settings
 from stream_rec.state import RocksStore
+from stream_rec.wire import STRANGER_KEY
 from tools.produce import read_topic
 from tools.workers import WorkerProcess
 
@@ -47,8 +48,11 @@ def start_worker(settings: Settings, tmp_path: Path, worker_id: str = "worker-1"
 
 
 def latest_lists(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The latest list of each user on the recommendations topic (not the one for strangers, key b"")."""
     latest: dict[str, dict[str, Any]] = {}
     for message in read_topic(settings.kafka_bootstrap, settings.topic_recommendations, idle_ms=1500):
+        if message.key == STRANGER_KEY:
+            continue
         if message.value is None:  # a forgotten user's tombstone
             latest.pop(message.key.decode(), None)
             continue

@@ -38,6 +38,9 @@ EXPECTED["catalogue_scale"] = {
     *(f"{n}_items_{f}_over_50" for n in CATALOGUES[1:] for f in ("fused_evaluate", "fused_evaluate_cpu", "full_keyed")),
 }
 
+EXPECTED["serving"] = {"lists", "ready_s", "target_rate", "achieved_rate", "p50_ms", "p99_ms", "max_ms", "errors",
+                       "fresh_p50_ms", "fresh_p99_ms", "fresh_missed"}
+
 
 def test_bench_reports_every_figure(broker: EmbeddedBroker, tmp_path: Path) -> None:
     config = BenchConfig(events=600, users=60, items=50, freshness_s=1.0, bootstrap=broker.bootstrap,
@@ -53,6 +56,8 @@ def test_bench_reports_every_figure(broker: EmbeddedBroker, tmp_path: Path) -> N
             if figure["unit"] in ("ev/s", "x") or name == "events_measured":
                 assert value > 0, f"{section}.{name} = {value}"
     assert report["sections"]["freshness"]["events_unmatched"]["value"] == 0
+    serving = {name: f["value"] for name, f in report["sections"]["serving"].items()}
+    assert serving["errors"] == 0 and serving["fresh_missed"] == 0 and serving["achieved_rate"] > 0
     catalogue = {name: f["value"] for name, f in report["sections"]["catalogue_scale"].items()}
     touched = [catalogue[f"{n}_items_touched"] for n in CATALOGUES]
     assert touched[0] <= 50 and touched[0] < touched[1] < touched[2] <= 1_500  # a bigger shop, more of it reached
