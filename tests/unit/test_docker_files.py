@@ -41,6 +41,17 @@ def test_worker_environment_uses_only_real_settings_and_valid_values() -> None:
     assert services["worker-1"]["environment"]["STREAM_REC_APP_ID"] == services["worker-2"]["environment"]["STREAM_REC_APP_ID"]
 
 
+def test_compose_runs_the_read_api_on_its_published_port() -> None:
+    serve = _compose()["services"]["serve"]
+    assert serve["command"] == ["serve"] and serve["build"]["dockerfile"] == "docker/Dockerfile"
+    env = {k: str(v) for k, v in serve["environment"].items()}
+    assert set(env) <= SETTINGS
+    settings = Settings.from_env(env)
+    assert settings.serve_host == "0.0.0.0"  # reachable from outside its container
+    assert f"{settings.serve_port}:{settings.serve_port}" in serve["ports"]
+    assert settings.kafka_bootstrap.split(":")[0] == "kafka"
+
+
 def test_prometheus_scrapes_each_worker_on_its_metrics_port() -> None:
     services = _compose()["services"]
     targets = yaml.safe_load((DOCKER / "prometheus.yml").read_text())["scrape_configs"][0]["static_configs"][0]["targets"]
