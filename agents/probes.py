@@ -27,6 +27,7 @@ from agents.topics import ensure_topics
 from agents.worker import DEFAULT_BOOTSTRAP, run_worker
 from stream_rec.events import Event
 from stream_rec.metrics import Metrics
+from stream_rec.outcomes import Outcomes
 from stream_rec.recommendations import stranger_message
 from stream_rec.service import BatchResult, Position, lane_partition
 from stream_rec.settings import Settings
@@ -39,6 +40,7 @@ class StubService:
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.events_total = 0
+        self.outcomes = Outcomes(["default"])  # counts nothing: no list is remembered
         self.hwm: dict[str, int] = {}
         self.checkpoints: dict[int, int] = {}
         self.item_log: dict[int, int] = {}

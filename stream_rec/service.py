@@ -35,6 +35,7 @@ from stream_rec.models.base import OnlineModel
 from stream_rec.models.cooc import CoOccurrence
 from stream_rec.models.mf import ImplicitMF
 from stream_rec.models.popularity import DecayedPopularity
+from stream_rec.outcomes import Outcomes
 from stream_rec.profiles import RECENT_EVENT_IDS, Profile, event_digest
 from stream_rec.purchases import Purchases
 from stream_rec.recommendations import Names, message, reason, stranger_message
@@ -47,7 +48,6 @@ from stream_rec.state.item_updates import ItemLog, ItemUpdateError, ItemUpdates,
 from stream_rec.state.store import Store
 from stream_rec.types import FloatArray, IntArray
 from stream_rec.variants import DEFAULT, Variant, parse_variants, variant_of
-from stream_rec.outcomes import Outcomes
 
 log = logging.getLogger(__name__)
 
