@@ -29,6 +29,7 @@ its data lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -186,7 +187,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     if topic_ids:
         state.adopt_topic_ids(topic_ids)
 
-    stranger_due = 0.0  # time.monotonic() when the list for strangers is next published
+    stranger = _StrangerList()
 
     async def learn_batch(items: list[tuple[Position, Event | Forget]], sources: list[EventT], batch: Sequence[EventT],
                           started: float) -> None:
@@ -194,7 +195,6 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
 
         A forget request (rare) cuts the batch: the events before it are learned and published, then the
         user is erased, then the events after it are learned, so each sees the state it came after."""
-        nonlocal stranger_due
         if not state.items_ready.is_set():
             await state.items_ready.wait()  # rank from the shared item model, not from a cold one
         async with state.lock:
@@ -221,11 +221,27 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                         result.recommendations.clear()
                     await publish(result, sources[start:end], lists)
                     _observe(metrics, result, len(lists), batch, started)
-            if time.monotonic() >= stranger_due:
-                stranger_due = time.monotonic() + STRANGER_EVERY_S
-                await send(settings.topic_recommendations, STRANGER_KEY, encode_recommendation(service.stranger_list()))
+            stranger.stale = True
+            if time.monotonic() >= stranger.due:
+                await publish_stranger_list()
             outcomes.export(metrics)
         metrics.state_events.set(service.events_total)
+
+    async def publish_stranger_list() -> None:
+        """The list for users not seen yet, under the empty key (under ``state.lock``)."""
+        stranger.due, stranger.stale = time.monotonic() + STRANGER_EVERY_S, False
+        await send(settings.topic_recommendations, STRANGER_KEY, encode_recommendation(service.stranger_list()))
+
+    @app.task
+    @guarded
+    async def refresh_stranger_list() -> None:
+        """A burst of events leaves the list sent with its first batch behind: once the period is over, the
+        list for strangers is sent again if anything was learned since, whether more batches came or not."""
+        while True:
+            await asyncio.sleep(STRANGER_EVERY_S / 2)
+            if stranger.stale and time.monotonic() >= stranger.due:
+                async with state.lock:
+                    await publish_stranger_list()
 
     async def publish(result: BatchResult, sources: list[EventT], lists: list[tuple[bytes, bytes]]) -> None:
         """Send what one run of a batch changed, then write the local cache (under ``state.lock``)."""
@@ -353,6 +369,14 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         log.info("worker %s owns partitions %s of %s", settings.worker_id, owned, ", ".join(sorted(user_topics)))
 
     return app
+
+
+class _StrangerList:
+    """When the list for strangers is next due (time.monotonic()), and whether anything was learned since
+    it was last sent."""
+
+    due: float = 0.0
+    stale: bool = False
 
 
 def _runs(items: Sequence[tuple[Position, Event | Forget | Impression]]) -> list[tuple[int, int]]:
