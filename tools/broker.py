@@ -15,10 +15,21 @@ from types import TracebackType
 log = logging.getLogger(__name__)
 
 
+#: Ports this process handed out: the kernel may give the same free port to two calls in a row, and a port
+#: handed out is only taken when its process gets round to binding it (two workers started one after the
+#: other were both given one metrics port, and the second exited with "Address already in use").
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now on 127.0.0.1, never one this process handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def broker_binary() -> str:
