@@ -195,13 +195,8 @@ def decode_availability(raw: bytes | None, *, key: bytes | None = None, limits: 
     """
     try:
         if raw is None:
-            if not key:
-                raise InvalidEvent("empty", "a tombstone (null value) deletes the item its key names, and it has no key")
-            try:
-                text = key.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidEvent("bad_field", "the tombstone's key (the item id) is not UTF-8 text") from None
-            return Availability(_required_id({"item_id": text}, "item_id"), False, deleted=True)
+            item_id = _id_of_key(key, "item_id", "empty", "a tombstone (null value) deletes the item its key names")
+            return Availability(item_id, False, deleted=True)
         obj = _parse(raw, limits.max_bytes)
         item_id = _required_id(obj, "item_id")
         if all(obj.get(name) is None for name in _CATALOGUE_FIELDS):
@@ -214,9 +209,7 @@ def decode_availability(raw: bytes | None, *, key: bytes | None = None, limits: 
         if not isinstance(new, bool):
             raise InvalidEvent("bad_field", f"field 'new' must be true or false, got {_kind(new)}")
         ts = obj.get("ts")
-        ts_ms = None if ts is None else (_iso_to_ms(ts) if isinstance(ts, str) else _integer("ts", ts))
-        if ts_ms is not None and ts_ms < 0:
-            raise InvalidEvent("bad_field", "field 'ts' must not be before 1970")
+        ts_ms = None if ts is None else _timestamp(ts, INT64_MAX)  # an arrival may be announced ahead of time
         return Availability(item_id, available, category=_optional_id(obj, "category"), price=_price(obj.get("price")),
                             new=new, ts_ms=ts_ms)
     except InvalidEvent:
@@ -243,18 +236,24 @@ def decode_forget(key: bytes | None) -> Forget:
     ...
     stream_rec.events.InvalidEvent: a forget request is keyed by the user id to forget, and it has no key
     """
-    if not key:
-        raise InvalidEvent("missing_field", "a forget request is keyed by the user id to forget, and it has no key")
     try:
-        text = key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidEvent("bad_field", "the forget request's key (the user id) is not UTF-8 text") from None
-    try:
-        return Forget(_required_id({"user_id": text}, "user_id"))
+        return Forget(_id_of_key(key, "user_id", "missing_field", "a forget request is keyed by the user id to forget"))
     except InvalidEvent:
         raise
     except Exception as exc:
         raise internal_error(exc) from exc
+
+
+def _id_of_key(key: bytes | None, name: str, missing: str, what: str) -> str:
+    """The id a message's key names (a tombstone's, a forget request's), checked like the field ``name``;
+    no key is the reason ``missing``, ``what`` says why one was needed."""
+    if not key:
+        raise InvalidEvent(missing, f"{what}, and it has no key")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEvent("bad_field", f"the key ({name.replace('_', ' ')}) is not UTF-8 text") from None
+    return _required_id({name: text}, name)
 
 
 #: Most items one impression may name (a page shows a few dozen).

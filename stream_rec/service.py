@@ -352,17 +352,23 @@ class RecService:
         1
         """
         result = BatchResult()
-        lane, offset = position
-        if offset <= self.hwm.get(lane, -1):  # applied before: events after it may be applied already
+        if not self._take(position):  # applied before: events after it may be applied already
             result.duplicates = 1
             return result
-        self.hwm[lane] = offset
-        self._touched_lanes.add(lane)
         self._erase_users([request.user_id])
         result.forgotten.append(request.user_id)
         key = request.user_id.encode("utf-8", "surrogatepass")
-        result.changelog, result.changes = self._user_side({self.partition_of(lane): [(key, None)]})  # type: ignore[list-item]
+        result.changelog, result.changes = self._user_side({self.partition_of(position[0]): [(key, None)]})  # type: ignore[list-item]
         return result
+
+    def _take(self, position: Position) -> bool:
+        """Mark a request's position applied (a forget request, an impression); False if it was before."""
+        lane, offset = position
+        if offset <= self.hwm.get(lane, -1):
+            return False
+        self.hwm[lane] = offset
+        self._touched_lanes.add(lane)
+        return True
 
     def _erase_users(self, user_ids: list[str]) -> None:
         """Put a blank row in place of these users' state, in memory, and make them strangers again."""
@@ -804,12 +810,10 @@ class RecService:
         (:attr:`outcomes`); with STREAM_REC_IMPRESSIONS, the exploration items shown count for exploration.
         Each position once, like events (``duplicates``: applied before)."""
         result = BatchResult()
-        for (lane, offset), impression in batch:
-            if offset <= self.hwm.get(lane, -1):
+        for position, impression in batch:
+            if not self._take(position):
                 result.duplicates += 1
                 continue
-            self.hwm[lane] = offset
-            self._touched_lanes.add(lane)
             result.applied += 1
             explored = self.outcomes.shown(self.users.get(impression.user_id), impression.list_id,
                                            [self.items.get(item) for item in impression.items])
