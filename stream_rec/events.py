@@ -134,7 +134,7 @@ def decode(raw: bytes | None, stream: str | None = None, *, now_ms: int, limits:
     try:
         obj = _parse(raw, limits.max_bytes)
         version = obj.get("v", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or version is True:  # True == 1 in Python, not in JSON
             raise InvalidEvent("unsupported_version", f"field 'v': schema version {_show(version)} is not supported (expected 1)")
         etype = _event_type(obj.get("type"), stream)
         ts_ms = _timestamp(obj.get("ts"), now_ms + limits.max_future_ms)
@@ -437,7 +437,7 @@ def _timestamp(value: Any, latest_ms: int) -> int:
     if value is None:
         raise InvalidEvent("missing_field", "field 'ts' is required")
     ts_ms = _iso_to_ms(value) if isinstance(value, str) else _integer("ts", value)
-    if ts_ms < 0:
+    if ts_ms < 0 or (value.__class__ is float and value < 0):  # -0.5 is before 1970 too, though int() makes it 0
         raise InvalidEvent("bad_field", "field 'ts' must not be before 1970")
     if ts_ms > latest_ms:
         raise InvalidEvent("future_ts", f"field 'ts': {ts_ms} ms lies too far in the future")
