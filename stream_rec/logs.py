@@ -37,6 +37,7 @@ import io
 import itertools
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,11 +46,15 @@ from typing import IO, Any, Final
 
 from stream_rec.events import EVENT_TYPES, Event, InvalidEvent, Limits, decode
 
-__all__ = ["FIELDS", "PRESETS", "LogFormat", "LogLine", "event_record", "parse_mapping", "read_log"]
+__all__ = ["DELIMITERS", "FIELDS", "PRESETS", "LogFormat", "LogLine", "event_record", "expected_columns", "log_columns",
+           "parse_mapping", "read_log", "sniff_delimiter"]
 
 #: Our fields that a log's columns can supply, in schema order.
 FIELDS: Final = ("user_id", "item_id", "type", "ts", "event_id", "session_id", "category", "price", "quantity")
 _REQUIRED: Final = ("user_id", "item_id", "type", "ts")
+#: The column separators a CSV log's first line is searched for; a tab wins whenever there is one.
+DELIMITERS: Final = ("\t", ",", ";", "|")
+_QUOTED: Final = re.compile(r'"[^"]*"')
 _OPTIONAL_OUT: Final = ("event_id", "session_id", "category", "price", "quantity", "properties")
 _KINDS: Final = ("auto", "jsonl", "csv")
 _TS_UNITS: Final = ("ms", "s")
@@ -82,7 +87,7 @@ class LogFormat:
     ts_unit
         Unit of numeric timestamps, ``"ms"`` or ``"s"``; ISO-8601 strings are always accepted.
     delimiter
-        CSV only: the column separator; ``None`` sniffs it from the first line (tab if it has one, else comma).
+        CSV only: the column separator; ``None`` sniffs it from the first line (:func:`sniff_delimiter`).
     header
         CSV only: whether the first line names the columns. ``None`` decides: with no ``columns`` given the
         first line must be a header; otherwise it is one if any of its names is a column this format knows
@@ -335,12 +340,11 @@ def _csv_lines(name: str, text: IO[str], fmt: LogFormat, now: int, limits: Limit
         blank, first = blank + 1, text.readline()
     if not first:
         return
-    delimiter = fmt.delimiter or ("\t" if "\t" in first else ",")
+    delimiter = fmt.delimiter or sniff_delimiter(first)
     rows = _numbered(csv.reader(itertools.chain([first], text), delimiter=delimiter))
     first_row = next(rows)
-    if _has_header(first_row[1], fmt):
-        names = list(fmt.columns) if fmt.columns else [_column_name(cell) for cell in first_row[1]]
-    else:
+    names = _header_names(first_row[1], fmt)
+    if names is None:
         names, rows = list(fmt.columns), itertools.chain([first_row], rows)
     for line_no, row, csv_error in rows:
         if csv_error is not None or any(cell.strip() for cell in row):
@@ -371,6 +375,60 @@ def _csv_line(name: str, line_no: int, row: list[str], csv_error: str | None, na
         return LogLine(name, line_no, event, None)
     except InvalidEvent as err:
         return LogLine(name, line_no, None, err)
+
+
+def sniff_delimiter(line: str) -> str:
+    """The column separator of a CSV log, from its first line: a tab if it holds one, else whichever of
+    :data:`DELIMITERS` it holds most often outside quotes (a comma when it holds none).
+
+    Not :class:`csv.Sniffer`: of two separators found as often on every line it takes the comma, so a
+    ``;``-separated export with a decimal comma (``1;2;3,5``) would read as two columns.
+
+    Examples
+    --------
+    >>> sniff_delimiter("user_id;item_id;price"), sniff_delimiter('1;"a, b, c";3,5'), sniff_delimiter("u\\ti,j")
+    (';', ';', '\\t')
+    """
+    bare = _QUOTED.sub("", line)
+    return max(DELIMITERS, key=lambda d: (d == "\t" and d in bare, bare.count(d), -DELIMITERS.index(d)))
+
+
+def log_columns(path: str | Path, fmt: LogFormat = LogFormat()) -> tuple[str, ...]:
+    """The columns a log's records offer as ``fmt`` reads it: a CSV log's column names (its header, or
+    ``fmt.columns``), a JSONL log's first record's fields; none for an empty log or a first line not a JSON
+    object. What to show next to :func:`expected_columns` when a log yields no events."""
+    with _open(Path(path)) as raw:
+        kind = fmt.kind if fmt.kind != "auto" else _sniff_kind(Path(path), raw)
+        if kind == "jsonl":
+            first = next((line for line in raw if line.strip()), b"")
+            try:
+                obj = json.loads(first) if first else None
+            except ValueError:
+                return ()
+            return tuple(obj) if isinstance(obj, dict) else ()
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+        line = next((line for line in text if line.strip()), "")
+    if not line:
+        return ()
+    row = next(csv.reader([line], delimiter=fmt.delimiter or sniff_delimiter(line)))
+    names = _header_names(row, fmt)
+    return tuple(fmt.columns if names is None else names)
+
+
+def expected_columns(fmt: LogFormat = LogFormat()) -> tuple[str, ...]:
+    """The columns ``fmt`` reads our required fields from.
+
+    >>> expected_columns(PRESETS["taobao"])
+    ('user', 'item', 'behavior', 'ts')
+    """
+    return tuple(fmt.column(name) for name in _REQUIRED if not (name == "type" and fmt.default_type is not None))
+
+
+def _header_names(row0: list[str], fmt: LogFormat) -> list[str] | None:
+    """The column names of a CSV log whose first row is ``row0``; ``None`` when that row is a record."""
+    if not _has_header(row0, fmt):
+        return None
+    return list(fmt.columns) if fmt.columns else [_column_name(cell) for cell in row0]
 
 
 def _has_header(row0: list[str], fmt: LogFormat) -> bool:

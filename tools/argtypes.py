@@ -1,4 +1,7 @@
-"""Checked number types for argparse: a bad value is refused with the flag's name, before any work starts.
+"""Checked argument types for argparse: a bad value is refused with the flag's name, before any work starts.
+
+Numbers, and the paths a command reads or writes: a run that would write its report into a folder that is
+not there, or not writable, is refused at once rather than after its hours of work.
 
 >>> import argparse
 >>> p = argparse.ArgumentParser(exit_on_error=False)
@@ -9,13 +12,19 @@ Namespace(items=5, sizes=(1, 20))
 >>> p.parse_args(["--items", "0"])
 Traceback (most recent call last):
 argparse.ArgumentError: argument --items: must be at least 1, got 0
+>>> _ = p.add_argument("--json", type=output_file())
+>>> p.parse_args(["--json", "/nonexistent/report.json"])
+Traceback (most recent call last):
+argparse.ArgumentError: argument --json: the folder /nonexistent does not exist
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 
 def whole(minimum: int) -> Callable[[str], int]:
@@ -57,3 +66,51 @@ def finite(*, positive: bool) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def input_file(text: str) -> str:
+    """A file that exists and can be read."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"cannot read {text}")
+    return text
+
+
+def output_file(*, stdout: bool = False) -> Callable[[str], str]:
+    """A file to write: its folder exists and is writable (a missing folder is never made: a mistyped path
+    must not leave folders behind); with ``stdout``, ``-`` stands for standard output."""
+    def parse(text: str) -> str:
+        if stdout and text == "-":
+            return text
+        path = Path(text)
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+        _writable_folder(path.parent)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"cannot write {text}")
+        return text
+
+    return parse
+
+
+def output_folder(text: str) -> str:
+    """A folder to write in: a writable one, or one that can be made in a writable folder that exists."""
+    path = Path(text)
+    if path.exists():
+        _writable_folder(path)
+    else:
+        _writable_folder(path.parent)
+    return text
+
+
+def _writable_folder(folder: Path) -> None:
+    if not folder.exists():
+        raise argparse.ArgumentTypeError(f"the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"the folder {folder} is not writable")

@@ -34,8 +34,9 @@ from tqdm import tqdm
 from agents.topics import ensure_topics
 from stream_rec.settings import TOPIC_FIELDS, Settings
 from stream_rec.synth import ShopConfig, SyntheticShop, default_categories
-from tools.argtypes import finite, whole, whole_list
+from tools.argtypes import finite, output_file, output_folder, whole, whole_list
 from tools.broker import EmbeddedBroker
+from tools.command import UserError
 from tools.produce import topic_for
 from tools.workers import WorkerProcess
 
@@ -459,7 +460,7 @@ def _evaluate_input(bench: Bench) -> tuple[str, list[str]]:
         try:
             fetch_recbole_wheel(cache_dir())
             return "MovieLens-100K", ["--dataset", "ml-100k"]
-        except (OSError, subprocess.CalledProcessError, SystemExit) as err:
+        except (OSError, UserError) as err:  # no network: pip fails
             log.warning("MovieLens-100K unavailable (%s): the threads section uses the bench's events", err)
     from stream_rec.synth import write_jsonl
 
@@ -582,7 +583,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--events", type=int, default=BenchConfig.events, help="events per throughput run (default: %(default)s)")
     p.add_argument("--users", type=int, default=BenchConfig.users, help="users (default: %(default)s)")
     p.add_argument("--items", type=int, default=BenchConfig.items, help="items (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=BenchConfig.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=whole(0), default=BenchConfig.seed, help="random seed (default: %(default)s)")
     p.add_argument("--freshness-s", type=float, default=BenchConfig.freshness_s,
                    help="seconds of paced traffic for the freshness section (default: %(default)s)")
     p.add_argument("--catalogues", type=whole_list(1), default=BenchConfig.catalogues, metavar="N[,N...]",
@@ -598,8 +599,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--quick", action="store_true", help=f"a tiny run that shows every figure ({QUICK}); overrides sizes")
     p.add_argument("--bootstrap", help="an existing broker instead of the embedded one (overrides STREAM_REC_KAFKA_BOOTSTRAP)")
     p.add_argument("--sections", help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all; later ones need earlier ones)")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
-    p.add_argument("--workdir", help="keep worker logs and state here (default: a temporary folder)")
+    p.add_argument("--json", type=output_file(), metavar="PATH", help="also write the report as JSON to PATH")
+    p.add_argument("--workdir", type=output_folder, help="keep worker logs and state here (default: a temporary folder)")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -613,7 +614,7 @@ def _cmd_bench(args: Any) -> int:
     sections = args.sections.split(",") if args.sections else None
     unknown = set(sections or ()) - set(SECTIONS)
     if unknown:
-        raise SystemExit(f"stream-rec bench: unknown section(s) {', '.join(sorted(unknown))}")
+        raise UserError(f"unknown section(s) {', '.join(sorted(unknown))}; --sections takes: {', '.join(SECTIONS)}", code=2)
     report = run_bench(config, Settings.from_env(), sections)
     print(format_table(report), flush=True)
     if args.json:

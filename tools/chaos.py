@@ -47,6 +47,7 @@ from stream_rec.ids import kafka_partition
 from stream_rec.settings import TOPIC_FIELDS, Settings
 from stream_rec.synth import ShopConfig, SyntheticShop
 from tools import chaos_analysis as ca
+from tools.argtypes import output_file, output_folder
 from tools.broker import EmbeddedBroker
 from tools.chaos_processes import ASSIGNED, MARKER, ChangelogFollower, Instance, PacedProducer, Supervisor
 from tools.checker import Expected, expected_from
@@ -799,13 +800,18 @@ def add_parser(sub: Any) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, name, text in _OPTIONS:
         kind = type(getattr(ChaosConfig, name))
-        p.add_argument(flag, dest=name, type=kind, default=_default(name),
+        p.add_argument(flag, dest=name, type=_workdir if name == "workdir" else kind, default=_default(name),
                        help=f"{text} (default: %(default)s; env {_env_name(name)})")
     p.add_argument("--keep-event-ids", action="store_true", default=_default("keep_event_ids"),
                    help=f"keep the events' event_id (default: dropped, so exactly-once rests on offsets alone; "
                         f"env {_env_name('keep_event_ids')})")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    p.add_argument("--json", type=output_file(), metavar="PATH", help="also write the report as JSON to PATH")
     p.set_defaults(func=_cmd_chaos)
+
+
+def _workdir(text: str) -> str:
+    """``--workdir``: a folder to write in, or none (empty, the default: a temporary one)."""
+    return output_folder(text) if text else text
 
 
 def _cmd_chaos(args: Any) -> int:

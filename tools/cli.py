@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,7 +21,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from stream_rec.settings import Settings, settings_table  # noqa: E402 (after the line above)
 from stream_rec.synth import ShopConfig
 from tools import bench, chaos, evaluate, replay, tail
-from tools.argtypes import finite, whole
+from tools.argtypes import finite, output_file, whole
+from tools.command import CommandParser, UserError
 
 log = logging.getLogger("stream_rec")
 
@@ -32,7 +35,7 @@ def _settings_epilog() -> str:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from tools.broker import EmbeddedBroker
+    from tools.broker import EmbeddedBroker, PortInUse
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the broker the way Ctrl-C does, child process included
@@ -45,6 +48,8 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         broker.start()
         print(f"embedded broker on {broker.bootstrap} (memory only; Ctrl-C or SIGTERM stops it)", flush=True)
         return broker.wait()
+    except PortInUse as err:
+        raise UserError(f"{err} (a broker running already?): choose another --port") from None
     except KeyboardInterrupt:
         return 0
     finally:
@@ -55,14 +60,29 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from agents.topics import BrokerUnreachable
     from agents.worker import run_worker
+    from stream_rec.state import StoreLockedError
+    from tools.broker import port_taken
 
     overrides = {name: value for name, value in (("worker_id", args.worker_id), ("data_dir", args.data_dir),
                                                   ("kafka_bootstrap", args.bootstrap)) if value is not None}
+    settings = Settings.from_env(**overrides)
+    # Before the broker is asked anything: a second worker on a host finds its port taken at once.
+    if settings.metrics_port and port_taken(settings.metrics_port, host=""):
+        raise UserError(f"the metrics port {settings.metrics_port} is in use by another process (a worker running "
+                        "already on this host?): give this worker another STREAM_REC_METRICS_PORT (0: no endpoint)")
     try:
-        return run_worker(Settings.from_env(**overrides))
+        return run_worker(settings)
     except BrokerUnreachable as err:
-        print(f"stream-rec worker: {err}", file=sys.stderr)
-        return 1
+        raise UserError(str(err)) from None
+    except StoreLockedError:
+        raise UserError(f"the state folder {settings.state_path} is in use by another process (a worker with the "
+                        f"same id {settings.worker_id!r} on this host?): give each worker its own "
+                        "STREAM_REC_WORKER_ID") from None
+    except OSError as err:  # whichever server of the worker found its port taken after the check above
+        if err.errno != errno.EADDRINUSE:
+            raise
+        raise UserError(f"a port this worker listens on is in use by another process ({err.strerror}; a worker "
+                        "running already on this host?): give each worker its own STREAM_REC_METRICS_PORT") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -75,8 +95,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         return run_serve(Settings.from_env(**overrides))
     except (BrokerUnreachable, ServeError) as err:
-        print(f"stream-rec serve: {err}", file=sys.stderr)
-        return 1
+        raise UserError(str(err)) from None
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -84,12 +103,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     categories = args.categories if args.categories is not None else default_categories(args.items)
     if categories > args.items:
-        raise SystemExit(f"stream-rec generate: --categories ({categories}) must not exceed --items ({args.items})")
+        raise UserError(f"--categories ({categories}) must not exceed --items ({args.items})", code=2)
     try:
         config = ShopConfig(n_users=args.users, n_items=args.items, n_categories=categories, n_events=args.events,
                             popularity_exponent=args.popularity_exponent, seed=args.seed, days=args.days)
-    except ValueError as err:  # the flags are checked above; this is a rule between them that was missed
-        raise SystemExit(f"stream-rec generate: {err}") from None
+    except ValueError as err:  # the flags are checked one by one; this is a rule between them that was missed
+        raise UserError(_flag_names(str(err)), code=2) from None
     log.info("building a shop of %d items in %d categories, %d users", args.items, categories, args.users)
     shop = SyntheticShop(config)
     events = _progress(shop.events(), total=args.events, desc="generate", unit="ev")
@@ -103,14 +122,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ShopConfig's fields that a flag of ``generate`` sets: its errors name the flag, not the field.
+_SHOP_FLAGS = {"n_users": "--users", "n_items": "--items", "n_categories": "--categories", "n_events": "--events",
+               "popularity_exponent": "--popularity-exponent", "days": "--days", "seed": "--seed"}
+
+
+def _flag_names(message: str) -> str:
+    """A :class:`ShopConfig` error in the words of ``generate``'s flags.
+
+    >>> _flag_names("ShopConfig.n_categories (9) must not exceed n_items (5)")
+    '--categories (9) must not exceed --items (5)'
+    """
+    fields = "|".join(_SHOP_FLAGS)
+    return re.sub(rf"(?:ShopConfig\.)?\b({fields})\b", lambda m: _SHOP_FLAGS[m[1]], message).replace("ShopConfig.", "")
+
+
 def _cmd_state(args: argparse.Namespace) -> int:
     from stream_rec.service import RecService
-    from stream_rec.state import RocksStore, StateError
+    from stream_rec.state import RocksStore, StateError, StoreLockedError
 
     settings = Settings.from_env(**{k: v for k, v in (("worker_id", args.worker_id), ("data_dir", args.data_dir)) if v})
     if not settings.state_path.is_dir():
-        print(f"no state at {settings.state_path}", file=sys.stderr)
-        return 1
+        raise UserError(f"no state at {settings.state_path}")
     try:
         store = RocksStore(settings.state_path)
         try:
@@ -119,9 +152,11 @@ def _cmd_state(args: argparse.Namespace) -> int:
             stats = service.stats() | {"variants": service.outcomes.summary()}
         finally:
             store.close()
-    except StateError as err:  # corrupt, locked, another format version, or a disk that refuses writes
-        print(f"stream-rec state: {err}", file=sys.stderr)
-        return 1
+    except StoreLockedError:
+        raise UserError(f"the state in {settings.state_path} is in use by another process, a worker running on it: "
+                        "stop that worker first (state reads a stopped worker's state)") from None
+    except StateError as err:  # corrupt, another format version, or a disk that refuses writes
+        raise UserError(str(err)) from None
     print(json.dumps(stats))
     return 0
 
@@ -140,7 +175,7 @@ def _progress(iterable, **kwargs):  # type: ignore[no-untyped-def]
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="stream-rec", description=__doc__, epilog=_settings_epilog(), formatter_class=fmt)
+    parser = CommandParser(prog="stream-rec", description=__doc__, epilog=_settings_epilog(), formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu) on loopback")
@@ -175,15 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "popular, a larger X sends more of the traffic to the best sellers, so a stream touches "
                         "fewer distinct items; `stream-rec bench` uses 0.8 for a long tail (default: %(default)s)")
     p.add_argument("--days", type=finite(positive=True), default=14.0, help="days the stream spans (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--out", default="-", help="output path, .gz compresses; - for stdout (default: %(default)s)")
+    p.add_argument("--seed", type=whole(0), default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--out", type=output_file(stdout=True), default="-",
+                   help="output path, .gz compresses; - for stdout (default: %(default)s)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("demo", help="broker + worker + a synthetic shop's events, end to end")
-    p.add_argument("--events", type=int, default=20_000, help="events to stream (default: %(default)s)")
-    p.add_argument("--users", type=int, default=500, help="users (default: %(default)s)")
-    p.add_argument("--items", type=int, default=1000, help="items (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--events", type=whole(1), default=20_000, help="events to stream (default: %(default)s)")
+    p.add_argument("--users", type=whole(1), default=500, help="users (default: %(default)s)")
+    p.add_argument("--items", type=whole(1), default=1000, help="items (default: %(default)s)")
+    p.add_argument("--seed", type=whole(0), default=0, help="random seed (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
     replay.add_parser(sub)
@@ -200,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``stream-rec ARGV``; returns the exit code.
+
+    A mistake its user can put right is said here, and only here, in one line on stderr: ``stream-rec
+    COMMAND: why``, with a non-zero code and no traceback (the commands raise :class:`UserError`; argument
+    errors take the same shape, see :class:`tools.command.CommandParser`). The paths a command writes are
+    checked with its arguments, before its work starts (:mod:`tools.argtypes`). Any other exception is a
+    bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     level = os.environ.get("STREAM_REC_LOG_LEVEL", "info").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -210,9 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"stream-rec {args.command}: {err}", file=sys.stderr)
+        return err.code
     except ValueError as err:  # invalid settings: say which, no traceback
         if str(err).startswith("invalid setting"):
-            print(f"stream-rec: {err}", file=sys.stderr)
+            print(f"stream-rec {args.command}: {err}", file=sys.stderr)
             return 2
         raise
 

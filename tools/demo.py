@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from stream_rec.service import warm_up
 from stream_rec.settings import TOPIC_FIELDS, Settings
-from stream_rec.synth import ShopConfig, SyntheticShop
+from stream_rec.synth import ShopConfig, SyntheticShop, default_categories
 from stream_rec.wire import STRANGER_KEY
 from tools.broker import EmbeddedBroker
 from tools.produce import make_producer, produce_events, read_topic
@@ -63,7 +63,8 @@ def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, s
             bootstrap = stack.enter_context(EmbeddedBroker(log_path=os.path.join(workdir, "broker.log"))).bootstrap
         settings = _demo_settings(settings, run_id, bootstrap, workdir)
         print(f"broker {bootstrap}; worker state and logs in {workdir}", flush=True)
-        shop = SyntheticShop(ShopConfig(n_users=n_users, n_items=n_items, n_events=n_events, seed=seed))
+        shop = SyntheticShop(ShopConfig(n_users=n_users, n_items=n_items, n_categories=default_categories(n_items),
+                                        n_events=n_events, seed=seed))
         events = list(shop.events())
         bad = malformed_messages(settings)
         warm_up()  # logs that it loads (or, the first time on a machine, compiles) the kernels, and how long

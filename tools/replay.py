@@ -4,7 +4,8 @@ The log is read with :func:`stream_rec.logs.read_log` (native JSONL, or CSV/JSON
 ``--preset`` / ``--map`` / ``--types``), validated exactly as a worker validates, sorted by timestamp, and
 every valid event is sent to its stream's topic, keyed by user id. Invalid lines are counted and the first
 few reported; they are not sent. The summary on stdout says how many events the broker acknowledged;
-the exit code is 0 only when that is every one sent.
+the exit code is 0 only when that is every one sent. A log with no valid event at all fails, with one line
+that says why (its lines read, their reasons, its columns against the expected ones).
 
 Pacing is cheap: an event's due time follows from its position (``--rate``) or its timestamp
 (``--speed``); the clock is read only when an event is due later than the last reading, and the replay
@@ -19,6 +20,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +28,9 @@ from typing import Any
 import orjson
 
 from agents.topics import reachable
-from tools.logargs import add_log_format_arguments, log_format
+from tools.argtypes import finite, input_file, whole
+from tools.command import UserError
+from tools.logargs import add_log_format_arguments, log_format, no_events
 from stream_rec.events import EVENT_TYPES, Event, stream_of
 from stream_rec.logs import LogLine, event_record, read_log
 from stream_rec.settings import Settings
@@ -48,7 +52,8 @@ DESCRIPTION = """\
 Send a recorded event log to stream_rec's input topics: each valid event to its stream's topic
 (STREAM_REC_TOPIC_BROWSE / _CLICK / _PURCHASE), keyed by user id, in timestamp order. Lines are
 validated as a worker validates them; invalid ones are counted, the first few listed, and not sent.
-Prints a summary; exits 0 only when the broker acknowledged every valid event.
+Prints a summary; exits 0 only when the broker acknowledged every valid event (and fails when the
+log holds none).
 
 examples:
   stream-rec replay shop.jsonl.gz
@@ -62,7 +67,7 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "replay", help="send a recorded event log (JSONL, CSV, public data sets) to the input topics",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="log files (.gz or not), read in this order")
+    p.add_argument("paths", nargs="+", type=input_file, metavar="PATH", help="log files (.gz or not), read in this order")
 
     add_log_format_arguments(p)
     fmt = p.add_argument_group("reading")
@@ -70,13 +75,13 @@ def add_parser(subparsers: Any) -> None:
                      "of reading it all into memory to sort it (default: sort, stable)")
 
     pace = p.add_argument_group("pacing (default: as fast as possible)").add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=_positive_float, metavar="FACTOR", help="keep the log's gaps between events, "
+    pace.add_argument("--speed", type=finite(positive=True), metavar="FACTOR", help="keep the log's gaps between events, "
                       "played FACTOR times faster (1 = real time, 60 = an hour per minute)")
-    pace.add_argument("--rate", type=_positive_float, metavar="N", help="a fixed N events per second")
+    pace.add_argument("--rate", type=finite(positive=True), metavar="N", help="a fixed N events per second")
 
     sel = p.add_argument_group("selection")
-    sel.add_argument("--skip", type=_non_negative_int, default=0, metavar="N", help="skip the first N valid events (default: 0)")
-    sel.add_argument("--limit", type=_non_negative_int, metavar="N", help="send at most N events (default: all)")
+    sel.add_argument("--skip", type=whole(0), default=0, metavar="N", help="skip the first N valid events (default: 0)")
+    sel.add_argument("--limit", type=whole(0), metavar="N", help="send at most N events (default: all)")
 
     ts = p.add_argument_group("timestamps").add_mutually_exclusive_group()
     ts.add_argument("--keep-ts", dest="rewrite_ts", action="store_false", help="send the log's timestamps (default)")
@@ -88,7 +93,7 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--bootstrap", help="Kafka bootstrap servers (default: STREAM_REC_KAFKA_BOOTSTRAP, else "
                      f"{DEFAULT_BOOTSTRAP}, where `stream-rec broker` listens); topics from STREAM_REC_TOPIC_*")
     out.add_argument("--no-key", action="store_true", help="send without a key (default: keyed by user id)")
-    out.add_argument("--ceiling", type=_non_negative_int, default=0, metavar="N",
+    out.add_argument("--ceiling", type=whole(0), default=0, metavar="N",
                      help=f"first time the bare producer on N of the same messages, already encoded, sent to the "
                           f"scratch topic {CEILING_TOPIC} (never an input topic), and print the replay's rate against "
                           f"it (default: 0, off)")
@@ -103,13 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        fmt = log_format(args)
-        lines = read_log(args.paths, fmt, limit=None if args.limit is None else args.skip + args.limit,
-                         sort=not args.no_sort)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"stream-rec replay: {err}", file=sys.stderr)
-        return 2
+    fmt = log_format(args)
+    lines = read_log(args.paths, fmt, limit=None if args.limit is None else args.skip + args.limit,
+                     sort=not args.no_sort)
     settings = Settings.from_env()
     bootstrap = args.bootstrap or settings.kafka_bootstrap or DEFAULT_BOOTSTRAP
     report = ReplayReport(limit=args.limit)
@@ -120,11 +121,15 @@ def run(args: argparse.Namespace) -> int:
             started = time.monotonic()
             events = list(_progress(events, desc="read", unit="ev"))
             report.read_s, total = time.monotonic() - started, len(events)
+            if not report.valid:  # before the broker is asked anything
+                raise UserError(no_events(args.paths, fmt, report.reasons, report.first))
         send(events, settings, bootstrap, report, total=total, speed=args.speed, rate=args.rate,
              rewrite_ts=args.rewrite_ts, key_by_user=not args.no_key, ceiling=args.ceiling)
     except KeyboardInterrupt:
         report.interrupted = True
     print(report.format(), flush=True)
+    if not report.valid and not report.interrupted and report.error is None:  # --no-sort reads as it sends
+        raise UserError(no_events(args.paths, fmt, report.reasons, report.first))
     return 0 if report.complete else 1
 
 
@@ -147,11 +152,15 @@ class ReplayReport:
     error: str | None = None
     first_invalid: list[str] = field(default_factory=list)
     first_errors: list[str] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)  # invalid lines per reason
+    first: str | None = None  # the first invalid line, as path:line: why
 
     def add_invalid(self, line: LogLine) -> None:
+        assert line.error is not None
         self.invalid += 1
+        self.reasons[line.error.reason] += 1
+        self.first = self.first or f"{line.path}:{line.line_no}: {line.error}"
         if len(self.first_invalid) < SHOW_INVALID:
-            assert line.error is not None
             self.first_invalid.append(f"{line.path}:{line.line_no}: {line.error.reason} - {line.error}")
 
     def acked(self, _metadata: Any) -> None:
@@ -380,20 +389,6 @@ def _progress(iterable: Iterable[Any] | None, **kwargs: Any) -> Any:
     from tqdm import tqdm
 
     return tqdm(iterable, disable=not sys.stderr.isatty(), mininterval=0.5, **kwargs)
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from stream_rec.settings import Settings
 from agents.topics import reachable
+from tools.argtypes import output_file
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 #: Items shown per list on a readable line.
@@ -47,7 +48,7 @@ def add_parser(subparsers: Any) -> None:
     which.add_argument("--topic", metavar="NAME", help="any other topic (default: STREAM_REC_TOPIC_RECOMMENDATIONS)")
     p.add_argument("--user", metavar="U", help="only messages keyed by this user id")
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest message (default: only new ones)")
-    p.add_argument("--jsonl", metavar="PATH", help="write the raw JSON payloads one per line to PATH (- for stdout)")
+    p.add_argument("--jsonl", type=output_file(stdout=True), metavar="PATH", help="write the raw JSON payloads one per line to PATH (- for stdout)")
     p.add_argument("--max", type=int, metavar="N", help="stop after N messages (default: never)")
     p.add_argument("--idle-exit", type=float, metavar="SECONDS", help="stop after SECONDS without a message (default: never)")
     p.add_argument("--bootstrap", help=f"Kafka bootstrap servers (default: STREAM_REC_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")

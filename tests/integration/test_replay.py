@@ -206,8 +206,10 @@ def test_bad_format_options_are_a_clear_error(tmp_path: Path, args: list[str], m
 
 
 def test_missing_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert replay.main([str(tmp_path / "nope.jsonl")]) == 2
-    assert "no such log file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused while the arguments are read
+        replay.main([str(tmp_path / "nope.jsonl")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"stream-rec replay: argument PATH: no such file: {tmp_path / 'nope.jsonl'}\n"
 
 
 def test_ceiling_times_the_bare_producer_on_a_scratch_topic_and_prints_both_rates(

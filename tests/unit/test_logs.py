@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from stream_rec.events import Event
-from stream_rec.logs import PRESETS, LogFormat, LogLine, event_record, parse_mapping, read_log
+from stream_rec.logs import (PRESETS, LogFormat, LogLine, event_record, expected_columns, log_columns, parse_mapping,
+                             read_log)
 
 T0 = 1_700_000_000_000
 RETAILROCKET = LogFormat(mapping=parse_mapping("user_id=visitorid,item_id=itemid,type=event,ts=timestamp"),
@@ -82,6 +83,28 @@ def test_csv_keeps_category_price_session_and_event_id(tmp_path: Path) -> None:
     fmt = LogFormat(mapping=parse_mapping("user_id=user,item_id=item,type=kind,category=cat"), types={"buy": "purchase"})
     [event] = valid(list(read_log([path], fmt)))
     assert event == Event("u1", "i1", "purchase", T0, "e1", "s1", "shoes", 9.5, 2)
+
+
+@pytest.mark.parametrize("sep", [";", "|", "\t", ","])
+def test_the_csv_separator_is_found_in_the_first_line(tmp_path: Path, sep: str) -> None:
+    """A ``;`` export read 0 events when only tab and comma were told apart."""
+    path = write(tmp_path / "shop.csv", sep.join(["user_id", "item_id", "type", "ts", "category"]) + "\n"
+                 + sep.join(["u1", "i1", "view", str(T0), '"shoes, boots"']) + "\n")
+    (event,) = valid(list(read_log([path])))
+    assert (event.user_id, event.item_id, event.ts_ms, event.category) == ("u1", "i1", T0, "shoes, boots")
+    assert log_columns(path) == ("user_id", "item_id", "type", "ts", "category")
+
+
+def test_columns_found_and_expected_as_the_format_reads_them(tmp_path: Path) -> None:
+    """What a command shows beside a log that yields no events."""
+    csv_log = write(tmp_path / "x.csv", "timestamp;visitorid;event;itemid\n1;2;view;3\n")
+    assert log_columns(csv_log) == ("timestamp", "visitorid", "event", "itemid")
+    assert expected_columns() == ("user_id", "item_id", "type", "ts")
+    assert set(expected_columns(RETAILROCKET)) == set(log_columns(csv_log, RETAILROCKET))
+    assert log_columns(write(tmp_path / "u.data", "196\t242\t3\t881250949\n"), PRESETS["movielens"]) == (
+        "user_id", "item_id", "rating", "timestamp")  # no header: the preset's names
+    assert log_columns(write(tmp_path / "x.jsonl", '\n{"user": 1, "ts": 2}\n')) == ("user", "ts")
+    assert log_columns(write(tmp_path / "empty.jsonl", "")) == ()
 
 
 def test_jsonl_with_a_mapping_keeps_the_other_fields(tmp_path: Path) -> None:
