@@ -195,7 +195,7 @@ def drain_rate(bench: Bench, settings: Settings, label: str, module: Sequence[st
 def sustained_rate(samples: Sequence[tuple[float, float]], total: int, window: tuple[float, float] = _WINDOW) -> float:
     """Events/s between the moments the count crossed ``window`` shares of ``total`` (interpolated).
 
-    >>> sustained_rate([(0.0, 0), (1.0, 0), (2.0, 500), (3.0, 1000)], 1000)
+    >>> round(sustained_rate([(0.0, 0), (1.0, 0), (2.0, 500), (3.0, 1000)], 1000), 6)
     500.0
     """
     low, high = (_crossing(samples, share * total) for share in window)
