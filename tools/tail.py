@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from stream_rec.settings import Settings
+from agents.security import kafka_python_options
 from agents.topics import reachable
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     out: IO[str] = sys.stdout if args.jsonl in (None, "-") else open(args.jsonl, "w", encoding="utf-8")
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest" if args.from_beginning else "latest")
+                             auto_offset_reset="earliest" if args.from_beginning else "latest",
+                             **kafka_python_options(settings))
     user = args.user.encode() if args.user is not None else None
     shown = 0
     try:
