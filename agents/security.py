@@ -16,6 +16,7 @@ A call site spreads one of them into the constructor, ``AIOKafkaConsumer(..., **
 
 from __future__ import annotations
 
+import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,31 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
         options |= {"ssl_cafile": settings.kafka_ssl_cafile or None, "ssl_certfile": settings.kafka_ssl_certfile or None,
                     "ssl_keyfile": settings.kafka_ssl_keyfile or None}
     return options | _sasl(settings)
+
+
+def tls_refused(settings: Settings, bootstrap: str, timeout_s: float = 3.0) -> str | None:
+    """Why no bootstrap server completes a TLS handshake with ``settings``, in a sentence for the operator
+    (None: one does, or no TLS).
+
+    The Kafka clients retry a failed handshake until their 30 s timeout and then say only that they could not
+    bootstrap; this says which certificate was refused, in seconds. (A broker that wants a client certificate
+    may only refuse a missing one after the handshake, on TLS 1.3: the clients' timeout still covers that.)
+    """
+    context = ssl_context(settings)
+    if context is None:
+        return None
+    reasons = []
+    for server in (s.strip() for s in bootstrap.split(",") if s.strip()):
+        host, _, port = server.rpartition(":")
+        host = host.strip("[]") or "localhost"
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s) as raw:
+                context.wrap_socket(raw, server_hostname=host).close()
+            return None
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+            reasons.append(f"{server}: {err}")
+    return (f"no TLS handshake with any Kafka bootstrap server ({'; '.join(reasons)}); check "
+            "STREAM_REC_KAFKA_SSL_CAFILE and STREAM_REC_KAFKA_SECURITY_PROTOCOL")
 
 
 def faust_credentials(settings: Settings) -> CredentialsT | None:

@@ -8,7 +8,7 @@ import socket
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from agents.security import kafka_python_options
+from agents.security import kafka_python_options, tls_refused
 from stream_rec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
     ``settings.replication_factor`` times (a topic that exists is left as it is)."""
     if not reachable(bootstrap):  # kafka-python alone would wait 30 s before saying so
         raise BrokerUnreachable(_unreachable(bootstrap, "connection refused or timed out"))
+    refused = tls_refused(settings, bootstrap)
+    if refused:
+        raise BrokerUnreachable(refused)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin",
                                  **kafka_python_options(settings))

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from agents.security import aiokafka_options
+from agents.security import aiokafka_options, tls_refused
 from agents.topics import reachable
 from tools.logargs import add_log_format_arguments, log_format
 from stream_rec.events import EVENT_TYPES, Event, stream_of
@@ -249,6 +249,10 @@ def send(events: Iterable[Event], settings: Settings, bootstrap: str, report: Re
     """
     if not reachable(bootstrap):
         report.error = f"cannot reach Kafka at {bootstrap} (is `stream-rec broker` running? see --bootstrap)"
+        return
+    refused = tls_refused(settings, bootstrap)
+    if refused:
+        report.error = refused
         return
     asyncio.run(_send(events, settings, bootstrap, report, total=total, speed=speed, rate=rate,
                       rewrite_ts=rewrite_ts, key_by_user=key_by_user, ceiling=ceiling))
