@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import socket
 import ssl
 from argparse import Namespace
 from dataclasses import replace
@@ -226,12 +227,13 @@ def test_clients_receive_the_settings_security(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(aiokafka, "AIOKafkaProducer", type("AIOKafkaProducer", (Recorder,), {}))
     monkeypatch.setattr(kafka, "KafkaConsumer", type("KafkaConsumer", (Recorder,), {}))
     monkeypatch.setattr(topics, "KafkaAdminClient", type("KafkaAdminClient", (Recorder,), {}))
-    monkeypatch.setattr(topics, "reachable", lambda bootstrap: True)
-    monkeypatch.setattr(tail, "reachable", lambda bootstrap: True)
+    for module in (topics, tail):
+        monkeypatch.setattr(module, "reachable", lambda bootstrap: True)
+        monkeypatch.setattr(module, "tls_refused", lambda settings, bootstrap: None)
     monkeypatch.setattr(Settings, "from_env", classmethod(lambda cls, *a, **kw: settings))
 
     replay._producer(settings, "broker:9093")
-    tail.run(Namespace(topic=None, dead_letter=False, bootstrap="broker:9093", jsonl=None, user=None, max=None,
+    assert 0 == tail.run(Namespace(topic=None, dead_letter=False, bootstrap="broker:9093", jsonl=None, user=None, max=None,
                        idle_exit=0.0, from_beginning=True))
     topics.ensure_topics(settings, "broker:9093")
     for name in ("AIOKafkaProducer", "KafkaConsumer", "KafkaAdminClient"):
@@ -242,3 +244,16 @@ def test_clients_receive_the_settings_security(monkeypatch: pytest.MonkeyPatch, 
     conf = worker_app.faust_app(replace(settings, worker_id="w"), "broker:9093").conf
     assert conf.broker_credentials.mechanism.value == "SCRAM-SHA-512"
     assert security.uses_tls(settings) and conf.broker_credentials.ssl_context is not None
+
+
+def test_a_refused_tls_handshake_is_named_in_seconds(pki: dict[str, str]) -> None:
+    from agents.security import tls_refused
+
+    with socket.socket() as silent:  # accepts connections, never answers a handshake
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        reason = tls_refused(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=pki["ca"]), address, timeout_s=0.3)
+        assert tls_refused(Settings(), address) is None  # plaintext: nothing to check
+    assert reason is not None and reason.startswith(f"no TLS handshake with any Kafka bootstrap server ({address}: ")
+    assert "STREAM_REC_KAFKA_SSL_CAFILE" in reason
