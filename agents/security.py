@@ -1,5 +1,5 @@
-"""How every Kafka client stream_rec opens connects: the ``STREAM_REC_KAFKA_SECURITY_*``/``SASL_*``/``SSL_*``
-settings, in the shape each client library takes them.
+"""How every Kafka client stream_rec opens connects: the ``STREAM_REC_KAFKA_SECURITY_PROTOCOL``,
+``STREAM_REC_KAFKA_SASL_*`` and ``STREAM_REC_KAFKA_SSL_*`` settings, in the shape each client library takes.
 
 - aiokafka (the workers' own readers, ``serve``, ``replay``, the bench): :func:`aiokafka_options`, with an
   :class:`ssl.SSLContext`;
@@ -26,18 +26,10 @@ if TYPE_CHECKING:
     from faust.types import CredentialsT
 
 
-def uses_tls(settings: Settings) -> bool:
-    return settings.kafka_security_protocol in ("SSL", "SASL_SSL")
-
-
-def uses_sasl(settings: Settings) -> bool:
-    return settings.kafka_security_protocol.startswith("SASL_")
-
-
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """The TLS context of ``settings`` (None without TLS): the brokers' certificates checked against the CA
     file (else the system's CAs) and their names against the certificates; the client certificate if any."""
-    if not uses_tls(settings):
+    if not settings.kafka_tls:
         return None
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.kafka_ssl_cafile or None)
     if settings.kafka_ssl_certfile:
@@ -47,7 +39,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def _sasl(settings: Settings) -> dict[str, Any]:
     # Both libraries name the user and password "plain" whatever the mechanism; SCRAM takes them too.
-    if not uses_sasl(settings):
+    if not settings.kafka_sasl:
         return {}
     return {"sasl_mechanism": settings.kafka_sasl_mechanism, "sasl_plain_username": settings.kafka_sasl_username,
             "sasl_plain_password": settings.kafka_password()}
@@ -70,7 +62,7 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
     {'security_protocol': 'PLAINTEXT'}
     """
     options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if uses_tls(settings):
+    if settings.kafka_tls:
         options |= {"ssl_cafile": settings.kafka_ssl_cafile or None, "ssl_certfile": settings.kafka_ssl_certfile or None,
                     "ssl_keyfile": settings.kafka_ssl_keyfile or None}
     return options | _sasl(settings)
@@ -105,9 +97,9 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
     """Faust's ``broker_credentials`` (None: plaintext, Faust's default)."""
     import faust
 
-    if uses_sasl(settings):
+    if settings.kafka_sasl:
         return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_password(),
                                      mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context(settings))
-    if uses_tls(settings):
+    if settings.kafka_tls:
         return faust.SSLCredentials(ssl_context(settings))
     return None

@@ -217,7 +217,7 @@ class Settings:
             raise _invalid("kafka_security_protocol", protocol, f"expected one of {', '.join(SECURITY_PROTOCOLS)}")
         if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
             raise _invalid("kafka_sasl_mechanism", self.kafka_sasl_mechanism, f"expected one of {', '.join(SASL_MECHANISMS)}")
-        sasl, tls = protocol.startswith("SASL_"), protocol in ("SSL", "SASL_SSL")
+        sasl, tls = self.kafka_sasl, self.kafka_tls
         with_protocol = f"with {_env_name('kafka_security_protocol')}={protocol}"
         # Credentials or files the protocol would not use mean a forgotten protocol: the clients would connect
         # in plaintext and fail later with a far less telling error.
@@ -238,6 +238,16 @@ class Settings:
                 raise _invalid(name, path, "no such readable file")
         if sasl and not self.kafka_password():
             raise _wrong("kafka_sasl_password", f"required {with_protocol} (or {_env_name('kafka_sasl_password_file')})")
+
+    @property
+    def kafka_tls(self) -> bool:
+        """Whether the Kafka clients connect over TLS (SSL or SASL_SSL)."""
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def kafka_sasl(self) -> bool:
+        """Whether the Kafka clients authenticate with SASL (SASL_PLAINTEXT or SASL_SSL)."""
+        return self.kafka_security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
 
     def kafka_password(self) -> str:
         """The SASL password: ``kafka_sasl_password``, else the content of ``kafka_sasl_password_file``.

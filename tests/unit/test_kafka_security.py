@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trustme
 
-from agents import security, topics
+from agents import topics
 from agents.security import aiokafka_options, faust_credentials, kafka_python_options
 from stream_rec.settings import SASL_MECHANISMS, Settings
 
@@ -243,7 +243,7 @@ def test_clients_receive_the_settings_security(monkeypatch: pytest.MonkeyPatch, 
     assert received["KafkaConsumer"]["ssl_cafile"] == pki["ca"]
     conf = worker_app.faust_app(replace(settings, worker_id="w"), "broker:9093").conf
     assert conf.broker_credentials.mechanism.value == "SCRAM-SHA-512"
-    assert security.uses_tls(settings) and conf.broker_credentials.ssl_context is not None
+    assert conf.broker_credentials.ssl_context is not None
 
 
 def test_a_refused_tls_handshake_is_named_in_seconds(pki: dict[str, str]) -> None:
