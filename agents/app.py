@@ -43,6 +43,7 @@ from faust.types import EventT
 from agents.broker_watch import BrokerWatch
 from agents.group import BalancedAssignor
 from agents.lifecycle import exit_on_crash, guarded, state_write
+from agents.security import aiokafka_options, faust_credentials
 from agents.state import KafkaState
 from agents.transport import Transport
 from stream_rec.events import (Availability, Event, Forget, Impression, InvalidEvent, Limits, decode,
@@ -76,6 +77,7 @@ def faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> 
     app = faust.App(
         app_id or settings.app_id,
         broker=broker_urls(bootstrap),
+        broker_credentials=faust_credentials(settings),
         datadir=str(settings.worker_dir / "faust"),
         store="memory://",  # stream_rec keeps its own RocksDB state; Faust tables are not used
         web_enabled=False,
@@ -318,7 +320,8 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         any item, so every worker must know every withdrawn one. The topic is read from its start at each
         start-up (its latest message per item wins), so nothing about it needs persisting."""
         consumer = AIOKafkaConsumer(settings.topic_items, bootstrap_servers=bootstrap, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    **aiokafka_options(settings))
         await consumer.start()
         try:
             while True:

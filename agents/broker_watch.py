@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from agents.lifecycle import EXIT_BROKER_UNREACHABLE, fatal
+from agents.security import aiokafka_options
 from agents.topics import all_topics, ensure_topics
 from stream_rec.settings import Settings
 
@@ -87,7 +88,7 @@ class BrokerWatch:
     async def _topics(self) -> set[str]:
         if self._client is None:
             client = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                      request_timeout_ms=int(ANSWER_WITHIN_S * 1000))
+                                      request_timeout_ms=int(ANSWER_WITHIN_S * 1000), **aiokafka_options(self.settings))
             try:
                 await client.start()
             except BaseException:

@@ -34,6 +34,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents.security import aiokafka_options, kafka_python_options
 from agents.topics import ensure_topics
 from agents.worker import DEFAULT_BOOTSTRAP
 from stream_rec.heap import settle
@@ -182,16 +183,16 @@ def _start_anew(store: RocksStore) -> RocksStore:
 
 # -- following the topic --------------------------------------------------------------------------
 
-async def follow(bootstrap: str, topic: str, partitions: Sequence[int], materialiser: Materialiser,
+async def follow(settings: Settings, bootstrap: str, partitions: Sequence[int], materialiser: Materialiser,
                  status: Status) -> None:
-    """Copy ``topic`` into the store for ever, from the stored offsets (else from the beginning); set
-    ``status.ready`` once the copy reaches the ends the partitions had when this started."""
+    """Copy the recommendations topic into the store for ever, from the stored offsets (else from the
+    beginning); set ``status.ready`` once the copy reaches the ends the partitions had when this started."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                                client_id="stream-rec-serve")
+                                client_id="stream-rec-serve", **aiokafka_options(settings))
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = [TopicPartition(settings.topic_recommendations, p) for p in partitions]
         consumer.assign(tps)
         stored = materialiser.next_offsets()
         ends = await consumer.end_offsets(tps)
@@ -220,11 +221,12 @@ async def _check_caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition
         log.info("caught up with the topic in %.1f s: %s", time.monotonic() - started, status.counts)
 
 
-def describe_topic(bootstrap: str, topic: str) -> tuple[bytes, list[int]]:
+def describe_topic(settings: Settings, bootstrap: str, topic: str) -> tuple[bytes, list[int]]:
     """``(what names the topic, its partition numbers)``: its name and the id Kafka gave it."""
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="stream-rec-serve-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="stream-rec-serve-admin",
+                             **kafka_python_options(settings))
     try:
         described = admin.describe_topics([topic])[0]
     finally:
@@ -303,7 +305,7 @@ def run_serve(settings: Settings) -> int:
     """
     bootstrap = settings.kafka_bootstrap or DEFAULT_BOOTSTRAP
     ensure_topics(settings, bootstrap)  # raises BrokerUnreachable in seconds, before anything is opened
-    identity, partitions = describe_topic(bootstrap, settings.topic_recommendations)
+    identity, partitions = describe_topic(settings, bootstrap, settings.topic_recommendations)
     store = open_copy(settings, identity)
     try:
         return asyncio.run(_serve(settings, bootstrap, partitions, store))
@@ -324,8 +326,7 @@ async def _serve(settings: Settings, bootstrap: str, partitions: list[int], stor
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         log.info("serving on http://%s:%d from %s, a copy of %s", settings.serve_host, settings.serve_port,
                  settings.serve_path, settings.topic_recommendations)
-        copying = asyncio.create_task(follow(bootstrap, settings.topic_recommendations, partitions, materialiser,
-                                             status))
+        copying = asyncio.create_task(follow(settings, bootstrap, partitions, materialiser, status))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([copying, stopping], return_when=asyncio.FIRST_COMPLETED)
         if copying.done():

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents.security import aiokafka_options
 from agents.topics import topic_ids
 from stream_rec.metrics import Metrics
 from stream_rec.service import BatchResult, RecService
@@ -199,7 +200,8 @@ class KafkaState:
         if self._reader is None:
             self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
-                                            fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
+                                            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                                            **aiokafka_options(self.settings))
             await self._reader.start()
         return self._reader
 
@@ -238,7 +240,7 @@ class KafkaState:
         # 500 ms made each restore of a partition take half a second, and each item update as late).
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
-                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
+                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, **aiokafka_options(self.settings))
         await consumer.start()
         try:
             parts = await _partitions(consumer, topic)

@@ -8,6 +8,7 @@ import socket
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from agents.security import kafka_python_options, tls_refused
 from stream_rec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,12 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
     ``settings.replication_factor`` times (a topic that exists is left as it is)."""
     if not reachable(bootstrap):  # kafka-python alone would wait 30 s before saying so
         raise BrokerUnreachable(_unreachable(bootstrap, "connection refused or timed out"))
+    refused = tls_refused(settings, bootstrap)
+    if refused:
+        raise BrokerUnreachable(refused)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin",
+                                 **kafka_python_options(settings))
     except KafkaError as err:
         raise BrokerUnreachable(_unreachable(bootstrap, err.__class__.__name__)) from None
     try:
@@ -85,7 +90,8 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
 def topic_ids(settings: Settings, bootstrap: str) -> dict[str, str]:
     """Kafka's id of each of stream_rec's topics: a topic deleted and created again gets a new one, which is
     how a worker tells that the offsets it applied up to no longer mean anything there."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin",
+                             **kafka_python_options(settings))
     try:
         described = admin.describe_topics(all_topics(settings))
     finally:

@@ -16,8 +16,14 @@ from stream_rec.events import EVENT_TYPES
 ENV_PREFIX = "STREAM_REC_"
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    # A secret stays out of repr(settings), and so out of every log line and traceback that shows one.
+    return field(default=default, repr=not secret, metadata={"help": help})
+
+
+#: Kafka's security protocols and SASL mechanisms that every client stream_rec opens can speak.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,25 @@ class Settings:
     kafka_bootstrap: str = _setting(
         "", "Kafka bootstrap servers (host:port,...). Empty: the embedded broker on 127.0.0.1:9092 "
         "(`stream-rec broker`); the demo starts its own on a free port.")
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT", "How every Kafka client connects: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (user and "
+        "password over TLS). See docs/operations.md, Secured Kafka.")
+    kafka_sasl_mechanism: str = _setting(
+        "PLAIN", "SASL mechanism with a SASL protocol: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str = _setting("", "SASL user name (required with a SASL protocol).")
+    kafka_sasl_password: str = _setting(
+        "", "SASL password; prefer STREAM_REC_KAFKA_SASL_PASSWORD_FILE, which keeps it out of the environment.",
+        secret=True)
+    kafka_sasl_password_file: str = _setting(
+        "", "File holding the SASL password, read at start (a trailing newline is dropped); give this or "
+        "STREAM_REC_KAFKA_SASL_PASSWORD, not both.")
+    kafka_ssl_cafile: str = _setting(
+        "", "PEM file of the CA certificates that sign the brokers' certificates, with SSL or SASL_SSL (empty: the "
+        "system's CAs). The broker's name is checked against its certificate.")
+    kafka_ssl_certfile: str = _setting(
+        "", "PEM client certificate for brokers that require one (mutual TLS), with SSL or SASL_SSL.")
+    kafka_ssl_keyfile: str = _setting(
+        "", "PEM private key of STREAM_REC_KAFKA_SSL_CERTFILE (empty: the key is in the certificate file).")
     app_id: str = _setting("stream-rec", "Consumer group and Faust app id; workers with the same id share the work.")
     worker_id: str = _setting("worker-1", "Names this worker's state folder under data_dir; unique per worker on a host.")
     data_dir: str = _setting("./stream-rec-data", "Where workers and `stream-rec serve` keep their RocksDB state.")
@@ -164,6 +189,7 @@ class Settings:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid setting {_env_name(bad[0])}={getattr(self, bad[0])!r}")
+        self._check_kafka_security()
         self.event_weights()  # validates the weights string
         from stream_rec.variants import parse_variants
 
@@ -183,6 +209,58 @@ class Settings:
             if raw is not None:
                 values[f.name] = _convert(f.name, raw, type(f.default))
         return replace(cls(**values), **overrides) if overrides else cls(**values)
+
+    def _check_kafka_security(self) -> None:
+        """One line naming the variable for each way the Kafka security settings can be wrong."""
+        protocol = self.kafka_security_protocol
+        if protocol not in SECURITY_PROTOCOLS:
+            raise _invalid("kafka_security_protocol", protocol, f"expected one of {', '.join(SECURITY_PROTOCOLS)}")
+        if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise _invalid("kafka_sasl_mechanism", self.kafka_sasl_mechanism, f"expected one of {', '.join(SASL_MECHANISMS)}")
+        sasl, tls = self.kafka_sasl, self.kafka_tls
+        with_protocol = f"with {_env_name('kafka_security_protocol')}={protocol}"
+        # Credentials or files the protocol would not use mean a forgotten protocol: the clients would connect
+        # in plaintext and fail later with a far less telling error.
+        for name, used in (("kafka_sasl_username", sasl), ("kafka_sasl_password", sasl),
+                           ("kafka_sasl_password_file", sasl), ("kafka_ssl_cafile", tls),
+                           ("kafka_ssl_certfile", tls), ("kafka_ssl_keyfile", tls)):
+            if getattr(self, name) and not used:
+                raise _wrong(name, f"not used {with_protocol}")
+        if sasl and not self.kafka_sasl_username:
+            raise _wrong("kafka_sasl_username", f"required {with_protocol}")
+        if self.kafka_sasl_password and self.kafka_sasl_password_file:
+            raise _wrong("kafka_sasl_password_file", f"give it or {_env_name('kafka_sasl_password')}, not both")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise _wrong("kafka_ssl_keyfile", f"a key without {_env_name('kafka_ssl_certfile')}")
+        for name in ("kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise _invalid(name, path, "no such readable file")
+        if sasl and not self.kafka_password():
+            raise _wrong("kafka_sasl_password", f"required {with_protocol} (or {_env_name('kafka_sasl_password_file')})")
+
+    @property
+    def kafka_tls(self) -> bool:
+        """Whether the Kafka clients connect over TLS (SSL or SASL_SSL)."""
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def kafka_sasl(self) -> bool:
+        """Whether the Kafka clients authenticate with SASL (SASL_PLAINTEXT or SASL_SSL)."""
+        return self.kafka_security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    def kafka_password(self) -> str:
+        """The SASL password: ``kafka_sasl_password``, else the content of ``kafka_sasl_password_file``.
+
+        >>> Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="u", kafka_sasl_password="p").kafka_password()
+        'p'
+        """
+        if not self.kafka_sasl_password_file:
+            return self.kafka_sasl_password
+        try:
+            return Path(self.kafka_sasl_password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as err:
+            raise _invalid("kafka_sasl_password_file", self.kafka_sasl_password_file, f"cannot read it: {err}") from None
 
     def event_weights(self) -> dict[str, float]:
         """The learning weight of each event type.
@@ -229,6 +307,14 @@ TOPIC_FIELDS = ("topic_browse", "topic_click", "topic_purchase", "topic_items", 
 
 def _env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
+
+
+def _invalid(name: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"invalid setting {_env_name(name)}={value!r}: {why}")
+
+
+def _wrong(name: str, why: str) -> ValueError:
+    return ValueError(f"invalid setting {_env_name(name)}: {why}")
 
 
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

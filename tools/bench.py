@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from agents.security import aiokafka_options
 from agents.topics import ensure_topics
 from stream_rec.settings import TOPIC_FIELDS, Settings
 from stream_rec.synth import ShopConfig, SyntheticShop, default_categories
@@ -133,13 +134,14 @@ def produce_backlog(bench: Bench, settings: Settings, events: Sequence[dict[str,
     message; events/s."""
     events = bench.events if events is None else events
     messages = [(topic_for(e, settings), e["user_id"].encode(), json.dumps(e).encode()) for e in events]
-    return asyncio.run(_produce(settings.kafka_bootstrap, messages))
+    return asyncio.run(_produce(settings, messages))
 
 
-async def _produce(bootstrap: str, messages: Sequence[tuple[str, bytes, bytes]]) -> float:
+async def _produce(settings: Settings, messages: Sequence[tuple[str, bytes, bytes]]) -> float:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
+                                max_batch_size=256 * 1024, **aiokafka_options(settings))
     await producer.start()
     try:
         started = time.perf_counter()
@@ -159,7 +161,8 @@ def raw_consume_rate(settings: Settings, expected: int) -> float:
 async def _raw_consume(settings: Settings, expected: int) -> float:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                                **aiokafka_options(settings))
     await consumer.start()
     try:
         consumer.assign([TopicPartition(t, p) for t in settings.input_topics().values() for p in range(settings.partitions)])
@@ -334,8 +337,10 @@ async def _paced_round_trip(settings: Settings, events: Sequence[dict[str, Any]]
     # Each message as the bytes around its ts, so stamping it at send time costs no JSON encoding.
     heads = [(topic_for(e, settings), e["user_id"], json.dumps({k: v for k, v in e.items() if k not in ("ts", "event_id")})[:-1]
               .encode() + b',"ts":') for e in events]
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, fetch_max_wait_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=1,
+                                **aiokafka_options(settings))
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, fetch_max_wait_ms=5,
+                                **aiokafka_options(settings))
     await producer.start()
     await consumer.start()
     consumer.assign([TopicPartition(settings.topic_recommendations, p) for p in range(settings.partitions)])

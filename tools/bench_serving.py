@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from agents.security import aiokafka_options
 from stream_rec.events import Event
 from stream_rec.recommendations import message, stranger_message
 from stream_rec.settings import Settings
@@ -51,7 +52,7 @@ def serving(bench: Bench) -> list[Figure]:
     """(h) ``stream-rec serve``: latency at :data:`RATE` requests/s, and produce-to-readable freshness."""
     settings = replace(bench.fresh_settings("serve"), serve_port=free_port())
     users = [f"user-{n}" for n in range(bench.config.users)]
-    asyncio.run(_produce(settings.kafka_bootstrap, _lists(settings, users, bench.config.items, bench.config.seed)))
+    asyncio.run(_produce(settings, _lists(settings, users, bench.config.items, bench.config.seed)))
     seconds, rounds = (2.0, 10) if bench.config.quick else (SECONDS, FRESH_ROUNDS)
     serve = ServeProcess(settings, log_path=bench.workdir / f"{settings.app_id}.log").start()
     try:
@@ -152,7 +153,8 @@ async def _freshness(settings: Settings, base_url: str, users: list[str], rounds
     from aiokafka import AIOKafkaProducer
 
     rng = random.Random(seed + 1)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=0,
+                                **aiokafka_options(settings))
     await producer.start()
     latencies: list[float] = []
     try:

@@ -63,12 +63,15 @@ def broker_binary() -> str:
 class EmbeddedBroker:
     """Runs Tansu on ``127.0.0.1:port`` (a free port when ``port`` is 0) until stopped.
 
-    Use as a context manager; ``bootstrap`` is the address clients connect to.
+    Use as a context manager; ``bootstrap`` is the address it listens on. It tells clients to connect to
+    ``advertised`` (default: ``bootstrap``), so a proxy in front of it (a TLS one in the tests) sees every
+    connection after the first.
     """
 
-    def __init__(self, port: int = 0, *, log_path: str | None = None) -> None:
+    def __init__(self, port: int = 0, *, log_path: str | None = None, advertised: str | None = None) -> None:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.advertised = advertised or self.bootstrap
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -77,9 +80,9 @@ class EmbeddedBroker:
         (checked first: whatever listens there would answer the wait in the broker's place)."""
         if port_taken(self.port):
             raise PortInUse(f"port {self.port} on 127.0.0.1 is in use by another process")
-        url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL
-        cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        cmd = [broker_binary(), "broker", "--listener-url", f"tcp://{self.bootstrap}",
+               "--advertised-listener-url", f"tcp://{self.advertised}"]
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

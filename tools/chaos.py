@@ -267,7 +267,7 @@ def _produce_under_faults(run: Run, events: list[dict[str, Any]]) -> dict[str, A
     log.info("producing %d events at %.0f/s (%.0f s) with %d faults: %s", len(events), rate, duration, len(faults),
              dict(Counter(f.kind for f in faults)))
     messages = [(topic_for(e, settings), str(e["user_id"]).encode(), json.dumps(e).encode()) for e in events]
-    producer = PacedProducer(settings.kafka_bootstrap, messages, rate)
+    producer = PacedProducer(settings, messages, rate)
     producer.start()
     with tqdm(total=len(messages), desc="produce", unit="ev", disable=not sys.stderr.isatty()) as bar:
         def tick() -> None:
@@ -508,7 +508,7 @@ def read_inputs(settings: Settings) -> tuple[ca.InputLog, list[dict[str, Any]]]:
     lanes the workers file them under."""
     found, sent = [], []
     for topic in settings.input_topics().values():
-        for message in read_topic(settings.kafka_bootstrap, topic, idle_ms=2000):
+        for message in read_topic(settings.kafka_bootstrap, topic, idle_ms=2000, security=settings):
             event = json.loads(message.value)
             user = str(event["user_id"])
             lane = f"{kafka_partition(user, settings.partitions)}>{topic}:{message.partition}"
@@ -555,7 +555,7 @@ def _backlog(progress: list[tuple[float, int, int]], stream_s: float) -> dict[st
 
 def dead_letters(settings: Settings) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
-    for message in read_topic(settings.kafka_bootstrap, settings.topic_dead_letter, idle_ms=1500):
+    for message in read_topic(settings.kafka_bootstrap, settings.topic_dead_letter, idle_ms=1500, security=settings):
         reasons[dict(message.headers or ()).get("stream_rec.reason", b"?").decode(errors="replace")] += 1
     return {"total": sum(reasons.values()), "by_reason": dict(reasons)}
 
@@ -636,7 +636,7 @@ def _probe(settings: Settings, rows: list[ca.Row], moves: list[ca.Move],
     cases = ca.probe_cases(rows, moves, complements)
     wanted = {case.user for case in cases}
     lists: dict[str, list[tuple[int, frozenset[str]]]] = {}
-    for message in read_topic(settings.kafka_bootstrap, settings.topic_recommendations, idle_ms=2000):
+    for message in read_topic(settings.kafka_bootstrap, settings.topic_recommendations, idle_ms=2000, security=settings):
         user = (message.key or b"").decode(errors="replace")
         if user in wanted:
             payload = json.loads(message.value)

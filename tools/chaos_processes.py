@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agents.security import kafka_python_options
 from agents.state import PID_HEADER, WORKER_HEADER
 from stream_rec.settings import Settings
 from stream_rec.state.changelog import FENCE_KEY, MARKS_KEY, decode_user_row
@@ -201,15 +202,15 @@ def now_ms() -> int:
 class PacedProducer(threading.Thread):
     """Sends ``messages`` at ``rate`` per second from a thread; ``sent`` counts them."""
 
-    def __init__(self, bootstrap: str, messages: list[tuple[str, bytes, bytes]], rate: float) -> None:
+    def __init__(self, settings: Settings, messages: list[tuple[str, bytes, bytes]], rate: float) -> None:
         super().__init__(name="chaos-producer", daemon=True)
-        self.bootstrap, self.messages, self.rate = bootstrap, messages, rate
+        self.settings, self.messages, self.rate = settings, messages, rate
         self.sent = 0
         self.failed = 0
         self.started_at = 0.0
 
     def run(self) -> None:
-        producer = make_producer(self.bootstrap)
+        producer = make_producer(self.settings.kafka_bootstrap, self.settings)
         self.started_at = time.monotonic()
         tick = max(1, round(self.rate / 100))  # about every 10 ms
         try:
@@ -248,7 +249,8 @@ class ChangelogFollower(threading.Thread):
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap.split(","), group_id=None,
-                                 enable_auto_commit=False, auto_offset_reset="earliest")
+                                 enable_auto_commit=False, auto_offset_reset="earliest",
+                                 **kafka_python_options(self.settings))
         try:
             tps = [TopicPartition(self.settings.topic_user_state, p) for p in range(self.settings.partitions)]
             consumer.assign(tps)

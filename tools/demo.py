@@ -74,7 +74,7 @@ def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, s
         worker.wait_for(ASSIGNED, 1, timeout_s=120)
         print(f"worker ready in {time.monotonic() - launched:.1f} s (state loaded, consumer group joined)", flush=True)
         started = time.monotonic()
-        producer = make_producer(bootstrap)
+        producer = make_producer(bootstrap, settings)
         sent = produce_events(producer, events, settings)
         for topic, raw, _ in bad:
             producer.send(topic, value=raw)
@@ -86,7 +86,7 @@ def run_demo(settings: Settings, *, n_events: int, n_users: int, n_items: int, s
             worker.wait_for(APPLIED, sent, timeout_s=120 + n_events / 500, on_value=lambda v: bar.update(int(v) - bar.n))
         elapsed = time.monotonic() - started
         metrics = worker.metrics()
-        lists = _latest_lists(bootstrap, settings.topic_recommendations)
+        lists = _latest_lists(settings)
         _print_examples(events, lists)
         dead = sum(v for k, v in metrics.items() if k.startswith(DEAD + "{"))
         print("\nsummary")
@@ -116,9 +116,9 @@ def _demo_settings(settings: Settings, run_id: str, bootstrap: str, workdir: str
     return replace(settings, kafka_bootstrap=bootstrap, app_id=run_id, data_dir=workdir, metrics_port=0, **topics)
 
 
-def _latest_lists(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
+def _latest_lists(settings: Settings) -> dict[str, dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
-    for message in read_topic(bootstrap, topic, idle_ms=1500):
+    for message in read_topic(settings.kafka_bootstrap, settings.topic_recommendations, idle_ms=1500, security=settings):
         if message.key == STRANGER_KEY:  # the list for strangers, not a user's
             continue
         payload = json.loads(message.value)

@@ -67,7 +67,7 @@ class PacedProducer(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        producer = make_producer(self.settings.kafka_bootstrap)
+        producer = make_producer(self.settings.kafka_bootstrap, self.settings)
         started = time.monotonic()
         try:
             while not self._stopped.wait(self.tick_s):
@@ -115,7 +115,7 @@ def wait_for_assignment(workers: Sequence[WorkerProcess], partitions: int, timeo
 def list_times(settings: Settings) -> dict[int, list[float]]:
     """When each partition's lists were made (seconds, wall clock), in order."""
     times: dict[int, list[float]] = {p: [] for p in range(settings.partitions)}
-    for message in read_topic(settings.kafka_bootstrap, settings.topic_recommendations, idle_ms=1500):
+    for message in read_topic(settings.kafka_bootstrap, settings.topic_recommendations, idle_ms=1500, security=settings):
         if message.key == STRANGER_KEY:  # any worker publishes it: it says nothing of a partition
             continue
         payload = json.loads(message.value)

@@ -23,6 +23,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from agents.security import kafka_python_options
+from stream_rec.settings import Settings
+
 #: The key of the list for users the shop has not seen yet (no user id is empty).
 STRANGER = ""
 
@@ -30,8 +33,10 @@ STRANGER = ""
 class LatestLists:
     """The latest list per user, from the start of the recommendations topic and on as lists arrive."""
 
-    def __init__(self, bootstrap: str, topic: str = "stream-rec.recommendations") -> None:
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False)
+    def __init__(self, bootstrap: str, topic: str = "stream-rec.recommendations", security: Settings | None = None) -> None:
+        """``security``: the settings whose Kafka security to use (default: the ``STREAM_REC_*`` environment's)."""
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
+                                      **kafka_python_options(security or Settings.from_env()))
         partitions = self.consumer.partitions_for_topic(topic) or set()
         if not partitions:
             raise SystemExit(f"no topic {topic!r} at {bootstrap}")

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from stream_rec.settings import Settings
+from agents.security import kafka_python_options, tls_refused
 from agents.topics import reachable
 from tools.argtypes import output_file
 
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
 
     settings = Settings.from_env()
     topic = args.topic or (settings.topic_dead_letter if args.dead_letter else settings.topic_recommendations)
@@ -72,9 +74,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"stream-rec tail: cannot reach Kafka at {bootstrap} (is `stream-rec broker` running? see --bootstrap)",
               file=sys.stderr)
         return 1
+    refused = tls_refused(settings, bootstrap)
+    if refused:
+        print(f"stream-rec tail: {refused}", file=sys.stderr)
+        return 1
+    try:
+        consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
+                                 auto_offset_reset="earliest" if args.from_beginning else "latest",
+                                 **kafka_python_options(settings))
+    except KafkaError as err:  # e.g. a client certificate the brokers refuse after the handshake
+        print(f"stream-rec tail: cannot connect to Kafka at {bootstrap}: {err}", file=sys.stderr)
+        return 1
     out: IO[str] = sys.stdout if args.jsonl in (None, "-") else open(args.jsonl, "w", encoding="utf-8")
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest" if args.from_beginning else "latest")
     user = args.user.encode() if args.user is not None else None
     shown = 0
     try:
