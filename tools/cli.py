@@ -16,7 +16,8 @@ from collections.abc import Sequence
 # 300+ s for one evaluation). Set OPENBLAS_NUM_THREADS to give it more.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from stream_rec.settings import Settings, settings_table  # noqa: E402 (after the line above)
+from stream_rec.logsetup import setup_logging  # noqa: E402 (after the line above)
+from stream_rec.settings import Settings, settings_table  # noqa: E402
 from stream_rec.synth import ShopConfig
 from tools import bench, chaos, evaluate, replay, tail
 from tools.argtypes import finite, whole
@@ -201,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = os.environ.get("STREAM_REC_LOG_LEVEL", "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(os.environ.get("STREAM_REC_LOG_LEVEL", "info"), os.environ.get("STREAM_REC_LOG_FORMAT", "text"))
     for chatty in ("kafka", "aiokafka"):  # client libraries log every connection at INFO
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     # kafka-python 3 warns whenever its I/O task runs >100 ms, which a busy producing loop triggers
