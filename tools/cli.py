@@ -16,7 +16,8 @@ from collections.abc import Sequence
 # 300+ s for one evaluation). Set OPENBLAS_NUM_THREADS to give it more.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from stream_rec.logsetup import setup_logging  # noqa: E402 (after the line above)
+from stream_rec.extras import MissingExtra  # noqa: E402 (after the line above)
+from stream_rec.logsetup import setup_logging  # noqa: E402
 from stream_rec.settings import Settings, settings_table  # noqa: E402
 from stream_rec.synth import ShopConfig
 from tools import bench, chaos, evaluate, replay, tail
@@ -210,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
+    except MissingExtra as err:  # a part of stream_rec this install left out: say how to add it
+        print(f"stream-rec {args.command}: {err}", file=sys.stderr)
+        return 1
     except ValueError as err:  # invalid settings: say which, no traceback
         if str(err).startswith("invalid setting"):
             print(f"stream-rec: {err}", file=sys.stderr)
