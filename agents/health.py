@@ -44,6 +44,7 @@ class Readiness:
     """Which of :data:`CONDITIONS` are met; marked from the worker's threads, read by the server's."""
 
     def __init__(self, conditions: tuple[str, ...] = CONDITIONS) -> None:
+        self.conditions = conditions
         self._missing = list(conditions)
         self._lock = threading.Lock()
 
@@ -53,7 +54,7 @@ class Readiness:
             if condition in self._missing:
                 self._missing.remove(condition)
                 if not self._missing:
-                    log.info("ready: %s", ", ".join(CONDITIONS))
+                    log.info("ready: %s", ", ".join(self.conditions))
 
     @property
     def missing(self) -> list[str]:
