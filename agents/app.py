@@ -41,8 +41,8 @@ from aiokafka import AIOKafkaConsumer
 from faust.types import EventT
 
 from agents.broker_watch import BrokerWatch
-from agents.health import Readiness
 from agents.group import BalancedAssignor
+from agents.health import Readiness
 from agents.lifecycle import exit_on_crash, guarded, state_write
 from agents.state import KafkaState
 from agents.transport import Transport
@@ -204,7 +204,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
             if not state.verified:  # the first batch since an assignment: were topics made anew meanwhile?
                 await state.check_topics(locked=True)
             await state.restore({service.partition_of(position[0]) for position, _ in items})
-            note_restored()  # when the background restore after the assignment failed and this one did it
+            note_restored()  # for readiness, when the restore started by the assignment failed and this one did it
             for start, end in _runs(items):
                 kind = items[start][1].__class__ if end > start else Event
                 if kind is Forget:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 
 import orjson
+
 from agents import health, lifecycle
 from agents.app import create_app
 from agents.topics import ensure_topics, topic_ids
