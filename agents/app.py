@@ -42,6 +42,7 @@ from faust.types import EventT
 
 from agents.broker_watch import BrokerWatch
 from agents.group import BalancedAssignor
+from agents.health import Readiness
 from agents.lifecycle import exit_on_crash, guarded, state_write
 from agents.security import aiokafka_options, faust_credentials
 from agents.state import KafkaState
@@ -126,10 +127,12 @@ RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 
 
 def create_app(settings: Settings, bootstrap: str, service: RecService, metrics: Metrics,
-               topic_ids: dict[str, str] | None = None) -> faust.App:
+               topic_ids: dict[str, str] | None = None, readiness: Readiness | None = None) -> faust.App:
     """The worker app for ``settings`` against ``bootstrap``, learning into ``service``; ``topic_ids`` are
-    the topics' ids now (:func:`agents.topics.topic_ids`), checked against those the state was built from."""
+    the topics' ids now (:func:`agents.topics.topic_ids`), checked against those the state was built from.
+    ``readiness`` is told when the item model has caught up and when the assignment is restored."""
     app = faust_app(settings, bootstrap)
+    readiness = readiness or Readiness()
     # Forget requests and impressions are keyed by user id like events, and meet a user's events in its partition.
     topic_stream = ({topic: stream for stream, topic in settings.input_topics().items()}
                     | {settings.topic_forget: FORGET, settings.topic_impressions: IMPRESSIONS})
@@ -203,6 +206,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
             if not state.verified:  # the first batch since an assignment: were topics made anew meanwhile?
                 await state.check_topics(locked=True)
             await state.restore({service.partition_of(position[0]) for position, _ in items})
+            note_restored()  # for readiness, when the restore started by the assignment failed and this one did it
             for start, end in _runs(items):
                 kind = items[start][1].__class__ if end > start else Event
                 if kind is Forget:
@@ -348,6 +352,17 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         """Every worker applies what the others learned about items (agents.state)."""
         await state.follow_item_updates()
 
+    @app.task
+    @guarded
+    async def note_item_model_ready() -> None:
+        await state.items_ready.wait()
+        readiness.mark("item_model")
+
+    def note_restored() -> None:
+        """After an assignment: ready once every partition of it is restored (none at all for a standby)."""
+        if state.owned <= state.restored:
+            readiness.mark("partitions")
+
     watch = BrokerWatch(settings, bootstrap, state)
     app.task(guarded(watch.run))
     app.task(guarded(exit_on_crash))
@@ -368,7 +383,11 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
         owned = sorted({tp.partition for tp in assigned if tp.topic in user_topics})
         metrics.assigned_partitions.set(len(owned))
         state.owned = set(owned)
-        state.restore_soon(owned)
+        restoring = state.restore_soon(owned)
+        if restoring is None:
+            note_restored()
+        else:
+            restoring.add_done_callback(lambda _: note_restored())
         log.info("worker %s owns partitions %s of %s", settings.worker_id, owned, ", ".join(sorted(user_topics)))
 
     return app

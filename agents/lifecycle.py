@@ -125,6 +125,9 @@ class Worker(faust.Worker):
 
     def __init__(self, app: faust.App, *, stop_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
+        # Faust's start-up spinner writes terminal escapes (hide and show the cursor) even when its output is
+        # a file, a pipe or a container's log; the log says when the worker is ready ("Ready", and /readyz).
+        self.spinner = None
         self.stop_timeout_s = stop_timeout_s
         self._deadline: threading.Timer | None = None
 

@@ -13,19 +13,19 @@ metrics (events counted in ``stream_rec_learn_events_applied_total`` and ``strea
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import faust
-from prometheus_client import start_http_server
 
+from agents import health, lifecycle
 from agents.app import RAW, faust_app
 from agents.topics import ensure_topics
 from agents.worker import DEFAULT_BOOTSTRAP, run_worker
 from stream_rec.events import Event
+from stream_rec.logsetup import setup_logging
 from stream_rec.metrics import Metrics
 from stream_rec.outcomes import Outcomes
 from stream_rec.recommendations import stranger_message
@@ -96,13 +96,14 @@ class StubService:
         return {"events_total": self.events_total}
 
 
-def run_noop(settings: Settings) -> None:
+def run_noop(settings: Settings) -> int:
     """The do-nothing agent: same app settings, same ``take_events`` batching, no work per batch."""
     bootstrap = settings.kafka_bootstrap or DEFAULT_BOOTSTRAP
     ensure_topics(settings, bootstrap)
     settings.worker_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level of its datadir
     metrics = Metrics()
-    start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    readiness = health.Readiness(("partitions",))  # no kernels, no state: ready once in the group
+    health.serve(settings.metrics_host, settings.metrics_port, metrics.registry, readiness)
     app = faust_app(settings, bootstrap)
     inputs = app.topic(*settings.input_topics().values(), **RAW)
     within = settings.batch_wait_ms / 1000.0
@@ -116,21 +117,21 @@ def run_noop(settings: Settings) -> None:
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(sender: faust.App, assigned: set, **_: object) -> None:
         metrics.assigned_partitions.set(len(assigned))
+        readiness.mark("partitions")
 
-    faust.Worker(app, loglevel=settings.log_level.upper(), override_logging=False).execute_from_commandline()
+    return lifecycle.run(lifecycle.Worker(app, stop_timeout_s=settings.stop_timeout_s,
+                                          loglevel=settings.log_level.upper(), override_logging=False))
 
 
 def main(argv: Sequence[str]) -> int:
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, settings.log_format)
     if argv == ["noop"]:
-        run_noop(settings)
-    elif argv == ["stub"]:
-        return run_worker(settings, service_factory=StubService)  # type: ignore[arg-type]
-    else:
-        print("usage: python -m agents.probes noop|stub", file=sys.stderr)
-        return 2
-    return 0
+        return run_noop(settings)
+    if argv == ["stub"]:
+        return run_worker(settings, service_factory=StubService, kernels=lambda: None)  # type: ignore[arg-type]
+    print("usage: python -m agents.probes noop|stub", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -114,10 +114,11 @@ class KafkaState:
         async with self.lock:
             return self.adopt_topic_ids(ids)
 
-    def restore_soon(self, partitions: Iterable[int]) -> None:
+    def restore_soon(self, partitions: Iterable[int]) -> asyncio.Future[None] | None:
         """Restore newly assigned partitions in the background, so the worker holds its users' state (and
         counts them) before their next event; a batch that comes first waits for it (``lock``). A failure
-        here is logged, and the batch's own restore raises it."""
+        here is logged, and the batch's own restore raises it. Returns the restore's task, None when every
+        partition is restored already."""
         parts = set(partitions) - self.restored
 
         async def run() -> None:
@@ -128,9 +129,11 @@ class KafkaState:
             except Exception:  # the learn agent retries, and fails loudly if it must
                 log.exception("restoring partitions %s failed", sorted(parts))
 
-        if parts:
-            self._tasks.add(task := asyncio.ensure_future(run()))
-            task.add_done_callback(self._tasks.discard)
+        if not parts:
+            return None
+        self._tasks.add(task := asyncio.ensure_future(run()))
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Partitions taken away: another worker may write them before this one gets them back."""

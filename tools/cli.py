@@ -18,7 +18,9 @@ from collections.abc import Sequence
 # 300+ s for one evaluation). Set OPENBLAS_NUM_THREADS to give it more.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from stream_rec.settings import Settings, settings_table  # noqa: E402 (after the line above)
+from stream_rec.extras import MissingExtra  # noqa: E402 (after the line above)
+from stream_rec.logsetup import setup_logging  # noqa: E402
+from stream_rec.settings import Settings, settings_table  # noqa: E402
 from stream_rec.synth import ShopConfig
 from tools import bench, chaos, evaluate, replay, tail
 from tools.argtypes import finite, output_file, whole
@@ -245,8 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bug and keeps its traceback.
     """
     args = build_parser().parse_args(argv)
-    level = os.environ.get("STREAM_REC_LOG_LEVEL", "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(os.environ.get("STREAM_REC_LOG_LEVEL", "info"), os.environ.get("STREAM_REC_LOG_FORMAT", "text"))
     for chatty in ("kafka", "aiokafka"):  # client libraries log every connection at INFO
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     # kafka-python 3 warns whenever its I/O task runs >100 ms, which a busy producing loop triggers
@@ -257,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"stream-rec {args.command}: {err}", file=sys.stderr)
         return err.code
+    except MissingExtra as err:  # a part of stream_rec this install left out: say how to add it
+        print(f"stream-rec {args.command}: {err}", file=sys.stderr)
+        return 1
     except ValueError as err:  # invalid settings: say which, no traceback
         if str(err).startswith("invalid setting"):
             print(f"stream-rec {args.command}: {err}", file=sys.stderr)

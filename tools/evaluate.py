@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_rec.events import Event
+from stream_rec.extras import require
 from stream_rec.logs import PRESETS, read_log
 from stream_rec.evaluation.baselines import MODEL_NAMES, REFERENCE_NAMES, ServiceModel, Vocabulary, build, build_variants
 from stream_rec.evaluation.prequential import BATCH_SIZE, NEW_USER_EVENTS, Prequential
@@ -118,6 +119,8 @@ def _progress(total: int, desc: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plots:  # before the evaluation, not after it
+        require("matplotlib", "--plots")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     overrides = {name: value for name, value in (("seed", args.seed), ("threads", args.threads)) if value is not None}
     settings = Settings.from_env(**overrides)

@@ -26,7 +26,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A worker in its own process, with its metrics endpoint on a free port.
+    """A worker in its own process, with its metrics and health endpoint (:mod:`agents.health`) on a free port.
 
     ``module`` runs another entry point with the same settings and metrics (the bench's probes:
     ``("agents.probes", "noop")``).
@@ -37,6 +37,7 @@ class WorkerProcess:
         if not settings.metrics_port:
             settings = replace(settings, metrics_port=free_port())
         self.settings = settings
+        self.base_url = f"http://127.0.0.1:{settings.metrics_port}"  # /readyz, /healthz
         self.log_path = Path(log_path) if log_path else None
         self.module = tuple(module)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -80,32 +81,6 @@ class WorkerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"{name} reached {value}, not {at_least}, within {timeout_s:.0f} s (log: {self.log_path})")
 
-    def _check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with code {self.proc.returncode} (log: {self.log_path})")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
-        """Send ``sig`` (SIGKILL for a crash) and wait for the process to end; returns its exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-
-class ServeProcess(WorkerProcess):
-    """``stream-rec serve`` in its own process, on ``settings.serve_host:serve_port``."""
-
-    def __init__(self, settings: Settings, *, log_path: str | Path | None = None) -> None:
-        super().__init__(settings, log_path=log_path, module=("tools.cli", "serve"))
-        self.base_url = f"http://{settings.serve_host}:{settings.serve_port}"
-
     def get(self, path: str) -> tuple[int, dict]:
         """``(status, JSON body)`` of a GET of ``path``, error statuses included."""
         try:
@@ -125,4 +100,29 @@ class ServeProcess(WorkerProcess):
             except OSError:  # not listening yet
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"stream-rec serve was not ready within {timeout_s:.0f} s (log: {self.log_path})")
+        raise TimeoutError(f"python -m {' '.join(self.module)} was not ready within {timeout_s:.0f} s (log: {self.log_path})")
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {self.proc.returncode} (log: {self.log_path})")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        """Send ``sig`` (SIGKILL for a crash) and wait for the process to end; returns its exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class ServeProcess(WorkerProcess):
+    """``stream-rec serve`` in its own process, on ``settings.serve_host:serve_port``."""
+
+    def __init__(self, settings: Settings, *, log_path: str | Path | None = None) -> None:
+        super().__init__(settings, log_path=log_path, module=("tools.cli", "serve"))
+        self.base_url = f"http://{settings.serve_host}:{settings.serve_port}"

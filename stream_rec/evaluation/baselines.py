@@ -46,6 +46,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from stream_rec.events import Event
+from stream_rec.extras import require
 from stream_rec.ids import IdIndex
 from stream_rec.models._arrays import grow
 from stream_rec.models.popularity import DecayedPopularity
@@ -323,6 +324,7 @@ class RiverMF(Competitor):
 
 
 def river_biased_mf(seed: int, n_factors: int = 16) -> Any:
+    require("river", "the river-biasedmf baseline")
     from river import optim, reco
 
     return reco.BiasedMF(n_factors=n_factors, bias_optimizer=optim.SGD(0.025), latent_optimizer=optim.SGD(0.05),
@@ -331,6 +333,7 @@ def river_biased_mf(seed: int, n_factors: int = 16) -> Any:
 
 
 def river_funk_mf(seed: int, n_factors: int = 16) -> Any:
+    require("river", "the river-funkmf baseline")
     from river import optim, reco
 
     return reco.FunkMF(n_factors=n_factors, optimizer=optim.SGD(0.05), l2=0.0,

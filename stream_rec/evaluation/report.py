@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_rec.evaluation.prequential import Evaluation
+from stream_rec.extras import require
 
 #: Table columns: (heading, key in a model's summary, format).
 COLUMNS = (
@@ -75,8 +76,7 @@ def _json_default(value: Any) -> Any:
 
 def write_plots(evaluation: Evaluation, folder: str | Path) -> list[Path]:
     """``hr10_over_time.png`` (one line per model) and ``figures.png`` (grouped bars); returns the paths."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plotting an evaluation (--plots)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
