@@ -38,8 +38,12 @@ def test_the_embedded_broker_without_its_extra_is_one_line_naming_the_pip_comman
 
 def test_plots_without_matplotlib_fail_before_the_evaluation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "shop.jsonl"  # a real log: the evaluation would run if the check came after it
+    assert main(["generate", "--users", "5", "--items", "10", "--events", "50", "--out", str(log)]) == 0
+    capsys.readouterr()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert main(["evaluate", "--plots", str(tmp_path), str(tmp_path / "no-such-log.jsonl")]) == 1
+    monkeypatch.setattr("tools.evaluate.Prequential", lambda *a, **k: pytest.fail("evaluated before checking --plots"))
+    assert main(["evaluate", "--plots", str(tmp_path), str(log)]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "stream-rec evaluate: --plots needs matplotlib, which is not installed: pip install 'stream-rec[eval]'"]
 
