@@ -69,7 +69,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
                                                   ("kafka_bootstrap", args.bootstrap)) if value is not None}
     settings = Settings.from_env(**overrides)
     # Before the broker is asked anything: a second worker on a host finds its port taken at once.
-    if settings.metrics_port and port_taken(settings.metrics_port, host=""):
+    if settings.metrics_port and port_taken(settings.metrics_port, host=settings.metrics_host):
         raise UserError(f"the metrics port {settings.metrics_port} is in use by another process (a worker running "
                         "already on this host?): give this worker another STREAM_REC_METRICS_PORT (0: no endpoint)")
     try:
