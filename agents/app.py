@@ -30,6 +30,7 @@ its data lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -38,7 +39,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from agents.broker_watch import BrokerWatch
 from agents.group import BalancedAssignor
@@ -290,6 +291,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                             counts[True, _MISKEYED] += 1
                 await learn_batch(items, sources, batch, started)
                 _count(metrics, counts)
+                _note_lag(app, metrics, batch)
     else:
         @app.agent(inputs)
         @guarded
@@ -305,6 +307,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                                    encode_keyed(valid, msg.topic, msg.partition, msg.offset), timestamp=msg.timestamp)
                 await app.producer.flush()  # forwarded before the batch is acked
                 _count(metrics, counts)
+                _note_lag(app, metrics, batch)
 
         @app.agent(keyed)
         @guarded
@@ -316,6 +319,7 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
                     valid, lane, offset = decode_keyed(event.message.value)
                     items.append(((f"{event.message.partition}>{lane}", offset), valid))
                 await learn_batch(items, list(batch), batch, started)
+                _note_lag(app, metrics, batch)
 
     @app.task
     @guarded
@@ -371,6 +375,9 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     @guarded
     async def on_revoked(sender: faust.App, revoked: set, **_: object) -> None:
         metrics.assigned_partitions.set(0)  # a rebalance revokes everything before it assigns anew
+        for tp in revoked:  # another worker reports these now
+            with contextlib.suppress(KeyError):  # never processed here: no series
+                metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         # Called once the batch in hand is done (Faust waits for the streams to drain): another worker
         # may own these next, so each is restored again from the changelog before this one applies to it.
         user_topics = set(topic_stream) if settings.input_keys == "user_id" else {settings.topic_events}
@@ -460,6 +467,22 @@ def _count(metrics: Metrics, counts: Counter[tuple[bool, str]]) -> None:
             continue  # counted once applied, by the worker that owns the user
         else:
             (metrics.events_in if valid else metrics.dead_letters).labels(label).inc(n)
+
+
+def _note_lag(app: faust.App, metrics: Metrics, batch: Sequence[EventT]) -> None:
+    """Each partition of ``batch``: its end offset as the consumer's last fetch saw it, minus the offset after
+    the batch's last message of it. One sync read per partition (aiokafka keeps the end offset of each fetch)."""
+    last: dict[tuple[str, int], int] = {}
+    for event in batch:
+        msg = event.message
+        last[msg.topic, msg.partition] = msg.offset
+    for (topic, partition), offset in last.items():
+        try:
+            end = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # taken away meanwhile (aiokafka asserts it is assigned): the next owner reports it
+            continue
+        if end is not None:
+            metrics.consumer_lag.labels(topic, str(partition)).set(max(0, end - offset - 1))
 
 
 def _observe(metrics: Metrics, result: BatchResult, published: int, batch: Sequence[EventT], started: float) -> None:

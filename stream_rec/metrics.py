@@ -55,6 +55,11 @@ class Metrics:
                                     "worker's own) or unreadable.", ["result"], registry=r)
         self.assigned_partitions = Gauge("stream_rec_worker_assigned_partitions",
                                          "Partitions of the user-keyed topic this worker owns now.", registry=r)
+        self.consumer_lag = Gauge(
+            "stream_rec_consumer_lag", "Messages of a partition this worker reads that it has not processed yet: the "
+            "partition's end offset, as the last fetch saw it, minus the offset after the last message of it a batch "
+            "processed. Set after each batch; a partition taken away from this worker loses its series.",
+            ["topic", "partition"], registry=r)
         self.batch_seconds = Histogram("stream_rec_learn_batch_duration_seconds", "Processing time of one micro-batch.",
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.freshness_seconds = Histogram("stream_rec_output_freshness_seconds",

@@ -49,6 +49,11 @@ def test_events_on_all_three_topics_lead_to_fitting_recommendations(settings: Se
     assert metrics["stream_rec_output_recommendations_total"] < len(history) + len(buyer)
     assert metrics["stream_rec_ingest_events_total{type=purchase}"] == sum(e["type"] == "purchase" for e in history + buyer)
     assert state_of(settings).stats()["events"] == type_counts(history + buyer)
+    # Consumer lag per partition read: a series for the input topics and the internal one, none behind once done.
+    lag = {key: value for key, value in metrics.items() if key.startswith("stream_rec_consumer_lag{")}
+    topics = {key.split("topic=", 1)[1].rstrip("}") for key in lag}
+    assert settings.topic_events in topics and settings.topic_purchase in topics, lag
+    assert set(lag.values()) == {0.0}, lag
 
 
 def test_an_item_withdrawn_on_the_items_topic_leaves_the_lists_until_it_is_back(settings: Settings, tmp_path: Path) -> None:
