@@ -57,14 +57,21 @@ def reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
     return False
 
 
+def broker_problem(settings: Settings, bootstrap: str, *, unreachable: str) -> str | None:
+    """Why the Kafka clients of ``settings`` cannot start against ``bootstrap``, found in seconds rather than
+    after a client's 30 s timeout: ``unreachable`` when no bootstrap server accepts a connection, the refused
+    TLS handshake (:func:`agents.security.tls_refused`); None when neither."""
+    if not reachable(bootstrap):
+        return unreachable
+    return tls_refused(settings, bootstrap)
+
+
 def ensure_topics(settings: Settings, bootstrap: str) -> None:
     """Create every topic that does not exist yet, with ``settings.partitions`` partitions replicated
     ``settings.replication_factor`` times (a topic that exists is left as it is)."""
-    if not reachable(bootstrap):  # kafka-python alone would wait 30 s before saying so
-        raise BrokerUnreachable(_unreachable(bootstrap, "connection refused or timed out"))
-    refused = tls_refused(settings, bootstrap)
-    if refused:
-        raise BrokerUnreachable(refused)
+    problem = broker_problem(settings, bootstrap, unreachable=_unreachable(bootstrap, "connection refused or timed out"))
+    if problem:
+        raise BrokerUnreachable(problem)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{settings.app_id}-admin",
                                  **kafka_python_options(settings))

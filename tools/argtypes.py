@@ -100,10 +100,7 @@ def output_file(*, stdout: bool = False) -> Callable[[str], str]:
 def output_folder(text: str) -> str:
     """A folder to write in: a writable one, or one that can be made in a writable folder that exists."""
     path = Path(text)
-    if path.exists():
-        _writable_folder(path)
-    else:
-        _writable_folder(path.parent)
+    _writable_folder(path if path.exists() else path.parent)
     return text
 
 

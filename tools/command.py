@@ -35,6 +35,11 @@ class CommandParser(argparse.ArgumentParser):
         return plain(super().format_help())
 
 
+def unreachable(bootstrap: str) -> str:
+    """What a command that talks to Kafka (replay, tail) says when no broker answers at ``bootstrap``."""
+    return f"cannot reach Kafka at {bootstrap} (is `stream-rec broker` running? see --bootstrap)"
+
+
 def plain(text: str) -> str:
     """``text`` without reStructuredText's inline markup.
 

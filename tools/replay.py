@@ -27,10 +27,10 @@ from typing import Any
 
 import orjson
 
-from agents.security import aiokafka_options, tls_refused
-from agents.topics import reachable
+from agents.security import aiokafka_options
+from agents.topics import broker_problem
 from tools.argtypes import finite, input_file, whole
-from tools.command import UserError
+from tools.command import UserError, unreachable
 from tools.logargs import add_log_format_arguments, log_format, no_events
 from stream_rec.events import EVENT_TYPES, Event, stream_of
 from stream_rec.logs import LogLine, event_record, read_log
@@ -256,12 +256,8 @@ def send(events: Iterable[Event], settings: Settings, bootstrap: str, report: Re
     ``ceiling > 0``: first time the bare producer on that many of the same messages, already encoded,
     sent to :data:`CEILING_TOPIC` (``report.ceiling_rate``): what the client manages with no log work.
     """
-    if not reachable(bootstrap):
-        report.error = f"cannot reach Kafka at {bootstrap} (is `stream-rec broker` running? see --bootstrap)"
-        return
-    refused = tls_refused(settings, bootstrap)
-    if refused:
-        report.error = refused
+    report.error = broker_problem(settings, bootstrap, unreachable=unreachable(bootstrap))
+    if report.error:
         return
     asyncio.run(_send(events, settings, bootstrap, report, total=total, speed=speed, rate=rate,
                       rewrite_ts=rewrite_ts, key_by_user=key_by_user, ceiling=ceiling))

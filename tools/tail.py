@@ -20,9 +20,10 @@ from datetime import datetime
 from typing import IO, Any
 
 from stream_rec.settings import Settings
-from agents.security import kafka_python_options, tls_refused
-from agents.topics import reachable
+from agents.security import kafka_python_options
+from agents.topics import broker_problem
 from tools.argtypes import output_file
+from tools.command import unreachable
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 #: Items shown per list on a readable line.
@@ -70,13 +71,9 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     topic = args.topic or (settings.topic_dead_letter if args.dead_letter else settings.topic_recommendations)
     bootstrap = args.bootstrap or settings.kafka_bootstrap or DEFAULT_BOOTSTRAP
-    if not reachable(bootstrap):
-        print(f"stream-rec tail: cannot reach Kafka at {bootstrap} (is `stream-rec broker` running? see --bootstrap)",
-              file=sys.stderr)
-        return 1
-    refused = tls_refused(settings, bootstrap)
-    if refused:
-        print(f"stream-rec tail: {refused}", file=sys.stderr)
+    problem = broker_problem(settings, bootstrap, unreachable=unreachable(bootstrap))
+    if problem:
+        print(f"stream-rec tail: {problem}", file=sys.stderr)
         return 1
     try:
         consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,

@@ -15,12 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-import trustme
 
 from stream_rec.service import warm_up
 from stream_rec.settings import TOPIC_FIELDS, Settings
 from tests.integration.helpers import STATE_EVENTS, T0, bought_together, event, start_worker
-from tests.integration.tls_proxy import TlsProxy
+from tests.integration.tls_proxy import TlsProxy, client_pki
 from tools.broker import EmbeddedBroker, free_port
 from tools.workers import settings_env
 
@@ -48,12 +47,7 @@ class Secured:
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     warm_up()  # the worker's kernels into numba's cache first, so it starts in seconds
     folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    client = ca.issue_cert("stream-rec-test-client")
-    files = {"ca": folder / "ca.pem", "cert": folder / "client.pem", "key": folder / "client.key"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    client.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    client.private_key_pem.write_to_path(str(files["key"]))
+    ca, files = client_pki(folder, "stream-rec-test-client")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)  # the name the clients connect to
     ca.configure_trust(context)
@@ -61,7 +55,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     port = free_port()
     with TlsProxy(f"127.0.0.1:{port}", context) as proxy, \
             EmbeddedBroker(port, advertised=proxy.address, log_path=str(folder / "broker.log")):
-        yield Secured(proxy, **{name: str(path) for name, path in files.items()})
+        yield Secured(proxy, **files)
 
 
 def stream_rec(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+from pathlib import Path
 from types import TracebackType
+
+import trustme
 
 #: Bytes relayed per read; Kafka's fetch answers are larger, and are relayed in several.
 CHUNK = 1 << 16
@@ -76,3 +79,15 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         pass
     finally:
         sink.close()
+
+
+def client_pki(folder: Path, client: str) -> tuple[trustme.CA, dict[str, str]]:
+    """A test CA, and the files an operator would be handed, written into ``folder``: ``ca`` (the CA's
+    certificate), ``cert`` and ``key`` (a client certificate named ``client``, signed by it, and its key)."""
+    ca = trustme.CA()
+    issued = ca.issue_cert(client)
+    files = {"ca": folder / "ca.pem", "cert": folder / "client.pem", "key": folder / "client.key"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    issued.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    issued.private_key_pem.write_to_path(str(files["key"]))
+    return ca, {name: str(path) for name, path in files.items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mounts import require_mount_namespaces
 from tools.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,11 +88,7 @@ def test_evaluate_plots_under_a_file_is_refused(tmp_path: Path, capsys: pytest.C
 
 def test_evaluate_plots_into_an_unwritable_folder_is_refused_before_the_run(tmp_path: Path) -> None:
     """A read-only file system, mounted in a namespace of the command's own (root writes anywhere else)."""
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
-        why = "an unwritable folder needs a read-only mount in a mount namespace (unshare -rm)"
-        if os.environ.get("CI"):  # .ci/run sets it: there the test runs or fails, never skips
-            pytest.fail(why)
-        pytest.skip(why)
+    require_mount_namespaces("an unwritable folder needs a read-only mount in a mount namespace (unshare -rm)")
     log = tmp_path / "shop.jsonl"
     log.write_text(json.dumps(EVENT) + "\n")
     readonly = tmp_path / "readonly"

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from agents import topics
 from agents.security import aiokafka_options, faust_credentials, kafka_python_options
 from stream_rec.settings import SASL_MECHANISMS, Settings
+from tests.integration.tls_proxy import client_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 MECHANISMS = pytest.mark.parametrize("mechanism", SASL_MECHANISMS)
@@ -26,14 +26,7 @@ MECHANISMS = pytest.mark.parametrize("mechanism", SASL_MECHANISMS)
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A CA file, and a client certificate and key it signed, as the files an operator would be handed."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    client = ca.issue_cert("stream-rec-worker")
-    files = {"ca": folder / "ca.pem", "cert": folder / "client.pem", "key": folder / "client.key"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    client.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    client.private_key_pem.write_to_path(str(files["key"]))
-    return {name: str(path) for name, path in files.items()}
+    return client_pki(tmp_path_factory.mktemp("pki"), "stream-rec-worker")[1]
 
 
 def sasl(mechanism: str, protocol: str = "SASL_SSL", **more: Any) -> Settings:
@@ -227,9 +220,8 @@ def test_clients_receive_the_settings_security(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(aiokafka, "AIOKafkaProducer", type("AIOKafkaProducer", (Recorder,), {}))
     monkeypatch.setattr(kafka, "KafkaConsumer", type("KafkaConsumer", (Recorder,), {}))
     monkeypatch.setattr(topics, "KafkaAdminClient", type("KafkaAdminClient", (Recorder,), {}))
-    for module in (topics, tail):
-        monkeypatch.setattr(module, "reachable", lambda bootstrap: True)
-        monkeypatch.setattr(module, "tls_refused", lambda settings, bootstrap: None)
+    monkeypatch.setattr(topics, "reachable", lambda bootstrap: True)  # topics.broker_problem: tail's check too
+    monkeypatch.setattr(topics, "tls_refused", lambda settings, bootstrap: None)
     monkeypatch.setattr(Settings, "from_env", classmethod(lambda cls, *a, **kw: settings))
 
     replay._producer(settings, "broker:9093")

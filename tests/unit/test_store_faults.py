@@ -33,6 +33,7 @@ import pytest
 
 from stream_rec.state import (RocksStore, StateCorruptError, StateError, StateFormatError, StateWriteError,
                               StoreLockedError, quarantine)
+from tests.mounts import require_mount_namespaces
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("users", "items")
@@ -446,13 +447,8 @@ def _on_small_tmpfs(function: str, tmp_path: Path) -> dict:
     A user namespace maps the caller to root there, so this needs no privilege where user namespaces
     are allowed, and the mount vanishes with the child.
     """
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True) if shutil.which("unshare") else None
-    if probe is None or probe.returncode != 0:
-        why = ("a real full or read-only disk needs mount namespaces (unshare -rm); "
-               "test_a_file_size_limit_is_a_write_error still covers a refused write")
-        if os.environ.get("CI"):  # .ci/run sets it: there the test runs or fails, never skips
-            pytest.fail(why)
-        pytest.skip(why)
+    require_mount_namespaces("a real full or read-only disk needs mount namespaces (unshare -rm); "
+                             "test_a_file_size_limit_is_a_write_error still covers a refused write")
     mount = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=8m tmpfs "$0" && exec "$@"', str(tmp_path)]
     proc = _child(function, str(tmp_path), prefix=tuple(mount))
     assert proc.returncode == 0, proc.stderr
