@@ -30,7 +30,6 @@ its data lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -375,9 +374,8 @@ def create_app(settings: Settings, bootstrap: str, service: RecService, metrics:
     @guarded
     async def on_revoked(sender: faust.App, revoked: set, **_: object) -> None:
         metrics.assigned_partitions.set(0)  # a rebalance revokes everything before it assigns anew
-        for tp in revoked:  # another worker reports these now
-            with contextlib.suppress(KeyError):  # never processed here: no series
-                metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        for tp in revoked:  # another worker reports these now (removing a series never made is a no-op)
+            metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         # Called once the batch in hand is done (Faust waits for the streams to drain): another worker
         # may own these next, so each is restored again from the changelog before this one applies to it.
         user_topics = set(topic_stream) if settings.input_keys == "user_id" else {settings.topic_events}
